@@ -1,0 +1,246 @@
+"""The runtime contract: layer config, expert weights, dispatch outputs and combine inputs.
+
+Field names and order follow SGLang's own classes, so SGLang's objects fit these types structurally.
+Dispatch outputs and combine inputs are NamedTuples (cheap to build on the hot path); the config and
+the weights are frozen dataclasses validated once, at construction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Protocol
+
+import torch
+
+from moe_runtime.enums import ActivationType, QuantType
+
+ACTIVATIONS = ("silu", "gelu", "swiglu")
+
+
+class ConfigError(ValueError):
+    """A layer config or a set of expert weights that no runner can serve."""
+
+
+@dataclass(frozen=True, slots=True)
+class MoeLayerConfig:
+    """One MoE layer as the runner sees it on one expert-parallel rank."""
+
+    num_experts: int
+    num_local_experts: int
+    ep_rank: int
+    ep_size: int
+    top_k: int
+    hidden_size: int
+    intermediate_size: int
+    activation: str
+    apply_router_weight_on_input: bool = False
+    swiglu_limit: float = 0.0
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name in ("num_experts", "num_local_experts", "ep_size", "top_k", "hidden_size",
+                     "intermediate_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                problems.append(f"{name} must be a positive int, got {value!r}")
+        if not problems:
+            if self.num_experts != self.num_local_experts * self.ep_size:
+                problems.append(
+                    f"num_experts ({self.num_experts}) must equal num_local_experts "
+                    f"({self.num_local_experts}) * ep_size ({self.ep_size})"
+                )
+            if not 0 <= self.ep_rank < self.ep_size:
+                problems.append(f"ep_rank must be in [0, {self.ep_size}), got {self.ep_rank!r}")
+            if self.top_k > self.num_experts:
+                problems.append(
+                    f"top_k ({self.top_k}) cannot exceed num_experts ({self.num_experts})"
+                )
+        if self.activation not in ACTIVATIONS:
+            problems.append(
+                f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}"
+            )
+        if self.swiglu_limit < 0:
+            problems.append(f"swiglu_limit must be >= 0, got {self.swiglu_limit!r}")
+        if problems:
+            raise ConfigError("invalid MoeLayerConfig: " + "; ".join(problems))
+
+    @property
+    def first_local_expert(self) -> int:
+        """Global id of this rank's first expert: rank r owns [r*L, (r+1)*L)."""
+        return self.ep_rank * self.num_local_experts
+
+
+@dataclass(frozen=True, slots=True)
+class ExpertWeights:
+    """This rank's expert weights in the logical (unshuffled) layout of spec/aiter_fused_moe.md."""
+
+    w13_weight: torch.Tensor
+    w2_weight: torch.Tensor
+    w13_scale: torch.Tensor | None = None
+    w2_scale: torch.Tensor | None = None
+    a13_scale: torch.Tensor | None = None
+    a2_scale: torch.Tensor | None = None
+    b13: torch.Tensor | None = None
+    b2: torch.Tensor | None = None
+    doweight_stage1: bool = False
+    hidden_pad: int = 0
+    intermediate_pad: int = 0
+
+    def __post_init__(self) -> None:
+        if self.w13_weight.dim() != 3 or self.w2_weight.dim() != 3:
+            raise ConfigError(
+                "w13_weight and w2_weight must be 3-D [experts, rows, cols], got shapes "
+                f"{tuple(self.w13_weight.shape)} and {tuple(self.w2_weight.shape)}"
+            )
+        if self.w13_weight.shape[0] != self.w2_weight.shape[0]:
+            raise ConfigError(
+                f"w13_weight has {self.w13_weight.shape[0]} experts but w2_weight has "
+                f"{self.w2_weight.shape[0]}"
+            )
+        if self.hidden_pad < 0 or self.intermediate_pad < 0:
+            raise ConfigError("hidden_pad and intermediate_pad must be >= 0")
+
+    @property
+    def num_local_experts(self) -> int:
+        return int(self.w2_weight.shape[0])
+
+
+class TopKOutput(NamedTuple):
+    topk_weights: torch.Tensor
+    topk_ids: torch.Tensor
+    router_logits: torch.Tensor | None
+
+
+class StandardDispatchOutput(NamedTuple):
+    hidden_states: torch.Tensor
+    hidden_states_scale: torch.Tensor | None
+    topk_output: TopKOutput
+
+
+class DeepEPNormalDispatchOutput(NamedTuple):
+    hidden_states: torch.Tensor
+    hidden_states_scale: torch.Tensor | None
+    topk_ids: torch.Tensor
+    topk_weights: torch.Tensor
+    num_recv_tokens_per_expert: list[int]
+
+
+class DeepEPLLDispatchOutput(NamedTuple):
+    hidden_states: torch.Tensor
+    hidden_states_scale: torch.Tensor | None
+    topk_ids: torch.Tensor
+    topk_weights: torch.Tensor
+    masked_m: torch.Tensor
+    expected_m: int
+
+
+class MoriEPNormalDispatchOutput(NamedTuple):
+    hidden_states: torch.Tensor
+    hidden_states_scale: torch.Tensor | None
+    topk_ids: torch.Tensor
+    topk_weights: torch.Tensor
+    num_recv_tokens_per_expert: torch.Tensor
+    origin_topk_ids: torch.Tensor
+    origin_topk_weights: torch.Tensor
+    out_dtype: torch.dtype
+    recv_cap: int
+
+
+class MoriEPLLDispatchOutput(NamedTuple):
+    hidden_states: torch.Tensor
+    hidden_states_scale: torch.Tensor | None
+    topk_ids: torch.Tensor
+    topk_weights: torch.Tensor
+    num_recv_tokens_per_expert: torch.Tensor
+    origin_topk_ids: torch.Tensor
+    origin_topk_weights: torch.Tensor
+    out_dtype: torch.dtype
+    recv_cap: int
+
+
+class StandardCombineInput(NamedTuple):
+    hidden_states: torch.Tensor
+
+
+class DeepEPNormalCombineInput(NamedTuple):
+    hidden_states: torch.Tensor
+    topk_ids: torch.Tensor
+    topk_weights: torch.Tensor
+
+
+class DeepEPLLCombineInput(NamedTuple):
+    hidden_states: torch.Tensor
+    topk_ids: torch.Tensor
+    topk_weights: torch.Tensor
+
+
+class MoriEPNormalCombineInput(NamedTuple):
+    hidden_states: torch.Tensor
+    topk_ids: torch.Tensor
+    topk_weights: torch.Tensor
+
+
+class MoriEPLLCombineInput(NamedTuple):
+    hidden_states: torch.Tensor
+    topk_ids: torch.Tensor
+    topk_weights: torch.Tensor
+
+
+DispatchOutput = (
+    StandardDispatchOutput
+    | DeepEPNormalDispatchOutput
+    | DeepEPLLDispatchOutput
+    | MoriEPNormalDispatchOutput
+    | MoriEPLLDispatchOutput
+)
+CombineInput = (
+    StandardCombineInput
+    | DeepEPNormalCombineInput
+    | DeepEPLLCombineInput
+    | MoriEPNormalCombineInput
+    | MoriEPLLCombineInput
+)
+
+
+class FusedMoeKernel(Protocol):
+    """AITER's `fused_moe` keyword signature (v0.1.7.post2); newer keywords are keyword-only."""
+
+    def __call__(
+        self,
+        hidden_states: torch.Tensor,
+        w1: torch.Tensor,
+        w2: torch.Tensor,
+        topk_weight: torch.Tensor,
+        topk_ids: torch.Tensor,
+        expert_mask: torch.Tensor | None = None,
+        activation: ActivationType = ActivationType.Silu,
+        quant_type: QuantType = QuantType.No,
+        doweight_stage1: bool = False,
+        w1_scale: torch.Tensor | None = None,
+        w2_scale: torch.Tensor | None = None,
+        a1_scale: torch.Tensor | None = None,
+        a2_scale: torch.Tensor | None = None,
+        block_size_M: int | None = None,
+        num_local_tokens: torch.Tensor | None = None,
+        moe_sorting_dispatch_policy: int = 0,
+        dtype: torch.dtype | None = None,
+        hidden_pad: int = 0,
+        intermediate_pad: int = 0,
+        bias1: torch.Tensor | None = None,
+        bias2: torch.Tensor | None = None,
+    ) -> torch.Tensor: ...
+
+
+class Runner(Protocol):
+    """What every generated `Runner` class is: built once at load, called once per forward."""
+
+    def __init__(
+        self,
+        config: MoeLayerConfig,
+        weights: ExpertWeights,
+        *,
+        kernel: FusedMoeKernel | None = None,
+    ) -> None: ...
+
+    # Each generated runner narrows this to its own dispatch output and combine input types.
+    def __call__(self, dispatch_output: Any) -> Any: ...
