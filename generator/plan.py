@@ -1,0 +1,508 @@
+"""Planner: every specialization decision for one combination, made once, with its reason.
+
+The plan is the only place that looks at axis properties. Templates receive its fields and
+substitute them; they never decide (STYLE.md guideline 5).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import assert_never
+
+from generator.model import (
+    A2ABackend,
+    ActivationRule,
+    Combination,
+    DispatchFormat,
+    IdSpace,
+    KernelQuant,
+    Layout,
+    Matrix,
+    QuantMethod,
+    RowCount,
+    Sink,
+    Weighting,
+    WeightKind,
+    Wire,
+)
+from generator.naming import module_name
+
+
+class MaskKind(Enum):
+    STANDARD = "standard"  # None at ep_size 1, else the global mask [E]
+    GLOBAL = "global"  # [E], ones on this rank's slice
+    SINK = "sink"  # [L+1], the last id is the sink
+
+
+class IdConversion(Enum):
+    NONE = "none"  # int32 ids arrive ready for the kernel
+    MINUS_ONE_TO_SINK = "minus_one_to_sink"  # int64 local ids with -1 -> int32, -1 -> L
+    SLAB_SLOTS = "slab_slots"  # one row per slab slot: id = slab, or the sink past masked_m
+
+
+class WireHandling(Enum):
+    NONE = "none"  # bf16 activations
+    PASS_THROUGH = "pass_through"  # quantized rows and their scales go to the kernel as they are
+    UPSCALE = "upscale"  # dequantize to the output dtype first
+
+
+class RouterWeight(Enum):
+    """What `apply_router_weight_on_input` (a load-time config flag) turns into."""
+
+    REFUSED = "refused"  # the format's combine or kernel weights; the flag is a config error
+    INPUT_SCALING = "input_scaling"  # standard: scale the rows (K == 1), weight 1 in the kernel
+    STAGE1 = "stage1"  # the method passes it as doweight_stage1
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """One specialization decision, as `--explain` prints it."""
+
+    topic: str
+    choice: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class KernelArgument:
+    keyword: str
+    expression: str  # Python source in the generated hot path
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """Every decision for one combination, and the names and expressions its module is made of."""
+
+    combination: Combination
+    module_name: str
+    a2a: A2ABackend
+    dispatch: DispatchFormat
+    quant: QuantMethod
+    kernel_quant: KernelQuant
+    mask: MaskKind
+    ids: IdConversion
+    wire: WireHandling
+    router_weight: RouterWeight
+    decisions: tuple[Decision, ...]
+    # What the templates substitute, decided here.
+    imports: tuple[str, ...]
+    load_fragments: tuple[str, ...]
+    call_fragments: tuple[str, ...]
+    method_fragments: tuple[str, ...]
+    weight_dtypes: str  # a tuple expression of torch dtypes
+    kernel_ids_name: str
+    kernel_weights_name: str
+    kernel_arguments: tuple[KernelArgument, ...]
+    upscale_dtype: str
+    output_expression: str
+    combine_routing: tuple[str, ...]
+    combine_comment: str
+
+    def combine_arguments(self, hidden_states: str) -> tuple[str, ...]:
+        """The combine input's arguments: the given hidden-states expression, then the routing."""
+        return (hidden_states, *self.combine_routing)
+
+
+def _carries_topk_output(fmt: DispatchFormat) -> bool:
+    """Only the standard dispatch output wraps ids and weights in SGLang's TopKOutput."""
+    return fmt.dispatch_output == "StandardDispatchOutput"
+
+
+def wire_suffix(wire: Wire) -> str:
+    match wire:
+        case Wire.BF16:
+            return "bf16"
+        case Wire.FP8_1X128:
+            return "fp8"
+        case Wire.FP4_1X32:
+            return "fp4"
+        case _:
+            assert_never(wire)
+
+
+def plan_combination(matrix: Matrix, combination: Combination) -> Plan:
+    """Decide everything about one combination; pure, deterministic, no I/O."""
+    a2a = matrix.a2a_backend(combination.a2a)
+    fmt = matrix.dispatch_format(combination.dispatch)
+    quant = matrix.quant_method(combination.quant)
+    decisions: list[Decision] = []
+
+    mask, mask_reason = _mask(fmt)
+    decisions.append(Decision("expert mask", mask.value, mask_reason))
+
+    ids, ids_reason = _ids(fmt)
+    decisions.append(Decision("top-k ids", ids.value, ids_reason))
+
+    kernel_quant, wire, wire_reason = _wire(fmt, quant)
+    decisions.append(Decision("wire", f"{fmt.wire.value}, {wire.value}", wire_reason))
+    decisions.append(
+        Decision(
+            "AITER quant type",
+            kernel_quant.value,
+            "the method's own type"
+            if kernel_quant is quant.kernel_quant
+            else f"bf16 weights with a {fmt.wire.value} wire run the pre-quantized path "
+            "(spec/formats.md, wire x weight table)",
+        )
+    )
+    decisions.append(Decision("activation", quant.activation.value, _activation_reason(quant)))
+
+    router_weight, router_reason = _router_weight(fmt, quant)
+    decisions.append(Decision("apply_router_weight_on_input", router_weight.value, router_reason))
+
+    truncate = fmt.truncate_to_recv_cap
+    if truncate:
+        decisions.append(
+            Decision(
+                "recv_cap",
+                "truncate",
+                "MORI's buffer holds a fixed capacity; rows past a positive recv_cap are dropped "
+                "(taken from the dispatch output, never from the environment)",
+            )
+        )
+    num_local_tokens = fmt.row_count is RowCount.TOTAL_RECV
+    if num_local_tokens:
+        decisions.append(
+            Decision(
+                "valid rows",
+                "num_local_tokens = total_recv, dtype = out_dtype",
+                "rows past MORI's total_recv are stale; the kernel skips them without a host sync",
+            )
+        )
+    zero_row_guard = fmt.layout is Layout.FLAT
+    decisions.append(
+        Decision(
+            "zero-row guard",
+            "yes" if zero_row_guard else "no",
+            "AITER rejects M == 0 and a flat dispatch may deliver no rows"
+            if zero_row_guard
+            else "the slab layout always has L * C > 0 rows",
+        )
+    )
+    if quant.pads_hidden:
+        decisions.append(
+            Decision(
+                "hidden padding",
+                "pad activations to the weights' H, slice the output back",
+                "the method pads H and I to multiples of 256 at load",
+            )
+        )
+    if quant.static_input_scales:
+        decisions.append(
+            Decision(
+                "static input scales",
+                "not passed",
+                f"AITER's {quant.kernel_quant.value} activation quantizer refuses a static scale "
+                "for bf16 input; the kernel quantizes each row dynamically instead (a row's own "
+                "amax never exceeds the calibrated range)",
+            )
+        )
+
+    slabs = fmt.layout is Layout.MASKED_SLABS
+    return Plan(
+        combination=combination,
+        module_name=module_name(combination),
+        a2a=a2a,
+        dispatch=fmt,
+        quant=quant,
+        kernel_quant=kernel_quant,
+        mask=mask,
+        ids=ids,
+        wire=wire,
+        router_weight=router_weight,
+        decisions=tuple(decisions),
+        imports=_imports(fmt, wire),
+        load_fragments=_load_fragments(quant, mask, ids, router_weight),
+        call_fragments=_call_fragments(fmt, ids, wire, router_weight, quant, zero_row_guard),
+        method_fragments=(
+            ("router_weight",) if router_weight is RouterWeight.INPUT_SCALING else ()
+        ),
+        weight_dtypes=_weight_dtypes(quant),
+        kernel_ids_name="topk_ids" if ids is IdConversion.NONE else "kernel_topk_ids",
+        kernel_weights_name="kernel_topk_weights" if slabs else "topk_weights",
+        kernel_arguments=_kernel_arguments(fmt, quant, wire, router_weight, num_local_tokens),
+        # Without an out_dtype on the wire, the low-latency output is DeepEP's bf16.
+        upscale_dtype="dispatch_output.out_dtype" if num_local_tokens else "torch.bfloat16",
+        output_expression=_output_expression(slabs, quant.pads_hidden),
+        combine_routing=_combine_routing(fmt),
+        combine_comment=_combine_comment(fmt),
+    )
+
+
+def _imports(fmt: DispatchFormat, wire: WireHandling) -> tuple[str, ...]:
+    typing_names = ["Final"] + (["cast"] if fmt.wire is not Wire.BF16 else [])
+    lines = [
+        f"from typing import {', '.join(sorted(typing_names))}",
+        "",
+        "import torch",
+        "",
+        "from moe_runtime import kernels, loadtime",
+    ]
+    if wire is WireHandling.UPSCALE:
+        upscaler = {Wire.FP8_1X128: "dequantize_fp8_1x128", Wire.FP4_1X32: "dequantize_mxfp4"}
+        lines.append(f"from moe_runtime.quant import {upscaler[fmt.wire]}")
+    type_names = sorted(
+        {
+            "ExpertWeights",
+            "FusedMoeKernel",
+            "MoeLayerConfig",
+            fmt.dispatch_output,
+            fmt.combine_input,
+        }
+    )
+    lines.append("from moe_runtime.types import (")
+    lines.extend(f"    {name}," for name in type_names)
+    lines.append(")")
+    return tuple(lines)
+
+
+def _load_fragments(
+    quant: QuantMethod, mask: MaskKind, ids: IdConversion, router_weight: RouterWeight
+) -> tuple[str, ...]:
+    steps = ["check_weights", "router_weight_" + router_weight.value, "bind_kernel"]
+    if quant.has_weight_scales:
+        steps.append("weight_scales")
+    if quant.has_biases:
+        steps.append("biases")
+    if quant.pads_hidden:
+        steps.append("pads")
+    steps.append("activation_" + quant.activation.value)
+    steps.append("mask_" + mask.value)
+    if ids is not IdConversion.NONE:
+        steps.append("ids_" + ids.value)
+    return tuple(steps)
+
+
+def _call_fragments(
+    fmt: DispatchFormat,
+    ids: IdConversion,
+    wire: WireHandling,
+    router_weight: RouterWeight,
+    quant: QuantMethod,
+    zero_row_guard: bool,
+) -> tuple[str, ...]:
+    """The hot path, step by step: each name is a template under templates/fragments/call/."""
+    quantized_wire = fmt.wire is not Wire.BF16
+    match fmt.layout:
+        case Layout.MASKED_SLABS:
+            steps = ["unpack_slabs"] + (["scale_slabs"] if quantized_wire else [])
+        case Layout.FLAT if fmt.truncate_to_recv_cap:
+            steps = ["unpack_recv_cap"] + (["scale_recv_cap"] if quantized_wire else [])
+        case Layout.FLAT:
+            unpack = "unpack_standard" if _carries_topk_output(fmt) else "unpack_flat"
+            steps = [unpack] + (["scale_flat"] if quantized_wire else [])
+        case _:
+            assert_never(fmt.layout)
+    if zero_row_guard:
+        steps.append("zero_row_guard")
+    if ids is not IdConversion.NONE:
+        steps.append("ids_" + ids.value)
+    if router_weight is RouterWeight.INPUT_SCALING:
+        steps.append("router_weight")
+    if wire is WireHandling.UPSCALE:
+        steps.append("wire_upscale_" + wire_suffix(fmt.wire))
+    if quant.pads_hidden:
+        steps.append("pad_hidden")
+    steps += ["kernel_call", "combine"]
+    return tuple(steps)
+
+
+def _weight_dtypes(quant: QuantMethod) -> str:
+    """The weight dtypes a runner accepts, as a tuple expression."""
+    if quant.weight_kind is WeightKind.FP8:
+        # gfx942 normalises checkpoints to e4m3fnuz at load; gfx950 and the reference use e4m3fn.
+        return "(torch.float8_e4m3fn, torch.float8_e4m3fnuz)"
+    return f"(torch.{quant.weight_dtype},)"
+
+
+def _output_expression(slabs: bool, pads_hidden: bool) -> str:
+    out = "out.view(num_slabs, capacity, -1)" if slabs else "out"
+    if pads_hidden:
+        return out + ("[:, :, : self._hidden_size]" if slabs else "[:, : self._hidden_size]")
+    return out
+
+
+def _combine_routing(fmt: DispatchFormat) -> tuple[str, ...]:
+    """What the combine input carries besides the expert output."""
+    match fmt.id_space:
+        case IdSpace.GLOBAL if fmt.row_count is RowCount.TOTAL_RECV:
+            return ("dispatch_output.origin_topk_ids", "dispatch_output.origin_topk_weights")
+        case IdSpace.GLOBAL:
+            return ()
+        case IdSpace.LOCAL_WITH_MINUS_ONE:
+            return ("topk_ids", "topk_weights")
+        case IdSpace.SLAB_INDEX:
+            return ("dispatch_output.topk_ids", "dispatch_output.topk_weights")
+        case _:
+            assert_never(fmt.id_space)
+
+
+def _combine_comment(fmt: DispatchFormat) -> str:
+    match fmt.id_space:
+        case IdSpace.GLOBAL if fmt.row_count is RowCount.TOTAL_RECV:
+            return "MORI's combine sums each token's rows unweighted, routed by the sender's ids."
+        case IdSpace.GLOBAL:
+            return "Ranks' outputs are summed by the all-reduce after the layer."
+        case IdSpace.LOCAL_WITH_MINUS_ONE:
+            return "DeepEP's combine sums each token's rows unweighted; it needs the original ids."
+        case IdSpace.SLAB_INDEX:
+            return "The low-latency combine weights each slot with the sender's ids and weights."
+        case _:
+            assert_never(fmt.id_space)
+
+
+def _mask(fmt: DispatchFormat) -> tuple[MaskKind, str]:
+    match fmt.sink:
+        case Sink.LOCAL:
+            return MaskKind.SINK, "ids are local with a sink id L: mask [L+1], the sink off"
+        case Sink.NONE:
+            pass
+        case _:
+            assert_never(fmt.sink)
+    match fmt.id_space:
+        case IdSpace.GLOBAL if fmt.row_count is RowCount.SHAPE:
+            return (
+                MaskKind.STANDARD,
+                "global ids: mask [E] with this rank's slice on; none at ep_size 1; built once",
+            )
+        case IdSpace.GLOBAL:
+            return MaskKind.GLOBAL, "global ids: mask [E] with this rank's slice on, built once"
+        case IdSpace.LOCAL_WITH_MINUS_ONE | IdSpace.SLAB_INDEX:
+            # The loader refuses these id spaces without a sink.
+            return MaskKind.SINK, "local ids need a sink"
+        case _:
+            assert_never(fmt.id_space)
+
+
+def _ids(fmt: DispatchFormat) -> tuple[IdConversion, str]:
+    match fmt.id_space:
+        case IdSpace.GLOBAL:
+            return IdConversion.NONE, "int32 global ids and fp32 weights arrive ready: no launch"
+        case IdSpace.LOCAL_WITH_MINUS_ONE:
+            return (
+                IdConversion.MINUS_ONE_TO_SINK,
+                "one remainder by L+1 into int32 maps -1 to the sink L and keeps 0..L-1 (AITER "
+                "indexes memory with the raw id, so -1 must never reach it); combine gets the "
+                "original ids and weights",
+            )
+        case IdSpace.SLAB_INDEX:
+            return (
+                IdConversion.SLAB_SLOTS,
+                "flatten [L, C, H] to one row per slot with id = slab (sink past masked_m) and "
+                "weight 1: the low-latency combine applies the top-k weights",
+            )
+        case _:
+            assert_never(fmt.id_space)
+
+
+def _wire(fmt: DispatchFormat, quant: QuantMethod) -> tuple[KernelQuant, WireHandling, str]:
+    """The wire x weight table of spec/formats.md, resolved for one combination."""
+    match fmt.wire:
+        case Wire.BF16:
+            return quant.kernel_quant, WireHandling.NONE, "bf16 rows go to the kernel as they are"
+        case Wire.FP8_1X128 | Wire.FP4_1X32:
+            pass
+        case _:
+            assert_never(fmt.wire)
+    fp8 = fmt.wire is Wire.FP8_1X128
+    match quant.weight_kind:
+        case WeightKind.BF16:
+            return (
+                KernelQuant.PER_128X128 if fp8 else KernelQuant.PER_1X32,
+                WireHandling.PASS_THROUGH,
+                "bf16 weights: the quantized rows and their scales pass straight to the kernel",
+            )
+        case WeightKind.FP8 | WeightKind.INT4:
+            blockwise = quant.kernel_quant in (KernelQuant.PER_128X128, KernelQuant.PER_1X128)
+            if fp8 and blockwise:
+                return (
+                    quant.kernel_quant,
+                    WireHandling.PASS_THROUGH,
+                    "fp8 rows with 1x128 scales are what the block-scaled kernel quantizes to",
+                )
+            return (
+                quant.kernel_quant,
+                WireHandling.UPSCALE,
+                "the kernel expects one activation scale per row"
+                if fp8
+                else "no fp8-weight kernel takes fp4 activations",
+            )
+        case WeightKind.FP4:
+            if fp8:
+                return (
+                    quant.kernel_quant,
+                    WireHandling.UPSCALE,
+                    "no fp4-weight kernel takes fp8 activations: dequantize to out_dtype",
+                )
+            if quant.pads_hidden:
+                return (
+                    quant.kernel_quant,
+                    WireHandling.UPSCALE,
+                    "the a16w4 Swiglu path takes bf16 activations padded to the weights' H; "
+                    "fp4 values times a power-of-two scale are exact in bf16",
+                )
+            return (
+                quant.kernel_quant,
+                WireHandling.PASS_THROUGH,
+                "fp4 rows with e8m0 1x32 scales are what the a4w4 kernel quantizes to",
+            )
+        case _:
+            assert_never(quant.weight_kind)
+
+
+def _activation_reason(quant: QuantMethod) -> str:
+    match quant.activation:
+        case ActivationRule.LAYER:
+            return "the layer's activation, mapped once at load (unknown names are refused)"
+        case ActivationRule.SWIGLU:
+            return "the method forces Swiglu"
+        case _:
+            assert_never(quant.activation)
+
+
+def _router_weight(fmt: DispatchFormat, quant: QuantMethod) -> tuple[RouterWeight, str]:
+    if fmt.weighting is Weighting.COMBINE:
+        return RouterWeight.REFUSED, "the low-latency combine weights; the expert side must not"
+    if quant.router_weight_in_stage1:
+        return RouterWeight.STAGE1, "the method passes it to the kernel as doweight_stage1"
+    if _carries_topk_output(fmt):
+        return (
+            RouterWeight.INPUT_SCALING,
+            "standard scales the input rows (K == 1) and passes weights of one; chosen at load",
+        )
+    return RouterWeight.REFUSED, "only the standard format scales input rows"
+
+
+def _kernel_arguments(
+    fmt: DispatchFormat,
+    quant: QuantMethod,
+    wire: WireHandling,
+    router_weight: RouterWeight,
+    num_local_tokens: bool,
+) -> tuple[KernelArgument, ...]:
+    """Keywords the hot path passes; everything left out is the kernel's default."""
+    args = [
+        KernelArgument("expert_mask", "self._expert_mask"),
+        KernelArgument("activation", "self._activation"),
+        KernelArgument("quant_type", "self._quant_type"),
+    ]
+    if router_weight is RouterWeight.STAGE1:
+        args.append(KernelArgument("doweight_stage1", "self._doweight_stage1"))
+    if quant.has_weight_scales:
+        args.append(KernelArgument("w1_scale", "self._w13_scale"))
+        args.append(KernelArgument("w2_scale", "self._w2_scale"))
+    if wire is WireHandling.PASS_THROUGH:
+        args.append(KernelArgument("a1_scale", "hidden_states_scale"))
+    if num_local_tokens:
+        args.append(
+            KernelArgument("num_local_tokens", "dispatch_output.num_recv_tokens_per_expert")
+        )
+        args.append(KernelArgument("dtype", "dispatch_output.out_dtype"))
+    if quant.pads_hidden:
+        args.append(KernelArgument("hidden_pad", "self._hidden_pad"))
+        args.append(KernelArgument("intermediate_pad", "self._intermediate_pad"))
+    if quant.has_biases:
+        args.append(KernelArgument("bias1", "self._b13"))
+        args.append(KernelArgument("bias2", "self._b2"))
+    return tuple(args)

@@ -1,0 +1,125 @@
+"""Load-time work shared by every generated runner: kernel binding, expert masks, enum values and
+weight checks. Nothing here runs per forward; generated hot paths only read what these return."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import cast
+
+import torch
+
+from moe_runtime import kernels
+from moe_runtime.types import ConfigError, ExpertWeights, FusedMoeKernel, MoeLayerConfig
+
+_ACTIVATIONS = {
+    "silu": kernels.ActivationType.Silu,
+    "gelu": kernels.ActivationType.Gelu,
+    "swiglu": kernels.ActivationType.Swiglu,
+}
+
+
+def bind_kernel(
+    kernel: FusedMoeKernel | None,
+    weights: ExpertWeights,
+    quant_type: kernels.QuantType,
+    config: MoeLayerConfig,
+) -> tuple[FusedMoeKernel, ExpertWeights]:
+    """The kernel a runner calls and the weights it passes.
+
+    `None` means the binding of `moe_runtime.kernels`, whose weights are prepared (AITER shuffles
+    them) once, here. An injected kernel (a recorder, a stub, the graph-safe reference) gets the
+    logical layout as it is. `swiglu_limit` is a newer AITER keyword: it is bound into the kernel
+    only when the layer sets one, and a kernel without the keyword is refused rather than ignored.
+    """
+    bound: FusedMoeKernel
+    if kernel is None:
+        bound = kernels.fused_moe
+        weights = kernels.prepare_weights(weights, quant_type)
+    else:
+        bound = kernel
+    if config.swiglu_limit > 0:
+        if not kernels.accepts_keyword(bound, "swiglu_limit"):
+            raise ConfigError(
+                f"swiglu_limit={config.swiglu_limit} needs a kernel with a `swiglu_limit` keyword; "
+                f"the bound kernel ({kernels.describe()}) has none"
+            )
+        untyped = cast(Callable[..., torch.Tensor], bound)
+        bound = cast(FusedMoeKernel, functools.partial(untyped, swiglu_limit=config.swiglu_limit))
+    return bound, weights
+
+
+def activation_type(config: MoeLayerConfig) -> kernels.ActivationType:
+    """The layer's activation as AITER's enum (the config already rejected unknown names)."""
+    return _ACTIVATIONS[config.activation]
+
+
+def global_expert_mask(config: MoeLayerConfig, device: torch.device) -> torch.Tensor:
+    """int32 [E]: ones on this rank's experts [r*L, (r+1)*L), for formats with global ids."""
+    mask = torch.zeros(config.num_experts, dtype=torch.int32, device=device)
+    first = config.first_local_expert
+    mask[first : first + config.num_local_experts] = 1
+    return mask
+
+
+def standard_expert_mask(config: MoeLayerConfig, device: torch.device) -> torch.Tensor | None:
+    """The standard format's mask: none without expert parallelism (ids are already local)."""
+    if config.ep_size == 1:
+        return None
+    return global_expert_mask(config, device)
+
+
+def sink_expert_mask(config: MoeLayerConfig, device: torch.device) -> torch.Tensor:
+    """int32 [L+1]: every local expert on, then the sink id L off (it is never computed)."""
+    mask = torch.ones(config.num_local_experts + 1, dtype=torch.int32, device=device)
+    mask[-1] = 0
+    return mask
+
+
+def router_weight_on_input(config: MoeLayerConfig) -> bool:
+    """Whether the standard format scales the input rows by the router weight (needs top_k 1)."""
+    if config.apply_router_weight_on_input and config.top_k != 1:
+        raise ConfigError(
+            f"apply_router_weight_on_input needs top_k == 1 (one weight per row), "
+            f"got {config.top_k}"
+        )
+    return config.apply_router_weight_on_input
+
+
+def refuse_router_weight_on_input(config: MoeLayerConfig, dispatch_format: str) -> None:
+    """Formats whose kernel or combine already weights cannot also weight the input."""
+    if config.apply_router_weight_on_input:
+        raise ConfigError(
+            f"apply_router_weight_on_input is not supported with dispatch format "
+            f"{dispatch_format!r}: only 'standard' scales the input rows, and methods that apply "
+            "the router weight in stage 1 (mxfp4) do it in the kernel"
+        )
+
+
+def check_weights(
+    config: MoeLayerConfig,
+    weights: ExpertWeights,
+    *,
+    quant_method: str,
+    weight_dtypes: tuple[torch.dtype, ...],
+    needs_scales: bool,
+    needs_biases: bool,
+) -> None:
+    """Refuse, at load, weights that the runner's quant method cannot use, saying what is wrong."""
+    problems = []
+    if weights.num_local_experts != config.num_local_experts:
+        problems.append(
+            f"weights hold {weights.num_local_experts} experts, the config says "
+            f"num_local_experts={config.num_local_experts}"
+        )
+    for name in ("w13_weight", "w2_weight"):
+        dtype = getattr(weights, name).dtype
+        if dtype not in weight_dtypes:
+            wanted = " or ".join(str(d) for d in weight_dtypes)
+            problems.append(f"{name} is {dtype}, {quant_method} needs {wanted}")
+    if needs_scales and (weights.w13_scale is None or weights.w2_scale is None):
+        problems.append(f"{quant_method} needs w13_scale and w2_scale")
+    if needs_biases and (weights.b13 is None or weights.b2 is None):
+        problems.append(f"{quant_method} needs biases b13 and b2")
+    if problems:
+        raise ConfigError(f"weights do not fit a {quant_method} runner: " + "; ".join(problems))

@@ -1,0 +1,103 @@
+"""The recording kernel of shared/vectors/README.md, and exact comparison with a recorded call."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+VECTORS_DIR = Path(__file__).resolve().parents[2] / "shared" / "vectors" / "sglang-0.5.13"
+
+# fused_moe's defaults (spec/aiter_fused_moe.md): a keyword not passed is recorded with these.
+KERNEL_DEFAULTS: dict[str, Any] = {
+    "expert_mask": None,
+    "activation": 0,
+    "quant_type": 0,
+    "doweight_stage1": False,
+    "w1_scale": None,
+    "w2_scale": None,
+    "a1_scale": None,
+    "a2_scale": None,
+    "num_local_tokens": None,
+    "dtype": None,
+    "hidden_pad": 0,
+    "intermediate_pad": 0,
+    "bias1": None,
+    "bias2": None,
+}
+
+
+class RecordingKernel:
+    """Records its keyword arguments; returns the README's deterministic function of its inputs."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict[str, Any]] = []
+
+    def __call__(
+        self,
+        hidden_states: torch.Tensor,
+        w1: torch.Tensor,
+        w2: torch.Tensor,
+        topk_weight: torch.Tensor,
+        topk_ids: torch.Tensor,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        self.calls.append(
+            {
+                "hidden_states": hidden_states,
+                "topk_weight": topk_weight,
+                "topk_ids": topk_ids,
+                **kwargs,
+            }
+        )
+        m, h = hidden_states.shape[0], w2.shape[1]
+        rows = hidden_states.float().reshape(m, -1).sum(dim=-1, keepdim=True)
+        mix = (topk_weight.float() * (topk_ids.float() + 1)).sum(dim=-1, keepdim=True)
+        dtype = kwargs.get("dtype")
+        if dtype is None:
+            wide = hidden_states.dtype in (torch.bfloat16, torch.float16)
+            dtype = hidden_states.dtype if wide else torch.bfloat16
+        return (rows * mix).expand(m, h).to(dtype)
+
+
+def as_dtype(value: Any) -> Any:
+    """Vectors store dtypes by name ("bfloat16")."""
+    return getattr(torch, value) if isinstance(value, str) else value
+
+
+def call_differences(recorded: dict[str, Any], expected: dict[str, Any]) -> list[str]:
+    """Every keyword where a recorded call differs from a vector's `kernel_call` (empty: same)."""
+    actual = {**KERNEL_DEFAULTS, **recorded}
+    problems = []
+    for key in sorted(
+        set(expected) | (set(actual) - {"block_size_M", "moe_sorting_dispatch_policy"})
+    ):
+        if key not in expected:
+            problems.append(f"{key}: passed {actual[key]!r}, not in the recorded call")
+            continue
+        problem = value_difference(actual.get(key, "<missing>"), expected[key], key)
+        if problem:
+            problems.append(problem)
+    return problems
+
+
+def value_difference(actual: Any, expected: Any, key: str) -> str | None:
+    if isinstance(expected, torch.Tensor) or isinstance(actual, torch.Tensor):
+        if not (isinstance(actual, torch.Tensor) and isinstance(expected, torch.Tensor)):
+            return f"{key}: {type(actual).__name__} vs {type(expected).__name__}"
+        if actual.dtype != expected.dtype or actual.shape != expected.shape:
+            got, want = (f"{x.dtype}{tuple(x.shape)}" for x in (actual, expected))
+            return f"{key}: {got} vs {want}"
+        if not torch.equal(actual.cpu(), expected.cpu()):
+            return f"{key}: values differ"
+        return None
+    if key == "dtype":
+        return None if as_dtype(actual) == as_dtype(expected) else f"dtype: {actual} vs {expected}"
+    if actual is None or expected is None:
+        return None if actual is expected else f"{key}: {actual!r} vs {expected!r}"
+    return (
+        None
+        if actual == expected and int(actual) == int(expected)
+        else f"{key}: {actual!r} vs {expected!r}"
+    )

@@ -1,0 +1,108 @@
+"""SGLang 0.5.13's own kernel calls and combine inputs (shared/vectors) reproduced exactly by the
+generated runner of each recorded key, run with the vectors' recording kernel."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import generated
+from moe_runtime import types as t
+from tests.recording import VECTORS_DIR, RecordingKernel, as_dtype, call_differences
+
+VECTOR_PATHS = sorted(VECTORS_DIR.glob("*.pt"))
+
+
+def load_vector(path: Path) -> dict[str, Any]:
+    vector: dict[str, Any] = torch.load(path, weights_only=True)
+    return vector
+
+
+def build_weights(recorded: dict[str, Any]) -> t.ExpertWeights:
+    # The weights' values never reach the recording kernel's output: any values of the shape do.
+    tensors = {
+        name: torch.zeros(spec["shape"], dtype=as_dtype(spec["dtype"]))
+        if isinstance(spec, dict)
+        else spec
+        for name, spec in recorded.items()
+    }
+    return t.ExpertWeights(**tensors)
+
+
+def build_dispatch_output(dispatch: str, fields: dict[str, Any]) -> Any:
+    if dispatch == "standard":
+        topk = t.TopKOutput(fields["topk_weights"], fields["topk_ids"], None)
+        return t.StandardDispatchOutput(
+            fields["hidden_states"], fields["hidden_states_scale"], topk
+        )
+    if dispatch == "deepep_normal":
+        return t.DeepEPNormalDispatchOutput(**fields)
+    output_type = t.MoriEPLLDispatchOutput if "_ll" in dispatch else t.MoriEPNormalDispatchOutput
+    return output_type(**{**fields, "out_dtype": as_dtype(fields["out_dtype"])})
+
+
+def combine_differences(actual: Any, expected: dict[str, Any]) -> list[str]:
+    problems = []
+    for name, want in expected.items():
+        got = getattr(actual, name, None)
+        if want is None:
+            if got is not None:
+                problems.append(f"{name}: expected None")
+        elif (
+            not isinstance(got, torch.Tensor)
+            or got.dtype != want.dtype
+            or not torch.equal(got, want)
+        ):
+            problems.append(f"{name}: differs")
+    return problems
+
+
+def run_vector(path: Path) -> tuple[dict[str, Any], RecordingKernel, Any]:
+    vector = load_vector(path)
+    a2a, quant, dispatch = vector["key"]
+    config = t.MoeLayerConfig(**vector["config"])
+    kernel = RecordingKernel()
+    runner = generated.select(a2a, quant, dispatch)(
+        config, build_weights(vector["weights"]), kernel=kernel
+    )
+    combine_input = runner(build_dispatch_output(dispatch, vector["dispatch_output"]))
+    return vector, kernel, combine_input
+
+
+def test_every_recorded_key_has_a_generated_runner() -> None:
+    assert len(VECTOR_PATHS) == 23
+    for path in VECTOR_PATHS:
+        assert tuple(load_vector(path)["key"]) in generated.RUNNERS, path.name
+
+
+@pytest.mark.parametrize("path", VECTOR_PATHS, ids=lambda p: p.stem)
+def test_runner_makes_sglangs_kernel_call_and_combine_input(path: Path) -> None:
+    vector, kernel, combine_input = run_vector(path)
+    assert len(kernel.calls) == 1
+    assert call_differences(kernel.calls[0], vector["kernel_call"]) == []
+    assert type(combine_input).__name__.startswith(
+        {"standard": "Standard", "deepep_normal": "DeepEPNormal"}.get(vector["key"][2], "MoriEP")
+    )
+    assert combine_differences(combine_input, vector["combine_input"]) == []
+
+
+@pytest.mark.parametrize("path", VECTOR_PATHS[::7], ids=lambda p: p.stem)
+def test_comparison_catches_a_perturbed_call_or_output(path: Path) -> None:
+    """Negative control: the comparisons above fail on a changed id, mask, enum or output."""
+    vector, kernel, combine_input = run_vector(path)
+    call = dict(kernel.calls[0])
+    ids = call["topk_ids"].clone()
+    ids[0, 0] += 1
+    assert call_differences({**call, "topk_ids": ids}, vector["kernel_call"])
+    assert call_differences(
+        {**call, "quant_type": int(call["quant_type"]) + 1}, vector["kernel_call"]
+    )
+    assert call_differences(
+        {**call, "expert_mask": torch.ones(3, dtype=torch.int32)}, vector["kernel_call"]
+    )
+    assert call_differences({**call, "a2_scale": torch.ones(1)}, vector["kernel_call"])
+    zeroed = combine_input._replace(hidden_states=torch.zeros_like(combine_input.hidden_states))
+    assert combine_differences(zeroed, vector["combine_input"])
