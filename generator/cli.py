@@ -36,6 +36,10 @@ exit codes:
   3  rendered code failed verification (LibCST branch-free rule or mypy --strict);
      nothing under --out changed
 
+environment:
+  GENERATOR_CACHE_DIR  where the lock, the staging tree and mypy's cache live
+                       (default: .generator-cache/ at the repository root)
+
 examples:
   python -m generator --matrix schema/amd.yaml            regenerate generated/
   python -m generator --matrix schema/amd.yaml --check    fail if generated/ is stale (CI)
@@ -162,7 +166,7 @@ def _write(out_dir: Path, files: dict[str, str], plans: list[Plan], *, typecheck
     ]
     if violations:
         return _unverified("LibCST branch-free check", violations, out_dir)
-    cache_dir = REPO_ROOT / ".generator-cache"
+    cache_dir = Path(os.environ.get("GENERATOR_CACHE_DIR", REPO_ROOT / ".generator-cache"))
     with generator_lock(cache_dir):
         if typecheck:
             staging = cache_dir / "staging" / out_dir.name

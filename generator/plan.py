@@ -260,14 +260,19 @@ def _imports(fmt: DispatchFormat, wire: WireHandling) -> tuple[str, ...]:
 def _load_fragments(
     quant: QuantMethod, mask: MaskKind, ids: IdConversion, router_weight: RouterWeight
 ) -> tuple[str, ...]:
-    steps = ["check_weights", "router_weight_" + router_weight.value, "bind_kernel"]
+    steps = [
+        "check_weights",
+        "router_weight_" + router_weight.value,
+        # AITER's weight preparation depends on the activation (per_1x32: a16w4 vs a4w4 layout).
+        "activation_" + quant.activation.value,
+        "bind_kernel",
+    ]
     if quant.has_weight_scales:
         steps.append("weight_scales")
     if quant.has_biases:
         steps.append("biases")
     if quant.pads_hidden:
         steps.append("pads")
-    steps.append("activation_" + quant.activation.value)
     steps.append("mask_" + mask.value)
     if ids is not IdConversion.NONE:
         steps.append("ids_" + ids.value)

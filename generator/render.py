@@ -118,9 +118,20 @@ def _render(env: jinja2.Environment, template: str, context: Mapping[str, object
     try:
         text = env.get_template(template).render(context)
     except jinja2.TemplateError as error:
-        where = getattr(error, "name", None) or template
-        line = getattr(error, "lineno", None)
-        raise TemplateProblem(
-            f"templates/{where}{f':{line}' if line else ''}: {type(error).__name__}: {error}"
-        ) from error
+        raise TemplateProblem(f"{_template_position(error, template)}: {error}") from error
     return text.rstrip("\n") + "\n"
+
+
+def _template_position(error: jinja2.TemplateError, template: str) -> str:
+    """`templates/<name>:<line>` of the innermost template frame (Jinja maps frames to them)."""
+    if isinstance(error, jinja2.TemplateSyntaxError):
+        return f"templates/{error.name or template}:{error.lineno}"
+    position = f"templates/{template}"
+    traceback = error.__traceback__
+    while traceback is not None:
+        filename = traceback.tb_frame.f_code.co_filename
+        if filename.endswith(".j2"):
+            name = Path(filename).resolve().relative_to(TEMPLATES_DIR.resolve()).as_posix()
+            position = f"templates/{name}:{traceback.tb_lineno}"
+        traceback = traceback.tb_next
+    return position

@@ -23,6 +23,7 @@ def bind_kernel(
     kernel: FusedMoeKernel | None,
     weights: ExpertWeights,
     quant_type: kernels.QuantType,
+    activation: kernels.ActivationType,
     config: MoeLayerConfig,
 ) -> tuple[FusedMoeKernel, ExpertWeights]:
     """The kernel a runner calls and the weights it passes.
@@ -35,7 +36,7 @@ def bind_kernel(
     bound: FusedMoeKernel
     if kernel is None:
         bound = kernels.fused_moe
-        weights = kernels.prepare_weights(weights, quant_type)
+        weights = kernels.prepare_weights(weights, quant_type, activation=activation)
     else:
         bound = kernel
     if config.swiglu_limit > 0:

@@ -52,7 +52,10 @@ class RecordingKernel:
             }
         )
         m, h = hidden_states.shape[0], w2.shape[1]
-        rows = hidden_states.float().reshape(m, -1).sum(dim=-1, keepdim=True)
+        # fp4 has no conversion kernel on CPU: its packed bytes stand in for the values.
+        fp4 = hidden_states.dtype == torch.float4_e2m1fn_x2
+        values = hidden_states.view(torch.uint8) if fp4 else hidden_states
+        rows = values.float().reshape(m, -1).sum(dim=-1, keepdim=True)
         mix = (topk_weight.float() * (topk_ids.float() + 1)).sum(dim=-1, keepdim=True)
         dtype = kwargs.get("dtype")
         if dtype is None:
@@ -89,7 +92,8 @@ def value_difference(actual: Any, expected: Any, key: str) -> str | None:
         if actual.dtype != expected.dtype or actual.shape != expected.shape:
             got, want = (f"{x.dtype}{tuple(x.shape)}" for x in (actual, expected))
             return f"{key}: {got} vs {want}"
-        if not torch.equal(actual.cpu(), expected.cpu()):
+        # Byte views: CPU torch has no equality kernel for fp8 or fp4.
+        if not torch.equal(_bytes(actual), _bytes(expected)):
             return f"{key}: values differ"
         return None
     if key == "dtype":
@@ -101,3 +105,7 @@ def value_difference(actual: Any, expected: Any, key: str) -> str | None:
         if actual == expected and int(actual) == int(expected)
         else f"{key}: {actual!r} vs {expected!r}"
     )
+
+
+def _bytes(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.detach().cpu().contiguous().view(torch.uint8)

@@ -1,0 +1,146 @@
+"""Runs one generated runner per rank of an emulated dispatch and folds them back: the harness of
+the end-to-end and edge-case tests."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+import generated
+from moe_runtime import emulate
+from moe_runtime import types as t
+from moe_runtime.weights import dequantized_weights, make_expert_weights, slice_experts
+from tests.dense import dense_moe_float64
+
+NUM_EXPERTS, HIDDEN, INTERMEDIATE, TOP_K, TOKENS = 8, 256, 128, 3, 13
+EP_SIZES = (1, 2, 4)
+KEYS = sorted(generated.RUNNERS)
+ALL = [(key, ep) for key in KEYS for ep in EP_SIZES]
+DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
+
+# Bounds on the dissimilarity 1 - 2*sum(xy)/sum(x^2+y^2) against the float64 dense MoE, over the
+# whole output and per row, by the coarsest rounding of the activations on the path (the method's
+# own quantization, or a quantized wire). Measured on these shapes (H=256, I=128, K=3, E=8):
+# bf16 paths ~3e-6 (rows 4e-6), fp8 ~1.3e-3 (rows 2.7e-3), fp4 ~2.7e-2 (rows 4.5e-2); each bound is
+# about 3x the worst seen. Negative controls (a zeroed or dropped rank, a leaked garbage row) give
+# whole-output dissimilarities above 0.1 and row dissimilarities near 1.
+DISSIMILARITY_BOUNDS = {"bf16": (1e-4, 2e-4), "fp8": (5e-3, 1e-2), "fp4": (8e-2, 1.5e-1)}
+FP8_ACTIVATION_METHODS = ("fp8_block", "fp8_channel", "ct_w8a8_fp8", "quark_int4fp8")
+
+
+def activation_rounding(quant: str, dispatch: str) -> str:
+    """The coarsest activation rounding between the dispatcher and the expert GEMMs."""
+    if quant == "quark_w4a4_mxfp4" or dispatch.endswith("_fp4"):
+        return "fp4"
+    if quant in FP8_ACTIVATION_METHODS or dispatch.endswith("_fp8"):
+        return "fp8"
+    return "bf16"
+
+
+def dense_mismatch(
+    actual: torch.Tensor, expected: torch.Tensor, quant: str, dispatch: str
+) -> str | None:
+    """Why `actual` is not the dense result within the path's rounding, or None if it is."""
+    a, e = actual.double().cpu(), expected.double().cpu()
+    if a.shape != e.shape:
+        return f"shape {tuple(a.shape)} != {tuple(e.shape)}"
+    if not bool(torch.isfinite(a).all()):
+        return "NaN or inf in the output"
+    whole_bound, row_bound = DISSIMILARITY_BOUNDS[activation_rounding(quant, dispatch)]
+    whole = float(((a - e) ** 2).sum() / (a * a + e * e).sum())
+    rows = ((a - e) ** 2).sum(dim=1) / (a * a + e * e).sum(dim=1).clamp(min=1e-30)
+    if whole > whole_bound or float(rows.max()) > row_bound:
+        return (
+            f"dissimilarity {whole:.2e} (bound {whole_bound:g}), worst row {float(rows.max()):.2e}"
+        )
+    return None
+
+
+def layer_activation(quant: str) -> str:
+    return "swiglu" if quant == "mxfp4" else "silu"
+
+
+@dataclasses.dataclass
+class Run:
+    batch: emulate.GlobalBatch
+    dispatched: emulate.Dispatched
+    combine_inputs: list[Any]
+    runners: list[Any]
+    configs: list[t.MoeLayerConfig]
+    weights: list[t.ExpertWeights]
+    expected: torch.Tensor
+
+    def mismatch(self, quant: str, dispatch: str, actual: torch.Tensor | None = None) -> str | None:
+        """Why the combined output (or `actual`) is not the dense result, or None if it is."""
+        return dense_mismatch(
+            self.combined() if actual is None else actual, self.expected, quant, dispatch
+        )
+
+    def combined(self, combine_inputs: list[Any] | None = None) -> torch.Tensor:
+        return emulate.combine(self.dispatched, combine_inputs or self.combine_inputs)
+
+
+def run_combination(
+    key: tuple[str, str, str],
+    ep_size: int,
+    *,
+    device: str = "cpu",
+    tokens: int = TOKENS,
+    top_k: int = TOP_K,
+    recv_cap: int = 0,
+    max_tokens_per_rank: int | None = None,
+    rank_of_runner: Callable[[int], int] = lambda rank: rank,
+    seed: int = 0,
+    batch: emulate.GlobalBatch | None = None,
+    kernel: Any = None,
+) -> Run:
+    """Dispatch a batch (a random router-like one unless given), run the generated runner of `key`
+    on every rank (with the bound kernel unless one is given), combine, and compute the dense
+    float64 reference over all experts."""
+    _, quant, dispatch = key
+    weights = make_expert_weights(
+        quant, NUM_EXPERTS, HIDDEN, INTERMEDIATE, seed=seed, device=device
+    )
+    if batch is None:
+        batch = emulate.make_batch(
+            tokens, HIDDEN, NUM_EXPERTS, top_k, ep_size=ep_size, seed=seed + 1, device=device
+        )
+    dispatched = emulate.dispatch(
+        batch, dispatch, recv_cap=recv_cap, max_tokens_per_rank=max_tokens_per_rank
+    )
+    local = NUM_EXPERTS // ep_size
+    runner_type = generated.select(*key)
+    configs, runners, combine_inputs, rank_weights_list = [], [], [], []
+    for rank, dispatch_output in enumerate(dispatched.outputs):
+        owner = rank_of_runner(rank)
+        config = t.MoeLayerConfig(
+            num_experts=NUM_EXPERTS,
+            num_local_experts=local,
+            ep_rank=owner,
+            ep_size=ep_size,
+            top_k=top_k,
+            hidden_size=HIDDEN,
+            intermediate_size=INTERMEDIATE,
+            activation=layer_activation(quant),
+        )
+        rank_weights = slice_experts(weights, owner * local, (owner + 1) * local)
+        runner = runner_type(config, rank_weights, kernel=kernel)
+        configs.append(config)
+        rank_weights_list.append(rank_weights)
+        runners.append(runner)
+        combine_inputs.append(runner(dispatch_output))
+    w13, w2 = dequantized_weights(weights, quant)
+    expected = dense_moe_float64(
+        batch.hidden_states,
+        batch.topk_ids,
+        batch.topk_weights,
+        w13,
+        w2,
+        activation=layer_activation(quant),
+        b13=weights.b13,
+        b2=weights.b2,
+    )
+    return Run(batch, dispatched, combine_inputs, runners, configs, rank_weights_list, expected)

@@ -1,0 +1,97 @@
+"""Generated runners against SGLang's dynamic path (moe_runtime.dynamic), same inputs, same kernel.
+
+Where SGLang's path is right, the generated runner's combine input is bit-identical to it on every
+rank. Where it is wrong, `moe_runtime.dynamic.known_wrong` says why, and the test shows the flaw:
+the dynamic path raises, or its result leaves the dense MoE that the generated runner matches.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+import generated
+from moe_runtime import emulate
+from moe_runtime.dynamic import DynamicRunner, known_wrong
+from moe_runtime.kernels.reference import ReferenceFusedMoe
+from tests.runners.harness import EP_SIZES, KEYS, dense_mismatch, run_combination
+
+# The harness's weights are unpadded (hidden_pad 0).
+RIGHT = [
+    (k, ep) for k in KEYS for ep in EP_SIZES if known_wrong(*k, ep_size=ep, hidden_pad=0) is None
+]
+WRONG = [
+    (k, reason) for k in KEYS if (reason := known_wrong(*k, ep_size=2, hidden_pad=0)) is not None
+]
+KERNEL = ReferenceFusedMoe()
+
+
+def dynamic_outputs(run: Any, key: tuple[str, str, str]) -> list[Any]:
+    a2a, quant, _ = key
+    outputs = []
+    for weights, config, dispatch_output in zip(
+        run.weights, run.configs, run.dispatched.outputs, strict=True
+    ):
+        dynamic = DynamicRunner(config, weights, quant, kernel=KERNEL, a2a_backend=a2a)
+        outputs.append(dynamic(dispatch_output))
+    return outputs
+
+
+def same(a: Any, b: Any) -> bool:
+    return type(a) is type(b) and all(
+        x is y or (isinstance(x, torch.Tensor) and x.dtype == y.dtype and torch.equal(x, y))
+        for x, y in zip(a, b, strict=True)
+    )
+
+
+def test_the_two_lists_cover_the_matrix() -> None:
+    assert len(KEYS) == len(generated.RUNNERS) == 98
+    assert {k for k, _ in WRONG} | {k for k, _ in RIGHT} == set(KEYS)
+    assert 0 < len(WRONG) < len(KEYS)
+
+
+@pytest.mark.parametrize(("key", "ep_size"), RIGHT, ids=[f"{'/'.join(k)}-ep{e}" for k, e in RIGHT])
+def test_identical_to_sglangs_path_where_it_is_right(
+    key: tuple[str, str, str], ep_size: int
+) -> None:
+    run = run_combination(key, ep_size, kernel=KERNEL)
+    for rank, (ours, theirs) in enumerate(
+        zip(run.combine_inputs, dynamic_outputs(run, key), strict=True)
+    ):
+        assert same(ours, theirs), f"rank {rank}"
+
+
+def test_identity_check_catches_one_changed_value() -> None:
+    """Negative control for `same`: a single perturbed element or a swapped routing tensor fails."""
+    key = ("mori", "fp8_block", "mori_normal")
+    run = run_combination(key, 2, kernel=KERNEL)
+    ours, theirs = run.combine_inputs[0], dynamic_outputs(run, key)[0]
+    assert same(ours, theirs)
+    nudged = ours.hidden_states.clone()
+    nudged[0, 0] += 1
+    assert not same(ours._replace(hidden_states=nudged), theirs)
+    assert not same(ours._replace(topk_ids=ours.topk_ids.flip(0)), theirs)
+
+
+@pytest.mark.parametrize(("key", "reason"), WRONG, ids=["/".join(k) for k, _ in WRONG])
+def test_sglangs_path_is_wrong_where_known(key: tuple[str, str, str], reason: str) -> None:
+    run = run_combination(key, 2, kernel=KERNEL)
+    assert run.mismatch(key[1], key[2]) is None, "the generated runner is right"
+    try:
+        theirs = dynamic_outputs(run, key)
+    except Exception as error:  # SGLang's own failure mode (shape, attribute or value errors)
+        assert type(error).__name__ in {
+            "RuntimeError",
+            "AttributeError",
+            "ValueError",
+            "IndexError",
+        }
+        return
+    combined = emulate.combine(run.dispatched, theirs)
+    if dense_mismatch(combined, run.expected, key[1], key[2]) is not None:
+        return
+    # Flaws the reference cannot show (AITER refuses the call, or reads another layout): the
+    # reason names AITER, and the dynamic path passed the kernel what the reason says.
+    assert "AITER" in reason or "a16w4" in reason or "per-row" in reason, reason
