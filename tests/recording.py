@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
-VECTORS_DIR = Path(__file__).resolve().parents[2] / "shared" / "vectors" / "sglang-0.5.13"
+# shared/ sits beside the repository; MOE_TEST_VECTORS_DIR points elsewhere (the GPU machine).
+VECTORS_DIR = Path(
+    os.environ.get(
+        "MOE_TEST_VECTORS_DIR",
+        Path(__file__).resolve().parents[2] / "shared" / "vectors" / "sglang-0.5.13",
+    )
+)
 
 # fused_moe's defaults (spec/aiter_fused_moe.md): a keyword not passed is recorded with these.
 KERNEL_DEFAULTS: dict[str, Any] = {

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from generator import cli, render
+from generator import cli, render, verify
+from tests.generator.malformed.expected import CORPUS_DIR, EXPECTED
 
 REPO = Path(__file__).resolve().parents[2]
 MATRIX = REPO / "schema" / "amd.yaml"
@@ -286,7 +287,7 @@ def test_interruption_leaves_the_tree_untouched(
     def interrupted(*_: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "check_branch_free", interrupted)
+    monkeypatch.setattr(verify, "check_branch_free", interrupted)
     (out / "none__unquant__standard.py").write_text("# @" + "generated stale\n")
     before = tree_digest(out)
     code, _, stderr = run("--matrix", small_matrix, "--out", out, capsys=capsys)
@@ -381,3 +382,39 @@ def test_select_errors_name_key_reason_and_closest(out: Path) -> None:
         sys.path.remove(str(out.parent))
         for name in [n for n in sys.modules if n == out.name or n.startswith(out.name + ".")]:
             del sys.modules[name]
+
+
+def test_readme_shows_the_generated_hot_path_verbatim() -> None:
+    """The README's example is the committed module's code, not a paraphrase that drifts."""
+    module = (REPO / "generated" / "deepep__fp8_block__deepep_normal.py").read_text()
+    hot_path = module[module.index("    def __call__") :].rstrip("\n")
+    assert hot_path in (REPO / "README.md").read_text()
+
+
+@pytest.fixture(scope="module")
+def populated_out(tmp_path_factory: pytest.TempPathFactory, small_matrix: Path) -> Path:
+    """A generated package plus a foreign file: what every rejected run must leave as it is."""
+    target = tmp_path_factory.mktemp("corpus") / "gen_corpus"
+    assert cli.main(["--matrix", str(small_matrix), "--out", str(target), "--no-typecheck"]) == 0
+    (target / "notes.txt").write_text("foreign")
+    return target
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_malformed_matrix_exits_2_with_every_diagnostic_and_writes_nothing(
+    name: str, populated_out: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = tree_digest(populated_out)
+    path = CORPUS_DIR / name
+    code, stdout, stderr = run("--matrix", path, "--out", populated_out, capsys=capsys)
+    assert code == 2
+    assert stdout == ""
+    assert "Traceback" not in stderr
+    lines = stderr.splitlines()
+    diagnostics = [line for line in lines if line.startswith(f"{path}:")]
+    assert len(diagnostics) == len(EXPECTED[name])
+    for line, (row, column, part) in zip(diagnostics, EXPECTED[name], strict=True):
+        assert line.startswith(f"{path}:{row}:{column}: error: ")
+        assert part in line
+    assert lines[-1].endswith("nothing written")
+    assert tree_digest(populated_out) == before
