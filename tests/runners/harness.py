@@ -96,17 +96,28 @@ def run_combination(
     seed: int = 0,
     batch: emulate.GlobalBatch | None = None,
     kernel: Any = None,
+    hidden: int = HIDDEN,
+    intermediate: int = INTERMEDIATE,
+    hidden_pad: int = 0,
+    intermediate_pad: int = 0,
 ) -> Run:
     """Dispatch a batch (a random router-like one unless given), run the generated runner of `key`
     on every rank (with the bound kernel unless one is given), combine, and compute the dense
     float64 reference over all experts."""
     _, quant, dispatch = key
     weights = make_expert_weights(
-        quant, NUM_EXPERTS, HIDDEN, INTERMEDIATE, seed=seed, device=device
+        quant,
+        NUM_EXPERTS,
+        hidden,
+        intermediate,
+        seed=seed,
+        device=device,
+        hidden_pad=hidden_pad,
+        intermediate_pad=intermediate_pad,
     )
     if batch is None:
         batch = emulate.make_batch(
-            tokens, HIDDEN, NUM_EXPERTS, top_k, ep_size=ep_size, seed=seed + 1, device=device
+            tokens, hidden, NUM_EXPERTS, top_k, ep_size=ep_size, seed=seed + 1, device=device
         )
     dispatched = emulate.dispatch(
         batch, dispatch, recv_cap=recv_cap, max_tokens_per_rank=max_tokens_per_rank
@@ -121,9 +132,9 @@ def run_combination(
             num_local_experts=local,
             ep_rank=owner,
             ep_size=ep_size,
-            top_k=top_k,
-            hidden_size=HIDDEN,
-            intermediate_size=INTERMEDIATE,
+            top_k=batch.top_k,
+            hidden_size=hidden,
+            intermediate_size=intermediate,
             activation=layer_activation(quant),
         )
         rank_weights = slice_experts(weights, owner * local, (owner + 1) * local)
@@ -133,8 +144,10 @@ def run_combination(
         runners.append(runner)
         combine_inputs.append(runner(dispatch_output))
     w13, w2 = dequantized_weights(weights, quant)
+    # Padded weights (zero rows and columns) see the activations padded with zeros.
+    padded_input = torch.nn.functional.pad(batch.hidden_states, (0, hidden_pad))
     expected = dense_moe_float64(
-        batch.hidden_states,
+        padded_input,
         batch.topk_ids,
         batch.topk_weights,
         w13,
@@ -142,5 +155,5 @@ def run_combination(
         activation=layer_activation(quant),
         b13=weights.b13,
         b2=weights.b2,
-    )
+    )[:, :hidden]
     return Run(batch, dispatched, combine_inputs, runners, configs, rank_weights_list, expected)

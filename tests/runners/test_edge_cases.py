@@ -137,3 +137,21 @@ def test_num_local_tokens_below_the_row_count() -> None:
         assert int(call["num_local_tokens"]) < call["hidden_states"].shape[0]
         assert call["dtype"] == torch.bfloat16
     assert close(key, run_combination(key, 2, batch=batch))
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        ("none", "mxfp4", "standard"),
+        ("deepep", "mxfp4", "deepep_normal"),
+        ("deepep", "mxfp4", "deepep_ll"),
+        ("mori", "mxfp4", "mori_ll_fp4"),
+    ],
+    ids="/".join,
+)
+def test_padded_hidden_and_intermediate_sizes(key: tuple[str, str, str]) -> None:
+    """gpt-oss pads H and I to multiples of 256: activations are padded, the output sliced back."""
+    run = run_combination(key, 2, hidden=224, intermediate=96, hidden_pad=32, intermediate_pad=32)
+    assert run.combined().shape == (run.batch.num_tokens, 224)
+    assert close(key, run)
+    assert int(run.combine_inputs[0].hidden_states.shape[-1]) == 224
