@@ -1,0 +1,219 @@
+"""Random expert weights in the logical layouts of every quant method, for tests and benchmarks.
+
+Layouts (L experts, H = hidden_size + hidden_pad, I = intermediate_size + intermediate_pad):
+- `unquant`: bf16 `w13 [L, 2I, H]` (gate rows then up rows), `w2 [L, H, I]`
+- `fp8_block`: fp8 weights, fp32 `w13_scale [L, 2I/128, H/128]`, `w2_scale [L, H/128, I/128]`
+- `fp8_channel`: fp8 weights, fp32 `w13_scale [L, 2I, 1]`, `w2_scale [L, H, 1]`
+- `ct_w8a8_fp8`: as `fp8_channel`, plus static fp32 `a13_scale`, `a2_scale` `[1]`
+- `mxfp4`, `quark_w4a4_mxfp4`: `float4_e2m1fn_x2` `w13 [L, 2I, H/2]`, `w2 [L, H, I/2]`, e8m0
+  `w13_scale [L, 2I, H/32]`, `w2_scale [L, H, I/32]`; `mxfp4` also fp32 `b13 [L, 2I]`, `b2 [L, H]`
+- `quark_int4fp8`: int8 holding int4 values in [-7, 7], fp32 `w13_scale [L, 2I, 1]`,
+  `w2_scale [L, H, 1]`
+
+Padding: the trailing `hidden_pad` columns/rows and `intermediate_pad` rows/columns are zero (in the
+gate and in the up half alike), biases too, so a padded layer computes what the unpadded one does.
+Values are drawn with std `1/sqrt(fan_in)`, so unit-scale activations give O(1) outputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import torch
+
+from moe_runtime import quant
+from moe_runtime.types import ExpertWeights
+
+QUANT_METHODS = (
+    "unquant",
+    "fp8_block",
+    "fp8_channel",
+    "mxfp4",
+    "quark_w4a4_mxfp4",
+    "quark_int4fp8",
+    "ct_w8a8_fp8",
+)
+# Static input scales of ct_w8a8_fp8: fp8 e4m3fn covers |x| <= 8 at these, enough for unit-scale
+# activations and the stage-1 outputs they give with these weights (larger values saturate).
+_STATIC_INPUT_SCALE = 8.0 / 448.0
+_BIAS_STD = 0.1
+# How each quantized method stores a weight matrix, and how the kernel reads it back.
+_QUANTIZERS: dict[str, Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]] = {
+    "fp8_block": quant.quantize_fp8_128x128,
+    "fp8_channel": quant.quantize_fp8_per_row,
+    "ct_w8a8_fp8": quant.quantize_fp8_per_row,
+    "mxfp4": quant.quantize_mxfp4,
+    "quark_w4a4_mxfp4": quant.quantize_mxfp4,
+    "quark_int4fp8": quant.quantize_int4_per_row,
+}
+_DEQUANTIZERS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "fp8_block": quant.dequantize_fp8_128x128,
+    "fp8_channel": quant.dequantize_fp8_per_row,
+    "ct_w8a8_fp8": quant.dequantize_fp8_per_row,
+    "mxfp4": quant.dequantize_mxfp4,
+    "quark_w4a4_mxfp4": quant.dequantize_mxfp4,
+    "quark_int4fp8": quant.dequantize_int4_per_row,
+}
+
+
+def _check_method(quant_method: str) -> None:
+    if quant_method not in QUANT_METHODS:
+        raise ValueError(
+            f"unknown quant method {quant_method!r}; valid: {', '.join(QUANT_METHODS)}"
+        )
+
+
+def _check_divisible(quant_method: str, group: int, sizes: dict[str, int]) -> None:
+    bad = [f"{name} = {size}" for name, size in sizes.items() if size % group]
+    if bad:
+        raise ValueError(
+            f"{quant_method} needs padded sizes that are multiples of {group}: {', '.join(bad)}"
+        )
+
+
+def _padded_dense(
+    num_experts: int,
+    hidden_size: int,
+    intermediate_size: int,
+    hidden_pad: int,
+    intermediate_pad: int,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp32 w13 [L, 2I, H] and w2 [L, H, I] over the padded sizes, zero in every padded slot."""
+    h, i = hidden_size + hidden_pad, intermediate_size + intermediate_pad
+    w13 = torch.zeros(num_experts, 2 * i, h)
+    w2 = torch.zeros(num_experts, h, i)
+    shape13 = (num_experts, intermediate_size, hidden_size)
+    gate = torch.randn(shape13, generator=generator) / hidden_size**0.5
+    up = torch.randn(shape13, generator=generator) / hidden_size**0.5
+    w13[:, :intermediate_size, :hidden_size] = gate
+    w13[:, i : i + intermediate_size, :hidden_size] = up
+    w2[:, :hidden_size, :intermediate_size] = (
+        torch.randn(num_experts, hidden_size, intermediate_size, generator=generator)
+        / intermediate_size**0.5
+    )
+    return w13, w2
+
+
+def _padded_biases(
+    num_experts: int,
+    hidden_size: int,
+    intermediate_size: int,
+    hidden_pad: int,
+    intermediate_pad: int,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    h, i = hidden_size + hidden_pad, intermediate_size + intermediate_pad
+    b13 = torch.zeros(num_experts, 2 * i)
+    b2 = torch.zeros(num_experts, h)
+    b13[:, :intermediate_size] = torch.randn(num_experts, intermediate_size, generator=generator)
+    b13[:, i : i + intermediate_size] = torch.randn(
+        num_experts, intermediate_size, generator=generator
+    )
+    b2[:, :hidden_size] = torch.randn(num_experts, hidden_size, generator=generator)
+    return b13 * _BIAS_STD, b2 * _BIAS_STD
+
+
+def make_expert_weights(
+    quant_method: str,
+    num_experts: int,
+    hidden_size: int,
+    intermediate_size: int,
+    *,
+    seed: int,
+    device: torch.device | str = "cpu",
+    hidden_pad: int = 0,
+    intermediate_pad: int = 0,
+) -> ExpertWeights:
+    """Random weights of `num_experts` experts in `quant_method`'s logical layout (module doc).
+
+    Deterministic for a given seed (drawn on the CPU, then moved to `device`).
+    """
+    _check_method(quant_method)
+    sizes_ok = min(num_experts, hidden_size, intermediate_size) >= 1
+    if not sizes_ok or min(hidden_pad, intermediate_pad) < 0:
+        raise ValueError(
+            "num_experts, hidden_size and intermediate_size must be >= 1 and pads >= 0, got "
+            f"{num_experts}, {hidden_size}, {intermediate_size}, pads {hidden_pad}, "
+            f"{intermediate_pad}"
+        )
+    h, i = hidden_size + hidden_pad, intermediate_size + intermediate_pad
+    if quant_method == "fp8_block":
+        _check_divisible(quant_method, quant.FP8_GROUP, {"H": h, "I": i})
+    if quant_method in ("mxfp4", "quark_w4a4_mxfp4"):
+        _check_divisible(quant_method, quant.MXFP4_GROUP, {"H": h, "I": i})
+    generator = torch.Generator().manual_seed(seed)
+    w13, w2 = _padded_dense(num_experts, hidden_size, intermediate_size, hidden_pad,
+                            intermediate_pad, generator)
+    b13: torch.Tensor | None = None
+    b2: torch.Tensor | None = None
+    a13_scale: torch.Tensor | None = None
+    a2_scale: torch.Tensor | None = None
+    if quant_method == "unquant":
+        w13_weight, w2_weight = w13.bfloat16(), w2.bfloat16()
+        w13_scale: torch.Tensor | None = None
+        w2_scale: torch.Tensor | None = None
+    else:
+        quantize = _QUANTIZERS[quant_method]
+        w13_weight, w13_scale = quantize(w13)
+        w2_weight, w2_scale = quantize(w2)
+    if quant_method == "mxfp4":
+        b13, b2 = _padded_biases(num_experts, hidden_size, intermediate_size, hidden_pad,
+                                 intermediate_pad, generator)
+    if quant_method == "ct_w8a8_fp8":
+        a13_scale = torch.tensor([_STATIC_INPUT_SCALE])
+        a2_scale = torch.tensor([_STATIC_INPUT_SCALE])
+    return ExpertWeights(
+        w13_weight=w13_weight.to(device),
+        w2_weight=w2_weight.to(device),
+        w13_scale=_to(w13_scale, device),
+        w2_scale=_to(w2_scale, device),
+        a13_scale=_to(a13_scale, device),
+        a2_scale=_to(a2_scale, device),
+        b13=_to(b13, device),
+        b2=_to(b2, device),
+        hidden_pad=hidden_pad,
+        intermediate_pad=intermediate_pad,
+    )
+
+
+def _to(t: torch.Tensor | None, device: torch.device | str) -> torch.Tensor | None:
+    return None if t is None else t.to(device)
+
+
+def slice_experts(weights: ExpertWeights, start: int, stop: int) -> ExpertWeights:
+    """Experts `[start, stop)` of `weights` (one EP rank's share); static input scales are kept."""
+    total = weights.num_local_experts
+    if not 0 <= start < stop <= total:
+        raise ValueError(
+            f"expert slice [{start}, {stop}) must be non-empty and lie within [0, {total})"
+        )
+
+    def rows(t: torch.Tensor | None) -> torch.Tensor | None:
+        return None if t is None else t[start:stop]
+
+    return dataclasses.replace(
+        weights,
+        w13_weight=weights.w13_weight[start:stop],
+        w2_weight=weights.w2_weight[start:stop],
+        w13_scale=rows(weights.w13_scale),
+        w2_scale=rows(weights.w2_scale),
+        b13=rows(weights.b13),
+        b2=rows(weights.b2),
+    )
+
+
+def dequantized_weights(
+    weights: ExpertWeights, quant_method: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """float64 `w13 [L, 2I, H]` and `w2 [L, H, I]` as the kernel multiplies them (padded sizes)."""
+    _check_method(quant_method)
+    w13, w2 = weights.w13_weight, weights.w2_weight
+    s13, s2 = weights.w13_scale, weights.w2_scale
+    if quant_method == "unquant":
+        return w13.double(), w2.double()
+    if s13 is None or s2 is None:
+        raise ValueError(f"{quant_method} weights need w13_scale and w2_scale")
+    dequantize = _DEQUANTIZERS[quant_method]
+    return dequantize(w13, s13).double(), dequantize(w2, s2).double()
