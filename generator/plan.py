@@ -184,7 +184,8 @@ def plan_combination(matrix: Matrix, combination: Combination) -> Plan:
         decisions.append(
             Decision(
                 "hidden padding",
-                "pad activations to the weights' H, slice the output back",
+                "pad activations to the weights' H (a copy only when the weights are padded, "
+                "chosen at load), slice the output back",
                 "the method pads H and I to multiples of 256 at load",
             )
         )
@@ -215,9 +216,7 @@ def plan_combination(matrix: Matrix, combination: Combination) -> Plan:
         imports=_imports(fmt, wire),
         load_fragments=_load_fragments(quant, mask, ids, router_weight),
         call_fragments=_call_fragments(fmt, ids, wire, router_weight, quant, zero_row_guard),
-        method_fragments=(
-            ("router_weight",) if router_weight is RouterWeight.INPUT_SCALING else ()
-        ),
+        method_fragments=_method_fragments(router_weight, quant),
         weight_dtypes=_weight_dtypes(quant),
         kernel_ids_name="topk_ids" if ids is IdConversion.NONE else "kernel_topk_ids",
         kernel_weights_name="kernel_topk_weights" if slabs else "topk_weights",
@@ -311,6 +310,16 @@ def _call_fragments(
         steps.append("pad_hidden")
     steps += ["kernel_call", "combine"]
     return tuple(steps)
+
+
+def _method_fragments(router_weight: RouterWeight, quant: QuantMethod) -> tuple[str, ...]:
+    """Load-time alternatives the hot path calls through one attribute, bound in __init__."""
+    methods = []
+    if router_weight is RouterWeight.INPUT_SCALING:
+        methods.append("router_weight")
+    if quant.pads_hidden:
+        methods.append("hidden_pad")
+    return tuple(methods)
 
 
 def _weight_dtypes(quant: QuantMethod) -> str:

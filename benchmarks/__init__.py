@@ -1,0 +1,1 @@
+"""Benchmarks of the generated runners against SGLang's dynamic path (see benchmarks/RESULTS.md)."""

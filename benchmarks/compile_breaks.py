@@ -1,0 +1,294 @@
+"""torch.compile over whole runners: graph breaks of the generated runners vs the dynamic path.
+
+The kernel is registered as a `torch.library` custom op (`moe_bench::fused_moe`) whose real
+implementation is the graph-safe reference and whose fake implementation only shapes the output,
+so Dynamo traces the code around the kernel and treats the kernel as one opaque node. For each
+combination: the graphs and graph breaks that `torch._dynamo.explain` finds in the generated
+runner and in `moe_runtime.dynamic` on the same input, whether `torch.compile(fullgraph=True)`
+accepts the generated runner, and whether its output equals eager. Tracing does not depend on the
+layer's size, so a small layer is used; the backend defaults to aot_eager (no C++ compiler).
+
+    python -m benchmarks.compile_breaks                # one combination per hot path
+    python -m benchmarks.compile_breaks --all
+    python -m benchmarks.compile_breaks --quick        # CI smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch._dynamo
+
+import generated
+from benchmarks.common import (
+    QUICK_SHAPE,
+    Key,
+    Shape,
+    Workload,
+    add_common_arguments,
+    command_line,
+    device_of,
+    emit,
+    key_name,
+    machine_description,
+    markdown_table,
+    out_dtype_of,
+    select_keys,
+)
+from moe_runtime.dynamic import DynamicRunner, known_wrong
+from moe_runtime.kernels.reference import ReferenceFusedMoe
+
+MODULE = "benchmarks.compile_breaks"
+
+OP_NAME = "moe_bench::fused_moe"  # the graph-safe reference inside
+STUB_OP_NAME = "moe_bench::fused_moe_stub"  # an uninitialised output: for paths it rejects
+_SCHEMA = (
+    "(Tensor hidden_states, Tensor w1, Tensor w2, Tensor topk_weight, Tensor topk_ids, "
+    "Tensor? expert_mask, int activation, int quant_type, bool doweight_stage1, "
+    "Tensor? w1_scale, Tensor? w2_scale, Tensor? a1_scale, Tensor? a2_scale, "
+    "Tensor? num_local_tokens, ScalarType? dtype, int hidden_pad, int intermediate_pad, "
+    "Tensor? bias1, Tensor? bias2) -> Tensor"
+)
+_REFERENCE = ReferenceFusedMoe(graph_safe=True)
+_LIBRARY = torch.library.Library("moe_bench", "DEF")  # type: ignore[no-untyped-call]
+
+
+def _real(
+    hidden_states: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor,
+    topk_weight: torch.Tensor, topk_ids: torch.Tensor, expert_mask: torch.Tensor | None,
+    activation: int, quant_type: int, doweight_stage1: bool,
+    w1_scale: torch.Tensor | None, w2_scale: torch.Tensor | None,
+    a1_scale: torch.Tensor | None, a2_scale: torch.Tensor | None,
+    num_local_tokens: torch.Tensor | None, dtype: torch.dtype | None,
+    hidden_pad: int, intermediate_pad: int,
+    bias1: torch.Tensor | None, bias2: torch.Tensor | None,
+) -> torch.Tensor:
+    return _REFERENCE(
+        hidden_states, w1, w2, topk_weight, topk_ids, expert_mask=expert_mask,
+        activation=activation, quant_type=quant_type, doweight_stage1=doweight_stage1,
+        w1_scale=w1_scale, w2_scale=w2_scale, a1_scale=a1_scale, a2_scale=a2_scale,
+        num_local_tokens=num_local_tokens, dtype=dtype, hidden_pad=hidden_pad,
+        intermediate_pad=intermediate_pad, bias1=bias1, bias2=bias2,
+    )
+
+
+def _fake(hidden_states: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, *args: Any) -> Any:
+    dtype = args[11]  # the `dtype` argument, after topk_weight .. num_local_tokens
+    return hidden_states.new_empty(
+        (hidden_states.shape[0], w2.shape[1]), dtype=out_dtype_of(hidden_states, dtype)
+    )
+
+
+for _name, _implementation in (("fused_moe", _real), ("fused_moe_stub", _fake)):
+    _LIBRARY.define(_name + _SCHEMA)  # type: ignore[no-untyped-call]
+    _LIBRARY.impl(  # type: ignore[no-untyped-call]
+        _name, _implementation, "CompositeExplicitAutograd"
+    )
+    torch.library.register_fake(f"moe_bench::{_name}", _fake, lib=_LIBRARY)
+
+
+class CustomOpKernel:
+    """fused_moe's keyword signature, forwarding to a custom op (enums as ints): the reference
+    one, or with `stub=True` one that only shapes its output, so that a path the reference
+    rejects (SGLang's wrong ones) can still be traced."""
+
+    def __init__(self, *, stub: bool = False) -> None:
+        self._op = torch.ops.moe_bench.fused_moe_stub if stub else torch.ops.moe_bench.fused_moe
+
+    def __call__(
+        self,
+        hidden_states: torch.Tensor,
+        w1: torch.Tensor,
+        w2: torch.Tensor,
+        topk_weight: torch.Tensor,
+        topk_ids: torch.Tensor,
+        expert_mask: torch.Tensor | None = None,
+        activation: int = 0,
+        quant_type: int = 0,
+        doweight_stage1: bool = False,
+        w1_scale: torch.Tensor | None = None,
+        w2_scale: torch.Tensor | None = None,
+        a1_scale: torch.Tensor | None = None,
+        a2_scale: torch.Tensor | None = None,
+        block_size_M: int | None = None,
+        num_local_tokens: torch.Tensor | None = None,
+        moe_sorting_dispatch_policy: int = 0,
+        dtype: torch.dtype | None = None,
+        hidden_pad: int = 0,
+        intermediate_pad: int = 0,
+        bias1: torch.Tensor | None = None,
+        bias2: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        result: torch.Tensor = self._op(
+            hidden_states, w1, w2, topk_weight, topk_ids, expert_mask, int(activation),
+            int(quant_type), doweight_stage1, w1_scale, w2_scale, a1_scale, a2_scale,
+            num_local_tokens, dtype, hidden_pad, intermediate_pad, bias1, bias2,
+        )
+        return result
+
+
+@dataclass(frozen=True)
+class Explained:
+    graphs: int
+    breaks: int
+    ops: int  # operations in the traced graphs (tensor ops, the kernel, views)
+    guards: int  # conditions Dynamo checks on every call before reusing the graphs
+    first_reason: str
+
+
+@dataclass(frozen=True)
+class Row:
+    key: Key
+    generated: Explained
+    fullgraph: str  # "ok" or the error
+    matches_eager: bool | None  # None when fullgraph failed
+    dynamic: Explained | None  # None where SGLang's path raises eagerly
+    dynamic_error: str | None
+    dynamic_wrong: bool  # SGLang's result is wrong here (moe_runtime.dynamic.known_wrong)
+
+
+def _short(text: str, limit: int = 110) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def explain(function: Callable[[Any], Any], argument: Any) -> Explained:
+    torch._dynamo.reset()
+    result = torch._dynamo.explain(function)(argument)
+    reasons = [_short(str(getattr(r, "reason", r))) for r in result.break_reasons]
+    return Explained(
+        graphs=result.graph_count,
+        breaks=result.graph_break_count,
+        ops=sum(len(ops) for ops in result.ops_per_graph),
+        guards=len(result.out_guards),
+        first_reason=reasons[0] if reasons else "",
+    )
+
+
+def _same_output(a: Any, b: Any) -> bool:
+    return bool(torch.equal(a.hidden_states, b.hidden_states))
+
+
+def check(workload: Workload, key: Key, tokens: int, backend: str) -> Row:
+    a2a, quant, dispatch_format = key
+    placed = workload.dispatched(dispatch_format, tokens)
+    d = placed.dispatch_output
+    config = workload.config(placed.rank)
+    weights = workload.weights(quant)
+    kernel = CustomOpKernel()
+    runner = generated.select(*key)(config, weights, kernel=kernel)
+
+    def call_generated(dispatch_output: Any) -> Any:
+        return runner(dispatch_output)
+
+    eager = call_generated(d)
+    generated_explained = explain(call_generated, d)
+    torch._dynamo.reset()
+    matches: bool | None = None
+    try:
+        compiled = torch.compile(call_generated, fullgraph=True, backend=backend)
+        matches = _same_output(compiled(d), eager)
+        fullgraph = "ok"
+    except Exception as error:  # reported in the table: that is the measurement
+        fullgraph = _short(f"{type(error).__name__}: {error}", 80)
+
+    # Only traced, never compared: the stub op lets SGLang's wrong paths (which the reference
+    # rejects) be traced as far as SGLang's own code goes.
+    dynamic_runner = DynamicRunner(
+        config, weights, quant, kernel=CustomOpKernel(stub=True), a2a_backend=a2a
+    )
+
+    def call_dynamic(dispatch_output: Any) -> Any:
+        return dynamic_runner(dispatch_output)
+
+    dynamic: Explained | None = None
+    dynamic_error: str | None = None
+    try:
+        call_dynamic(d)
+    except Exception as error:
+        dynamic_error = f"raises {type(error).__name__}"
+    else:
+        dynamic = explain(call_dynamic, d)
+    wrong = known_wrong(a2a, quant, dispatch_format, ep_size=config.ep_size, hidden_pad=0)
+    return Row(
+        key, generated_explained, fullgraph, matches, dynamic, dynamic_error, wrong is not None
+    )
+
+
+def table(rows: Sequence[Row]) -> str:
+    body = []
+    for r in rows:
+        dynamic = r.dynamic
+        body.append(
+            (
+                f"`{key_name(r.key)}`", r.generated.graphs, r.generated.breaks,
+                r.generated.ops, r.generated.guards, r.fullgraph,
+                "n/a" if r.matches_eager is None else ("yes" if r.matches_eager else "NO"),
+                dynamic.graphs if dynamic else r.dynamic_error,
+                dynamic.breaks if dynamic else "-",
+                dynamic.ops if dynamic else "-",
+                dynamic.guards if dynamic else "-",
+                (dynamic.first_reason or "-") if dynamic else "-",
+                "wrong" if r.dynamic_wrong else "right",
+            )
+        )
+    headers = (
+        "combination", "gen graphs", "gen breaks", "gen ops", "gen guards",
+        "gen fullgraph=True", "compiled == eager", "dyn graphs", "dyn breaks", "dyn ops",
+        "dyn guards", "dyn first break", "SGLang result",
+    )
+    return markdown_table(headers, body)
+
+
+def main(argv: Sequence[str] | None = None) -> list[Row]:
+    parser = argparse.ArgumentParser(
+        prog=f"python -m {MODULE}", description=__doc__.split("\n\n")[0]
+    )
+    add_common_arguments(parser, tokens=(8,))
+    parser.add_argument(
+        "--backend", default="aot_eager",
+        help="torch.compile backend for the fullgraph check (default aot_eager; inductor "
+        "needs a C++ compiler)",
+    )
+    args = parser.parse_args(argv)
+    device = device_of(args.device)
+    # Tracing does not depend on the layer's size: a small layer keeps the reference fast.
+    shape: Shape = QUICK_SHAPE
+    keys = select_keys(all_keys=args.all_keys, only=args.only)
+    if args.quick:
+        keys = keys[:: max(1, len(keys) // 4)][:4]
+    started = time.perf_counter()
+    workload = Workload(shape, device, seed=args.seed)
+    rows = []
+    for key in keys:
+        row = check(workload, key, args.tokens[0], args.backend)
+        rows.append(row)
+        print(
+            f"  {key_name(key)}: generated {row.generated.breaks} break(s), fullgraph "
+            f"{row.fullgraph}; dynamic "
+            f"{row.dynamic.breaks if row.dynamic else row.dynamic_error} break(s)",
+            flush=True,
+        )
+    body = (
+        f"Machine: {machine_description(device)}.\nLayer: {shape.describe()}, "
+        f"T={args.tokens[0]}; kernel = custom op `{OP_NAME}` (graph-safe reference inside, "
+        f"fake implementation for tracing); backend for fullgraph: {args.backend}; breaks "
+        "counted by torch._dynamo.explain; ops = nodes in the traced graphs; guards = checks "
+        "Dynamo runs on every call before reusing them.\n"
+        f"Command: `{command_line(MODULE, argv)}` ({time.perf_counter() - started:.0f} s)."
+        f"\n\n{table(rows)}"
+    )
+    emit(
+        f"torch.compile graph breaks ({device.type})", body,
+        out_dir=args.out_dir, filename=f"compile_breaks_{device.type}.md",
+    )
+    return rows
+
+
+if __name__ == "__main__":
+    main()

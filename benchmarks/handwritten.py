@@ -1,0 +1,274 @@
+"""The minimal hand-written runner of each dispatch format: variant (d) of benchmarks/host_overhead.
+
+Each function is what a person would write for one combination, knowing it at the time of
+writing: only the tensor operations the format needs (the id conversion, the low-latency
+flattening, the MORI slices, an upscale where no kernel takes the wire), then the kernel call
+and the combine input. Keyword arguments that never change between calls (mask, enums, weight
+scales, biases, pads) are bound once and passed as one mapping; per-call ones are passed by name.
+
+The benchmark checks that each of these makes exactly the kernel call that the generated runner
+makes, so the comparison is between two implementations of the same work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+
+from benchmarks.common import KernelCall
+from moe_runtime import emulate
+from moe_runtime.quant import dequantize_fp8_1x128, dequantize_mxfp4
+from moe_runtime.types import (
+    DeepEPLLCombineInput,
+    DeepEPLLDispatchOutput,
+    DeepEPNormalCombineInput,
+    DeepEPNormalDispatchOutput,
+    ExpertWeights,
+    MoeLayerConfig,
+    MoriEPLLCombineInput,
+    MoriEPNormalCombineInput,
+    StandardCombineInput,
+    StandardDispatchOutput,
+)
+
+Kernel = Callable[..., torch.Tensor]
+HandWritten = Callable[[Any], Any]
+
+_FP8_WIRES = frozenset({emulate.DEEPEP_LL_FP8, emulate.MORI_NORMAL_FP8, emulate.MORI_LL_FP8})
+_FP4_WIRES = frozenset({emulate.MORI_NORMAL_FP4, emulate.MORI_LL_FP4})
+_MORI_LL = frozenset({emulate.MORI_LL, emulate.MORI_LL_FP8, emulate.MORI_LL_FP4})
+
+
+def build(
+    dispatch_format: str,
+    kernel: Kernel,
+    reference_call: KernelCall,
+    config: MoeLayerConfig,
+    weights: ExpertWeights,
+) -> HandWritten:
+    """The hand-written runner of `dispatch_format` around `kernel`.
+
+    `reference_call` is the generated runner's kernel call on some input: the load-time keyword
+    arguments are taken from it, and its activations' dtype says whether the combination
+    upscales a quantized wire (a plan decision of the matrix, not something to re-derive here).
+    """
+    if weights.hidden_pad:
+        raise ValueError(
+            "the hand-written runners are written for weights without hidden padding, got "
+            f"hidden_pad={weights.hidden_pad}"
+        )
+    quantized_wire = dispatch_format in _FP8_WIRES | _FP4_WIRES
+    upscale = quantized_wire and reference_call.hidden_states.dtype in (
+        torch.bfloat16,
+        torch.float16,
+    )
+    per_call = {"num_local_tokens", "dtype"} if dispatch_format.startswith("mori") else set()
+    if quantized_wire and not upscale:
+        per_call.add("a1_scale")
+    static = {k: v for k, v in reference_call.kwargs.items() if k not in per_call}
+    w13, w2 = reference_call.args[1], reference_call.args[2]
+    if dispatch_format == emulate.STANDARD:
+        return standard(kernel, w13, w2, static)
+    if dispatch_format == emulate.DEEPEP_NORMAL:
+        return deepep_normal(kernel, w13, w2, static, config.num_local_experts)
+    if dispatch_format == emulate.DEEPEP_LL:
+        return deepep_ll(kernel, w13, w2, static, config.num_local_experts)
+    if dispatch_format == emulate.DEEPEP_LL_FP8 and upscale:
+        return deepep_ll_fp8_upscale(kernel, w13, w2, static, config.num_local_experts)
+    if dispatch_format == emulate.DEEPEP_LL_FP8:
+        return deepep_ll_fp8(kernel, w13, w2, static, config.num_local_experts)
+    combine = MoriEPLLCombineInput if dispatch_format in _MORI_LL else MoriEPNormalCombineInput
+    if not quantized_wire:
+        return mori_bf16(kernel, w13, w2, static, combine)
+    if not upscale:
+        return mori_pass_through(kernel, w13, w2, static, combine)
+    dequantize = dequantize_fp8_1x128 if dispatch_format in _FP8_WIRES else dequantize_mxfp4
+    return mori_upscale(kernel, w13, w2, static, combine, dequantize)
+
+
+def standard(
+    kernel: Kernel, w13: torch.Tensor, w2: torch.Tensor, static: Mapping[str, Any]
+) -> HandWritten:
+    def run(d: StandardDispatchOutput) -> StandardCombineInput:
+        hidden_states = d.hidden_states
+        if hidden_states.shape[0] == 0:
+            return StandardCombineInput(hidden_states)
+        topk = d.topk_output
+        out = kernel(hidden_states, w13, w2, topk.topk_weights, topk.topk_ids, **static)
+        return StandardCombineInput(out)
+
+    return run
+
+
+def deepep_normal(
+    kernel: Kernel,
+    w13: torch.Tensor,
+    w2: torch.Tensor,
+    static: Mapping[str, Any],
+    num_local_experts: int,
+) -> HandWritten:
+    modulus = num_local_experts + 1  # -1 % (L + 1) == L, the sink
+
+    def run(d: DeepEPNormalDispatchOutput) -> DeepEPNormalCombineInput:
+        hidden_states = d.hidden_states
+        if hidden_states.shape[0] == 0:
+            return DeepEPNormalCombineInput(hidden_states, d.topk_ids, d.topk_weights)
+        ids = torch.empty(d.topk_ids.shape, dtype=torch.int32, device=hidden_states.device)
+        torch.remainder(d.topk_ids, modulus, out=ids)
+        out = kernel(hidden_states, w13, w2, d.topk_weights, ids, **static)
+        return DeepEPNormalCombineInput(out, d.topk_ids, d.topk_weights)
+
+    return run
+
+
+def _slab_ids_and_sink(
+    num_local_experts: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """[L, 1] int32 slab ids and the sink id L as a 0-dim device tensor: `torch.where` with a
+    Python scalar would fill a fresh 0-dim device tensor on every call (one more launch)."""
+    slab_ids = torch.arange(num_local_experts, dtype=torch.int32, device=device).unsqueeze(1)
+    return slab_ids, torch.full((), num_local_experts, dtype=torch.int32, device=device)
+
+
+def deepep_ll(
+    kernel: Kernel,
+    w13: torch.Tensor,
+    w2: torch.Tensor,
+    static: Mapping[str, Any],
+    num_local_experts: int,
+) -> HandWritten:
+    slab_ids, sink = _slab_ids_and_sink(num_local_experts, w13.device)
+
+    def run(d: DeepEPLLDispatchOutput) -> DeepEPLLCombineInput:
+        slabs, capacity, hidden = d.hidden_states.shape
+        rows = slabs * capacity
+        device = d.hidden_states.device
+        slot = torch.arange(capacity, dtype=torch.int32, device=device)
+        ids = torch.where(slot < d.masked_m.unsqueeze(1), slab_ids, sink).view(rows, 1)
+        weights = torch.ones((rows, 1), dtype=torch.float32, device=device)
+        out = kernel(d.hidden_states.view(rows, hidden), w13, w2, weights, ids, **static)
+        return DeepEPLLCombineInput(out.view(slabs, capacity, -1), d.topk_ids, d.topk_weights)
+
+    return run
+
+
+def deepep_ll_fp8(
+    kernel: Kernel,
+    w13: torch.Tensor,
+    w2: torch.Tensor,
+    static: Mapping[str, Any],
+    num_local_experts: int,
+) -> HandWritten:
+    slab_ids, sink = _slab_ids_and_sink(num_local_experts, w13.device)
+
+    def run(d: DeepEPLLDispatchOutput) -> DeepEPLLCombineInput:
+        slabs, capacity, hidden = d.hidden_states.shape
+        rows = slabs * capacity
+        device = d.hidden_states.device
+        scale = d.hidden_states_scale.reshape(rows, -1)  # type: ignore[union-attr]
+        slot = torch.arange(capacity, dtype=torch.int32, device=device)
+        ids = torch.where(slot < d.masked_m.unsqueeze(1), slab_ids, sink).view(rows, 1)
+        weights = torch.ones((rows, 1), dtype=torch.float32, device=device)
+        out = kernel(
+            d.hidden_states.view(rows, hidden), w13, w2, weights, ids, a1_scale=scale, **static
+        )
+        return DeepEPLLCombineInput(out.view(slabs, capacity, -1), d.topk_ids, d.topk_weights)
+
+    return run
+
+
+def deepep_ll_fp8_upscale(
+    kernel: Kernel,
+    w13: torch.Tensor,
+    w2: torch.Tensor,
+    static: Mapping[str, Any],
+    num_local_experts: int,
+) -> HandWritten:
+    slab_ids, sink = _slab_ids_and_sink(num_local_experts, w13.device)
+
+    def run(d: DeepEPLLDispatchOutput) -> DeepEPLLCombineInput:
+        slabs, capacity, hidden = d.hidden_states.shape
+        rows = slabs * capacity
+        device = d.hidden_states.device
+        scale = d.hidden_states_scale.reshape(rows, -1)  # type: ignore[union-attr]
+        hidden_states = dequantize_fp8_1x128(
+            d.hidden_states.view(rows, hidden), scale, torch.bfloat16
+        )
+        slot = torch.arange(capacity, dtype=torch.int32, device=device)
+        ids = torch.where(slot < d.masked_m.unsqueeze(1), slab_ids, sink).view(rows, 1)
+        weights = torch.ones((rows, 1), dtype=torch.float32, device=device)
+        out = kernel(hidden_states, w13, w2, weights, ids, **static)
+        return DeepEPLLCombineInput(out.view(slabs, capacity, -1), d.topk_ids, d.topk_weights)
+
+    return run
+
+
+MoriCombine = type[MoriEPNormalCombineInput] | type[MoriEPLLCombineInput]
+
+
+def mori_bf16(
+    kernel: Kernel,
+    w13: torch.Tensor,
+    w2: torch.Tensor,
+    static: Mapping[str, Any],
+    combine: MoriCombine,
+) -> HandWritten:
+    def run(d: Any) -> Any:
+        rows = d.recv_cap or d.hidden_states.shape[0]
+        hidden_states = d.hidden_states[:rows]
+        if hidden_states.shape[0] == 0:
+            return combine(hidden_states, d.origin_topk_ids, d.origin_topk_weights)
+        out = kernel(
+            hidden_states, w13, w2, d.topk_weights[:rows], d.topk_ids[:rows],
+            num_local_tokens=d.num_recv_tokens_per_expert, dtype=d.out_dtype, **static,
+        )
+        return combine(out, d.origin_topk_ids, d.origin_topk_weights)
+
+    return run
+
+
+def mori_pass_through(
+    kernel: Kernel,
+    w13: torch.Tensor,
+    w2: torch.Tensor,
+    static: Mapping[str, Any],
+    combine: MoriCombine,
+) -> HandWritten:
+    def run(d: Any) -> Any:
+        rows = d.recv_cap or d.hidden_states.shape[0]
+        hidden_states = d.hidden_states[:rows]
+        if hidden_states.shape[0] == 0:
+            return combine(hidden_states, d.origin_topk_ids, d.origin_topk_weights)
+        out = kernel(
+            hidden_states, w13, w2, d.topk_weights[:rows], d.topk_ids[:rows],
+            a1_scale=d.hidden_states_scale[:rows], num_local_tokens=d.num_recv_tokens_per_expert,
+            dtype=d.out_dtype, **static,
+        )
+        return combine(out, d.origin_topk_ids, d.origin_topk_weights)
+
+    return run
+
+
+def mori_upscale(
+    kernel: Kernel,
+    w13: torch.Tensor,
+    w2: torch.Tensor,
+    static: Mapping[str, Any],
+    combine: MoriCombine,
+    dequantize: Callable[[torch.Tensor, torch.Tensor, torch.dtype], torch.Tensor],
+) -> HandWritten:
+    def run(d: Any) -> Any:
+        rows = d.recv_cap or d.hidden_states.shape[0]
+        wire = d.hidden_states[:rows]
+        if wire.shape[0] == 0:
+            return combine(wire, d.origin_topk_ids, d.origin_topk_weights)
+        hidden_states = dequantize(wire, d.hidden_states_scale[:rows], d.out_dtype)
+        out = kernel(
+            hidden_states, w13, w2, d.topk_weights[:rows], d.topk_ids[:rows],
+            num_local_tokens=d.num_recv_tokens_per_expert, dtype=d.out_dtype, **static,
+        )
+        return combine(out, d.origin_topk_ids, d.origin_topk_weights)
+
+    return run
