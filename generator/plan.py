@@ -184,8 +184,8 @@ def plan_combination(matrix: Matrix, combination: Combination) -> Plan:
         decisions.append(
             Decision(
                 "hidden padding",
-                "pad activations to the weights' H (a copy only when the weights are padded, "
-                "chosen at load), slice the output back",
+                "padded weights get a kernel that pads activations and crops its output, "
+                "bound at load; unpadded weights pay nothing per call",
                 "the method pads H and I to multiples of 256 at load",
             )
         )
@@ -216,14 +216,14 @@ def plan_combination(matrix: Matrix, combination: Combination) -> Plan:
         imports=_imports(fmt, wire),
         load_fragments=_load_fragments(quant, mask, ids, router_weight),
         call_fragments=_call_fragments(fmt, ids, wire, router_weight, quant, zero_row_guard),
-        method_fragments=_method_fragments(router_weight, quant),
+        method_fragments=_method_fragments(router_weight),
         weight_dtypes=_weight_dtypes(quant),
         kernel_ids_name="topk_ids" if ids is IdConversion.NONE else "kernel_topk_ids",
         kernel_weights_name="kernel_topk_weights" if slabs else "topk_weights",
         kernel_arguments=_kernel_arguments(fmt, quant, wire, router_weight, num_local_tokens),
         # Without an out_dtype on the wire, the low-latency output is DeepEP's bf16.
         upscale_dtype="dispatch_output.out_dtype" if num_local_tokens else "torch.bfloat16",
-        output_expression=_output_expression(slabs, quant.pads_hidden),
+        output_expression="out.view(num_slabs, capacity, -1)" if slabs else "out",
         combine_routing=_combine_routing(fmt),
         combine_comment=_combine_comment(fmt),
     )
@@ -312,13 +312,11 @@ def _call_fragments(
     return tuple(steps)
 
 
-def _method_fragments(router_weight: RouterWeight, quant: QuantMethod) -> tuple[str, ...]:
+def _method_fragments(router_weight: RouterWeight) -> tuple[str, ...]:
     """Load-time alternatives the hot path calls through one attribute, bound in __init__."""
     methods = []
     if router_weight is RouterWeight.INPUT_SCALING:
         methods.append("router_weight")
-    if quant.pads_hidden:
-        methods.append("hidden_pad")
     return tuple(methods)
 
 
@@ -328,13 +326,6 @@ def _weight_dtypes(quant: QuantMethod) -> str:
         # gfx942 normalises checkpoints to e4m3fnuz at load; gfx950 and the reference use e4m3fn.
         return "(torch.float8_e4m3fn, torch.float8_e4m3fnuz)"
     return f"(torch.{quant.weight_dtype},)"
-
-
-def _output_expression(slabs: bool, pads_hidden: bool) -> str:
-    out = "out.view(num_slabs, capacity, -1)" if slabs else "out"
-    if pads_hidden:
-        return out + ("[:, :, : self._hidden_size]" if slabs else "[:, : self._hidden_size]")
-    return out
 
 
 def _combine_routing(fmt: DispatchFormat) -> tuple[str, ...]:

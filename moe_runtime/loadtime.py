@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import cast
+from typing import Any, cast
 
 import torch
 
@@ -25,6 +25,8 @@ def bind_kernel(
     quant_type: kernels.QuantType,
     activation: kernels.ActivationType,
     config: MoeLayerConfig,
+    *,
+    pads_hidden: bool,
 ) -> tuple[FusedMoeKernel, ExpertWeights]:
     """The kernel a runner calls and the weights it passes.
 
@@ -32,6 +34,8 @@ def bind_kernel(
     them) once, here. An injected kernel (a recorder, a stub, the graph-safe reference) gets the
     logical layout as it is. `swiglu_limit` is a newer AITER keyword: it is bound into the kernel
     only when the layer sets one, and a kernel without the keyword is refused rather than ignored.
+    Weights with a padded H (`pads_hidden` methods only) get a kernel that pads the activations
+    and crops the output; unpadded weights get the kernel itself, so they pay nothing per call.
     """
     bound: FusedMoeKernel
     if kernel is None:
@@ -47,7 +51,28 @@ def bind_kernel(
             )
         untyped = cast(Callable[..., torch.Tensor], bound)
         bound = cast(FusedMoeKernel, functools.partial(untyped, swiglu_limit=config.swiglu_limit))
+    if weights.hidden_pad > 0:
+        if not pads_hidden:
+            raise ConfigError(
+                f"hidden_pad={weights.hidden_pad}: this runner's quant method does not pad H; "
+                "only methods that pad at load (mxfp4) take padded weights"
+            )
+        bound = cast(FusedMoeKernel, HiddenPaddedKernel(bound, weights.hidden_pad, config))
     return bound, weights
+
+
+class HiddenPaddedKernel:
+    """The kernel for weights whose H is padded with zeros (gpt-oss pads H to a multiple of 256):
+    the activations get zero columns up to the padded H, the output is cropped back to H."""
+
+    def __init__(self, kernel: FusedMoeKernel, hidden_pad: int, config: MoeLayerConfig) -> None:
+        self._kernel = cast(Callable[..., torch.Tensor], kernel)
+        self._hidden_pad = hidden_pad
+        self._hidden_size = config.hidden_size
+
+    def __call__(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        padded = torch.nn.functional.pad(hidden_states, (0, self._hidden_pad))
+        return self._kernel(padded, *args, **kwargs)[:, : self._hidden_size]
 
 
 def activation_type(config: MoeLayerConfig) -> kernels.ActivationType:
