@@ -89,7 +89,7 @@ class Plan:
     imports: tuple[str, ...]
     load_fragments: tuple[str, ...]
     call_fragments: tuple[str, ...]
-    method_fragments: tuple[str, ...]
+    router_weight_on_input: str  # expression passed to loadtime.bind_kernel
     weight_dtypes: str  # a tuple expression of torch dtypes
     kernel_ids_name: str
     kernel_weights_name: str
@@ -99,9 +99,14 @@ class Plan:
     combine_routing: tuple[str, ...]
     combine_comment: str
 
-    def combine_arguments(self, hidden_states: str) -> tuple[str, ...]:
-        """The combine input's arguments: the given hidden-states expression, then the routing."""
-        return (hidden_states, *self.combine_routing)
+    def combine_call(self, hidden_states: str, *, indent: int) -> str:
+        """The combine input built around `hidden_states`, one argument a line when several."""
+        arguments = (hidden_states, *self.combine_routing)
+        if len(arguments) == 1:
+            return f"{self.dispatch.combine_input}({hidden_states})"
+        inner = " " * (indent + 4)
+        lines = "".join(f"{inner}{argument},\n" for argument in arguments)
+        return f"{self.dispatch.combine_input}(\n{lines}{' ' * indent})"
 
 
 def _carries_topk_output(fmt: DispatchFormat) -> bool:
@@ -216,7 +221,11 @@ def plan_combination(matrix: Matrix, combination: Combination) -> Plan:
         imports=_imports(fmt, wire),
         load_fragments=_load_fragments(quant, mask, ids, router_weight),
         call_fragments=_call_fragments(fmt, ids, wire, router_weight, quant, zero_row_guard),
-        method_fragments=_method_fragments(router_weight),
+        router_weight_on_input=(
+            "loadtime.router_weight_on_input(config)"
+            if router_weight is RouterWeight.INPUT_SCALING
+            else "False"
+        ),
         weight_dtypes=_weight_dtypes(quant),
         kernel_ids_name="topk_ids" if ids is IdConversion.NONE else "kernel_topk_ids",
         kernel_weights_name="kernel_topk_weights" if slabs else "topk_weights",
@@ -261,7 +270,11 @@ def _load_fragments(
 ) -> tuple[str, ...]:
     steps = [
         "check_weights",
-        "router_weight_" + router_weight.value,
+        *(
+            ()
+            if router_weight is RouterWeight.INPUT_SCALING
+            else ("router_weight_" + router_weight.value,)
+        ),
         # AITER's weight preparation depends on the activation (per_1x32: a16w4 vs a4w4 layout).
         "activation_" + quant.activation.value,
         "bind_kernel",
@@ -310,14 +323,6 @@ def _call_fragments(
         steps.append("pad_hidden")
     steps += ["kernel_call", "combine"]
     return tuple(steps)
-
-
-def _method_fragments(router_weight: RouterWeight) -> tuple[str, ...]:
-    """Load-time alternatives the hot path calls through one attribute, bound in __init__."""
-    methods = []
-    if router_weight is RouterWeight.INPUT_SCALING:
-        methods.append("router_weight")
-    return tuple(methods)
 
 
 def _weight_dtypes(quant: QuantMethod) -> str:
@@ -474,7 +479,8 @@ def _router_weight(fmt: DispatchFormat, quant: QuantMethod) -> tuple[RouterWeigh
     if _carries_topk_output(fmt):
         return (
             RouterWeight.INPUT_SCALING,
-            "standard scales the input rows (K == 1) and passes weights of one; chosen at load",
+            "standard scales the input rows (K == 1) and passes weights of one: a kernel adapter "
+            "bound at load, so layers without the flag pay nothing per call",
         )
     return RouterWeight.REFUSED, "only the standard format scales input rows"
 

@@ -27,6 +27,7 @@ def bind_kernel(
     config: MoeLayerConfig,
     *,
     pads_hidden: bool,
+    router_weight_on_input: bool,
 ) -> tuple[FusedMoeKernel, ExpertWeights]:
     """The kernel a runner calls and the weights it passes.
 
@@ -35,7 +36,8 @@ def bind_kernel(
     logical layout as it is. `swiglu_limit` is a newer AITER keyword: it is bound into the kernel
     only when the layer sets one, and a kernel without the keyword is refused rather than ignored.
     Weights with a padded H (`pads_hidden` methods only) get a kernel that pads the activations
-    and crops the output; unpadded weights get the kernel itself, so they pay nothing per call.
+    and crops the output, and `router_weight_on_input` a kernel that scales the rows first; every
+    other layer gets the kernel itself, so it pays nothing per call for either option.
     """
     bound: FusedMoeKernel
     if kernel is None:
@@ -58,7 +60,29 @@ def bind_kernel(
                 "only methods that pad at load (mxfp4) take padded weights"
             )
         bound = cast(FusedMoeKernel, HiddenPaddedKernel(bound, weights.hidden_pad, config))
+    if router_weight_on_input:
+        bound = cast(FusedMoeKernel, RouterWeightOnInputKernel(bound))
     return bound, weights
+
+
+class RouterWeightOnInputKernel:
+    """apply_router_weight_on_input with top_k 1: each row is scaled by its router weight (in its
+    own dtype, as SGLang does), then the kernel weighs the expert outputs with ones."""
+
+    def __init__(self, kernel: FusedMoeKernel) -> None:
+        self._kernel = cast(Callable[..., torch.Tensor], kernel)
+
+    def __call__(
+        self,
+        hidden_states: torch.Tensor,
+        w1: torch.Tensor,
+        w2: torch.Tensor,
+        topk_weight: torch.Tensor,
+        *args: Any,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        scaled = hidden_states * topk_weight.to(hidden_states.dtype)
+        return self._kernel(scaled, w1, w2, torch.ones_like(topk_weight), *args, **kwargs)
 
 
 class HiddenPaddedKernel:
