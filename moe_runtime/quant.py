@@ -40,8 +40,13 @@ def fp8_max(dtype: torch.dtype) -> float:
 
 
 def _dynamic_scale(amax: torch.Tensor, qmax: float) -> torch.Tensor:
+    # The divisor is a tensor, not the Python float: on CUDA, PyTorch turns a division by a host
+    # scalar into a multiplication by its fp32 reciprocal, one ulp off the quotient for many amax.
+    # Where amax / qmax is exact (2.625 / 448 = 3/512), bf16 inputs then land exactly on fp8
+    # midpoints on CPU (ties to even) but just below them on CUDA, a whole fp8 step apart.
+    # Tensor / tensor is the correctly rounded quotient on every device, and no host sync.
+    scale = amax / torch.full_like(amax, qmax)
     # A zero amax (all-zero group) gets scale 1 so that dequantization never divides by zero.
-    scale = amax / qmax
     return torch.where(amax > 0, scale, torch.ones_like(scale))
 
 

@@ -334,6 +334,47 @@ def test_matches_pair_oracle(kind: str, device: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# Dynamic scales: the same roundings on every device.
+
+# Values that quantize to exact ties when the scale is the correctly rounded amax / qmax: amax
+# 2.625 gives the fp8 scale 2.625 / 448 = 3/512 exactly, and 1.078125, -0.7265625 and 0.890625 then
+# divide to 184, -124 and 152, the midpoints of (176, 192), (-128, -120) and (144, 160); ties go to
+# the even code, 192, -128 and 160, i.e. 1.125, -0.75 and 0.9375. A scale one ulp high (CUDA's
+# reciprocal multiply for a division by a Python float) rounds all three towards zero instead.
+_TIES = [2.625, 1.078125, -0.7265625, 0.890625]
+_TIES_FP8 = [2.625, 1.125, -0.75, 0.9375]
+# int4: scale 2.625 / 7 = 0.375 exactly; 1.3125 / 0.375 = 3.5 rounds to the even 4, i.e. 1.5.
+_TIES_INT4 = ([2.625, 1.3125], [2.625, 1.5])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_dynamic_scales_round_ties_alike_on_every_device(device: str) -> None:
+    row = torch.zeros(1, 128)
+    row[0, : len(_TIES)] = torch.tensor(_TIES)
+    block = torch.zeros(128, 128)
+    block[0] = row[0]
+    want = torch.zeros(1, 128)
+    want[0, : len(_TIES_FP8)] = torch.tensor(_TIES_FP8)
+    x = row.bfloat16().to(device)
+    results = {
+        "per_tensor": quant.dequantize_fp8_per_tensor(*quant.quantize_fp8_per_tensor(x)),
+        "per_row": quant.dequantize_fp8_per_row(*quant.quantize_fp8_per_row(x)),
+        "1x128": quant.dequantize_fp8_1x128(*quant.quantize_fp8_1x128(x)),
+        "128x128": quant.dequantize_fp8_128x128(
+            *quant.quantize_fp8_128x128(block.to(device)))[:1],
+    }
+    for name, got in results.items():
+        assert torch.equal(got.cpu(), want), name
+    # Control: a scale one ulp above 3/512 rounds the ties towards zero, so the check can fail.
+    high = torch.tensor([[3 / 512]]).nextafter(torch.tensor([[1.0]])).to(device)
+    off = quant.dequantize_fp8_per_row(quant.quantize_fp8_static(x, high), high)
+    assert not torch.equal(off.cpu(), want)
+    source, expected = _TIES_INT4
+    q, s = quant.quantize_int4_per_row(torch.tensor([source]).to(device))
+    assert torch.equal(quant.dequantize_int4_per_row(q, s).cpu(), torch.tensor([expected]))
+
+
+# ---------------------------------------------------------------------------------------------
 # Hand-built semantics.
 
 
