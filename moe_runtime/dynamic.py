@@ -26,7 +26,6 @@ Where 0.5.13 is wrong it is wrong here too (a wrong result or the same kind of e
 from __future__ import annotations
 
 import functools
-import inspect
 import os
 import warnings
 from collections.abc import Callable, Mapping
@@ -554,18 +553,6 @@ def _post_permute_aiter_to_deepep_ll(
 # --------------------------------------------------------------------------- runner
 
 
-def _accepts_keyword(kernel: Callable[..., Any], name: str) -> bool:
-    try:
-        parameters = inspect.signature(kernel).parameters
-    except (TypeError, ValueError):
-        return False
-    parameter = parameters.get(name)
-    return parameter is not None and parameter.kind in (
-        inspect.Parameter.POSITIONAL_OR_KEYWORD,
-        inspect.Parameter.KEYWORD_ONLY,
-    )
-
-
 class _AiterRunnerCore:
     """AiterRunnerCore.run: zero-row guard, kernel import, enum lookups, keyword assembly, call."""
 
@@ -646,7 +633,9 @@ class _AiterRunnerCore:
     def _accepts_gate_mode(self, kernel: FusedMoeKernel) -> bool:
         key = id(kernel)
         if key not in self._gate_mode_probe:
-            self._gate_mode_probe[key] = _accepts_keyword(kernel, "gate_mode")
+            from moe_runtime.kernels import accepts_keyword  # SGLang probes lazily too
+
+            self._gate_mode_probe[key] = accepts_keyword(kernel, "gate_mode")
         return self._gate_mode_probe[key]
 
 

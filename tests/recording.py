@@ -8,6 +8,15 @@ from typing import Any
 
 import torch
 
+from moe_runtime.types import (
+    DeepEPNormalDispatchOutput,
+    ExpertWeights,
+    MoriEPLLDispatchOutput,
+    MoriEPNormalDispatchOutput,
+    StandardDispatchOutput,
+    TopKOutput,
+)
+
 # shared/ sits beside the repository; MOE_TEST_VECTORS_DIR points elsewhere (the GPU machine).
 VECTORS_DIR = Path(
     os.environ.get(
@@ -116,3 +125,31 @@ def value_difference(actual: Any, expected: Any, key: str) -> str | None:
 
 def _bytes(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.detach().cpu().contiguous().view(torch.uint8)
+
+
+def load_vector(path: Path) -> dict[str, Any]:
+    vector: dict[str, Any] = torch.load(path, weights_only=True)
+    return vector
+
+
+def build_weights(recorded: dict[str, Any]) -> ExpertWeights:
+    """A vector's weights: shapes and dtypes for w13/w2 (their values never reach the recording
+    kernel's output, so zeros do), the recorded scales as they are."""
+    fields: dict[str, Any] = {
+        name: torch.zeros(spec["shape"], dtype=as_dtype(spec["dtype"]))
+        if isinstance(spec, dict)
+        else spec
+        for name, spec in recorded.items()
+    }
+    return ExpertWeights(**fields)
+
+
+def build_dispatch_output(dispatch: str, fields: dict[str, Any]) -> Any:
+    """A vector's dispatch output as this project's type."""
+    if dispatch == "standard":
+        topk = TopKOutput(fields["topk_weights"], fields["topk_ids"], None)
+        return StandardDispatchOutput(fields["hidden_states"], fields["hidden_states_scale"], topk)
+    if dispatch == "deepep_normal":
+        return DeepEPNormalDispatchOutput(**fields)
+    output_type = MoriEPLLDispatchOutput if "_ll" in dispatch else MoriEPNormalDispatchOutput
+    return output_type(**{**fields, "out_dtype": as_dtype(fields["out_dtype"])})

@@ -11,37 +11,16 @@ import torch
 
 import generated
 from moe_runtime import types as t
-from tests.recording import VECTORS_DIR, RecordingKernel, as_dtype, call_differences
+from tests.recording import (
+    VECTORS_DIR,
+    RecordingKernel,
+    build_dispatch_output,
+    build_weights,
+    call_differences,
+    load_vector,
+)
 
 VECTOR_PATHS = sorted(VECTORS_DIR.glob("*.pt"))
-
-
-def load_vector(path: Path) -> dict[str, Any]:
-    vector: dict[str, Any] = torch.load(path, weights_only=True)
-    return vector
-
-
-def build_weights(recorded: dict[str, Any]) -> t.ExpertWeights:
-    # The weights' values never reach the recording kernel's output: any values of the shape do.
-    tensors = {
-        name: torch.zeros(spec["shape"], dtype=as_dtype(spec["dtype"]))
-        if isinstance(spec, dict)
-        else spec
-        for name, spec in recorded.items()
-    }
-    return t.ExpertWeights(**tensors)
-
-
-def build_dispatch_output(dispatch: str, fields: dict[str, Any]) -> Any:
-    if dispatch == "standard":
-        topk = t.TopKOutput(fields["topk_weights"], fields["topk_ids"], None)
-        return t.StandardDispatchOutput(
-            fields["hidden_states"], fields["hidden_states_scale"], topk
-        )
-    if dispatch == "deepep_normal":
-        return t.DeepEPNormalDispatchOutput(**fields)
-    output_type = t.MoriEPLLDispatchOutput if "_ll" in dispatch else t.MoriEPNormalDispatchOutput
-    return output_type(**{**fields, "out_dtype": as_dtype(fields["out_dtype"])})
 
 
 def combine_differences(actual: Any, expected: dict[str, Any]) -> list[str]:

@@ -16,7 +16,15 @@ from moe_runtime import types as t
 from moe_runtime.enums import ActivationType, QuantType
 from moe_runtime.quant import dequantize_fp8_1x128, dequantize_mxfp4
 from moe_runtime.weights import make_expert_weights, slice_experts
-from tests.recording import KERNEL_DEFAULTS, VECTORS_DIR, RecordingKernel, as_dtype
+from tests.recording import (
+    KERNEL_DEFAULTS,
+    VECTORS_DIR,
+    RecordingKernel,
+    as_dtype,
+    build_dispatch_output,
+    build_weights,
+    load_vector,
+)
 
 VECTOR_PATHS = sorted(VECTORS_DIR.glob("*.pt"))
 _COMBINE_INPUT_OF = {
@@ -58,33 +66,6 @@ def injected(kernel: object) -> t.FusedMoeKernel:
     """The recorders take fused_moe's keywords through **kwargs, which mypy cannot match to the
     FusedMoeKernel protocol; at run time any such callable is a valid injected kernel."""
     return cast(t.FusedMoeKernel, kernel)
-
-
-def load_vector(path: Path) -> dict[str, Any]:
-    vector: dict[str, Any] = torch.load(path, weights_only=True)
-    return vector
-
-
-def build_weights(recorded: dict[str, Any]) -> t.ExpertWeights:
-    # The weights' values never reach the recording kernel's output: any values of the shape do.
-    fields: dict[str, Any] = {
-        name: torch.zeros(spec["shape"], dtype=as_dtype(spec["dtype"]))
-        if isinstance(spec, dict)
-        else spec
-        for name, spec in recorded.items()
-    }
-    return t.ExpertWeights(**fields)
-
-
-def build_dispatch_output(dispatch: str, fields: dict[str, Any]) -> Any:
-    if dispatch == "standard":
-        topk = t.TopKOutput(fields["topk_weights"], fields["topk_ids"], None)
-        return t.StandardDispatchOutput(
-            fields["hidden_states"], fields["hidden_states_scale"], topk
-        )
-    if dispatch == "deepep_normal":
-        return t.DeepEPNormalDispatchOutput(**fields)
-    return t.MoriEPNormalDispatchOutput(**{**fields, "out_dtype": as_dtype(fields["out_dtype"])})
 
 
 def bits(tensor: torch.Tensor) -> torch.Tensor:
