@@ -13,9 +13,10 @@ import pytest
 import torch
 
 import generated
-from moe_runtime import emulate
+from moe_runtime import emulate, kernels
 from moe_runtime.dynamic import DynamicRunner, known_wrong
 from moe_runtime.kernels.reference import ReferenceFusedMoe
+from tests.recording import RecordingKernel
 from tests.runners.harness import EP_SIZES, KEYS, dense_mismatch, run_combination
 
 # The harness's weights are unpadded (hidden_pad 0).
@@ -28,13 +29,13 @@ WRONG = [
 KERNEL = ReferenceFusedMoe()
 
 
-def dynamic_outputs(run: Any, key: tuple[str, str, str]) -> list[Any]:
+def dynamic_outputs(run: Any, key: tuple[str, str, str], *, kernel: Any = KERNEL) -> list[Any]:
     a2a, quant, _ = key
     outputs = []
     for weights, config, dispatch_output in zip(
         run.weights, run.configs, run.dispatched.outputs, strict=True
     ):
-        dynamic = DynamicRunner(config, weights, quant, kernel=KERNEL, a2a_backend=a2a)
+        dynamic = DynamicRunner(config, weights, quant, kernel=kernel, a2a_backend=a2a)
         outputs.append(dynamic(dispatch_output))
     return outputs
 
@@ -92,6 +93,13 @@ def test_sglangs_path_is_wrong_where_known(key: tuple[str, str, str], reason: st
     combined = emulate.combine(run.dispatched, theirs)
     if dense_mismatch(combined, run.expected, key[1], key[2]) is not None:
         return
-    # Flaws the reference cannot show (AITER refuses the call, or reads another layout): the
-    # reason names AITER, and the dynamic path passed the kernel what the reason says.
-    assert "AITER" in reason or "a16w4" in reason or "per-row" in reason, reason
+    # The one flaw the reference cannot show: SGLang hands the fp4 wire to the Swiglu a16w4 kernel,
+    # which on AITER takes bf16 (the reference dequantizes whatever it gets). Show the call itself.
+    assert key[1] == "mxfp4" and key[2].endswith("_fp4"), f"flaw not shown: {reason}"
+    theirs_kernel, ours_kernel = RecordingKernel(), RecordingKernel()
+    run_combination(key, 2, kernel=ours_kernel)
+    dynamic_outputs(run, key, kernel=theirs_kernel)
+    swiglu = int(kernels.ActivationType.Swiglu)
+    assert {int(call["activation"]) for call in theirs_kernel.calls + ours_kernel.calls} == {swiglu}
+    assert {call["hidden_states"].dtype for call in theirs_kernel.calls} == {torch.float4_e2m1fn_x2}
+    assert {call["hidden_states"].dtype for call in ours_kernel.calls} == {torch.bfloat16}
