@@ -94,6 +94,8 @@ class Plan:
     kernel_ids_name: str
     kernel_weights_name: str
     kernel_arguments: tuple[KernelArgument, ...]
+    upscaler: str  # the moe_runtime.quant function of an upscaled wire ("" otherwise)
+    wire_group: str
     upscale_dtype: str
     output_expression: str
     combine_routing: tuple[str, ...]
@@ -114,16 +116,9 @@ def _carries_topk_output(fmt: DispatchFormat) -> bool:
     return fmt.dispatch_output == "StandardDispatchOutput"
 
 
-def wire_suffix(wire: Wire) -> str:
-    match wire:
-        case Wire.BF16:
-            return "bf16"
-        case Wire.FP8_1X128:
-            return "fp8"
-        case Wire.FP4_1X32:
-            return "fp4"
-        case _:
-            assert_never(wire)
+# Per quantized wire: the runtime function that dequantizes it, and its scale group.
+_UPSCALERS = {Wire.FP8_1X128: "dequantize_fp8_1x128", Wire.FP4_1X32: "dequantize_mxfp4"}
+_WIRE_GROUPS = {Wire.BF16: "", Wire.FP8_1X128: "1x128", Wire.FP4_1X32: "1x32"}
 
 
 def plan_combination(matrix: Matrix, combination: Combination) -> Plan:
@@ -231,6 +226,8 @@ def plan_combination(matrix: Matrix, combination: Combination) -> Plan:
         kernel_weights_name="kernel_topk_weights" if slabs else "topk_weights",
         kernel_arguments=_kernel_arguments(fmt, quant, wire, router_weight, num_local_tokens),
         # Without an out_dtype on the wire, the low-latency output is DeepEP's bf16.
+        upscaler=_UPSCALERS[fmt.wire] if wire is WireHandling.UPSCALE else "",
+        wire_group=_WIRE_GROUPS[fmt.wire],
         upscale_dtype="dispatch_output.out_dtype" if num_local_tokens else "torch.bfloat16",
         output_expression="out.view(num_slabs, capacity, -1)" if slabs else "out",
         combine_routing=_combine_routing(fmt),
@@ -248,8 +245,7 @@ def _imports(fmt: DispatchFormat, wire: WireHandling) -> tuple[str, ...]:
         "from moe_runtime import kernels, loadtime",
     ]
     if wire is WireHandling.UPSCALE:
-        upscaler = {Wire.FP8_1X128: "dequantize_fp8_1x128", Wire.FP4_1X32: "dequantize_mxfp4"}
-        lines.append(f"from moe_runtime.quant import {upscaler[fmt.wire]}")
+        lines.append(f"from moe_runtime.quant import {_UPSCALERS[fmt.wire]}")
     type_names = sorted(
         {
             "ExpertWeights",
@@ -318,7 +314,7 @@ def _call_fragments(
     if router_weight is RouterWeight.INPUT_SCALING:
         steps.append("router_weight")
     if wire is WireHandling.UPSCALE:
-        steps.append("wire_upscale_" + wire_suffix(fmt.wire))
+        steps.append("wire_upscale")
     if quant.pads_hidden:
         steps.append("pad_hidden")
     steps += ["kernel_call", "combine"]
