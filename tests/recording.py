@@ -1,4 +1,4 @@
-"""The recording kernel of shared/vectors/README.md, and exact comparison with a recorded call."""
+"""The recording kernel of tests/vectors/README.md, and exact comparison with a recorded call."""
 
 from __future__ import annotations
 
@@ -17,13 +17,29 @@ from moe_runtime.types import (
     TopKOutput,
 )
 
-# shared/ sits beside the repository; MOE_TEST_VECTORS_DIR points elsewhere (the GPU machine).
+# The vectors live in the repository; MOE_TEST_VECTORS_DIR points elsewhere (another recording).
 VECTORS_DIR = Path(
     os.environ.get(
         "MOE_TEST_VECTORS_DIR",
-        Path(__file__).resolve().parents[2] / "shared" / "vectors" / "sglang-0.5.13",
+        Path(__file__).resolve().parent / "vectors" / "sglang-0.5.13",
     )
 )
+RECORDED_VECTORS = 23
+
+
+def vector_paths() -> list[Path]:
+    """Every recorded vector; a missing or incomplete directory fails collection, naming the path.
+
+    An empty parametrisation would let every vector test pass by running nothing.
+    """
+    paths = sorted(VECTORS_DIR.glob("*.pt"))
+    if len(paths) != RECORDED_VECTORS:
+        raise FileNotFoundError(
+            f"expected {RECORDED_VECTORS} SGLang vectors (*.pt) under {VECTORS_DIR}, found "
+            f"{len(paths)}; they ship in tests/vectors/ (MOE_TEST_VECTORS_DIR overrides the path)"
+        )
+    return paths
+
 
 # fused_moe's defaults (spec/aiter_fused_moe.md): a keyword not passed is recorded with these.
 KERNEL_DEFAULTS: dict[str, Any] = {

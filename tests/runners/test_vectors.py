@@ -1,4 +1,4 @@
-"""SGLang 0.5.13's own kernel calls and combine inputs (shared/vectors) reproduced exactly by the
+"""SGLang 0.5.13's own kernel calls and combine inputs (tests/vectors) reproduced exactly by the
 generated runner of each recorded key, run with the vectors' recording kernel."""
 
 from __future__ import annotations
@@ -12,15 +12,15 @@ import torch
 import generated
 from moe_runtime import types as t
 from tests.recording import (
-    VECTORS_DIR,
     RecordingKernel,
     build_dispatch_output,
     build_weights,
     call_differences,
     load_vector,
+    vector_paths,
 )
 
-VECTOR_PATHS = sorted(VECTORS_DIR.glob("*.pt"))
+VECTOR_PATHS = vector_paths()
 
 
 def combine_differences(actual: Any, expected: dict[str, Any]) -> list[str]:

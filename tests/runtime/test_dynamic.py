@@ -18,15 +18,15 @@ from moe_runtime.quant import dequantize_fp8_1x128, dequantize_mxfp4
 from moe_runtime.weights import make_expert_weights, slice_experts
 from tests.recording import (
     KERNEL_DEFAULTS,
-    VECTORS_DIR,
     RecordingKernel,
     as_dtype,
     build_dispatch_output,
     build_weights,
     load_vector,
+    vector_paths,
 )
 
-VECTOR_PATHS = sorted(VECTORS_DIR.glob("*.pt"))
+VECTOR_PATHS = vector_paths()
 _COMBINE_INPUT_OF = {
     "standard": t.StandardCombineInput,
     "deepep_normal": t.DeepEPNormalCombineInput,
