@@ -12,8 +12,8 @@ import torch
 import generated
 from moe_runtime import emulate
 from moe_runtime import types as t
+from moe_runtime.testing.dense import dense_moe_float64
 from moe_runtime.weights import dequantized_weights, make_expert_weights, slice_experts
-from tests.dense import dense_moe_float64
 
 NUM_EXPERTS, HIDDEN, INTERMEDIATE, TOP_K, TOKENS = 8, 256, 128, 3, 13
 EP_SIZES = (1, 2, 4)

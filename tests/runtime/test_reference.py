@@ -3,8 +3,8 @@
 Two oracles:
 - `_pair_oracle` (here): the kernel's math per (token, slot) pair in float64 with Python loops,
   replicating the rounding points with moe_runtime.quant; compared with the spec's tolerances;
-- `tests.dense.dense_moe_float64`: pure math (no activation quantization) on the same dequantized
-  weights; compared with the per-method bounds of `tests.dense.TOLERANCES`.
+- `moe_runtime.testing.dense.dense_moe_float64`: pure math (no activation quantization) on the
+  same dequantized weights; compared with the per-method bounds of its `TOLERANCES`.
 Every comparison is paired with a negative control that must fail it.
 """
 
@@ -22,8 +22,8 @@ from hypothesis import strategies as st
 from moe_runtime import quant
 from moe_runtime.enums import ActivationType, QuantType
 from moe_runtime.kernels.reference import ReferenceFusedMoe, fused_moe, fused_moe_graph_safe
+from moe_runtime.testing.dense import assert_moe_close, dense_moe_float64, moe_close
 from moe_runtime.weights import dequantized_weights, make_expert_weights
-from tests.dense import assert_moe_close, dense_moe_float64, moe_close
 from tests.runtime.sync_guard import HostSyncError, no_host_sync
 
 DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]

@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from moe_runtime.testing.dense import dense_moe_float64
 from moe_runtime.weights import (
     QUANT_METHODS,
     dequantized_weights,
     make_expert_weights,
     slice_experts,
 )
-from tests.dense import dense_moe_float64
 
 DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
 FP8, FP4X2, E8M0 = torch.float8_e4m3fn, torch.float4_e2m1fn_x2, torch.float8_e8m0fnu
