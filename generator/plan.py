@@ -143,7 +143,7 @@ def plan_combination(matrix: Matrix, combination: Combination) -> Plan:
             "the method's own type"
             if kernel_quant is quant.kernel_quant
             else f"bf16 weights with a {fmt.wire.value} wire run the pre-quantized path "
-            "(spec/formats.md, wire x weight table)",
+            "(docs/formats.md, wire x weight table)",
         )
     )
     decisions.append(Decision("activation", quant.activation.value, _activation_reason(quant)))
@@ -403,7 +403,7 @@ def _ids(fmt: DispatchFormat) -> tuple[IdConversion, str]:
 
 
 def _wire(fmt: DispatchFormat, quant: QuantMethod) -> tuple[KernelQuant, WireHandling, str]:
-    """The wire x weight table of spec/formats.md, resolved for one combination."""
+    """The wire x weight table of docs/formats.md, resolved for one combination."""
     match fmt.wire:
         case Wire.BF16:
             return quant.kernel_quant, WireHandling.NONE, "bf16 rows go to the kernel as they are"

@@ -1,7 +1,7 @@
 """Emulated dispatchers: every format's per-rank dispatch outputs from one global batch, and the
 combine that folds per-rank combine inputs back into one `[T, H]` result, on one process.
 
-What each format delivers follows spec/formats.md ("Dispatcher facts" and each format's "Arrives"):
+What each format delivers follows docs/formats.md ("Dispatcher facts" and each format's "Arrives"):
 the standard path replicates the batch; DeepEP normal sends each token once to every rank owning
 one of its experts, with local ids and -1; DeepEP low latency fills per-expert slabs and counts them
 in `masked_m`; MORI fills fixed-capacity buffers with each token's full routing, `total_recv` valid

@@ -1,6 +1,6 @@
 """Quantize/dequantize helpers: fp8 (e4m3fn, e4m3fnuz), mxfp4 (E2M1 + e8m0) and int4-in-int8.
 
-These replicate the roundings AITER's `fused_moe` applies (spec/aiter_fused_moe.md): the reference
+These replicate the roundings AITER's `fused_moe` applies (docs/aiter_fused_moe.md): the reference
 kernel uses them for its activation rounding points, tests use them to build quantized weights, and
 generated runners call the two upscalers `dequantize_fp8_1x128` and `dequantize_mxfp4` on quantized
 wires. Those two are branch-free straight-line tensor code with no host synchronisation, so they can

@@ -72,7 +72,7 @@ class MoeLayerConfig:
 
 @dataclass(frozen=True, slots=True)
 class ExpertWeights:
-    """This rank's expert weights in the logical (unshuffled) layout of spec/aiter_fused_moe.md."""
+    """This rank's expert weights in the logical (unshuffled) layout of docs/aiter_fused_moe.md."""
 
     w13_weight: torch.Tensor
     w2_weight: torch.Tensor

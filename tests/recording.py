@@ -41,7 +41,7 @@ def vector_paths() -> list[Path]:
     return paths
 
 
-# fused_moe's defaults (spec/aiter_fused_moe.md): a keyword not passed is recorded with these.
+# fused_moe's defaults (docs/aiter_fused_moe.md): a keyword not passed is recorded with these.
 KERNEL_DEFAULTS: dict[str, Any] = {
     "expert_mask": None,
     "activation": 0,

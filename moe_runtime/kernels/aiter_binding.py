@@ -4,7 +4,7 @@ Importing this module does not import `aiter`; `load()` does, once, when `moe_ru
 AITER. Each preparation step mirrors what AITER's own tests (`op_tests/test_moe_2stage.py`) and
 SGLang 0.5.13's quant methods do to weights before calling `fused_moe` (AITER v0.1.7.post2); the
 comment on each step names the function or file it mirrors. `ExpertWeights` arrive in the logical
-layout of spec/aiter_fused_moe.md and leave in the layout the bound AITER kernels read.
+layout of docs/aiter_fused_moe.md and leave in the layout the bound AITER kernels read.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""AITER's `fused_moe` in plain PyTorch, on any device (the contract of spec/aiter_fused_moe.md).
+"""AITER's `fused_moe` in plain PyTorch, on any device (the contract of docs/aiter_fused_moe.md).
 
 The kernel works on (token, slot) pairs: pair (t, k) routes row t of the activations to local expert
 `e = cumsum(expert_mask)[topk_ids[t, k]] - 1` (or the id itself without a mask) with router weight

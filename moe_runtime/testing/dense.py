@@ -1,6 +1,6 @@
 """A float64 dense MoE oracle and the tolerance checks that compare kernel outputs with it.
 
-Written from the math of spec/aiter_fused_moe.md, independently of moe_runtime.kernels.reference:
+Written from the math of docs/aiter_fused_moe.md, independently of moe_runtime.kernels.reference:
 every expert runs over every token in float64, with no activation quantization and no rounding
 point; a per-(token, slot) select keeps the routed results.
 """

@@ -1,4 +1,4 @@
-"""The emulated dispatchers reproduce each format's facts (spec/formats.md) and fold back exactly.
+"""The emulated dispatchers reproduce each format's facts (docs/formats.md) and fold back exactly.
 
 Totals: dispatch -> a minimal, format-correct "expert" that scales each routed (token, expert) by a
 per-expert factor -> combine must equal the dense sum over every token's top-k, for every format
