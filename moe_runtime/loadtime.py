@@ -156,6 +156,7 @@ def check_weights(
     needs_biases: bool,
     scale_layout: kernels.QuantType = kernels.QuantType.No,
     router_weight_in_stage1: bool = False,
+    static_input_scales: bool = False,
 ) -> None:
     """Refuse, at load, weights that the runner's quant method cannot use, saying what is wrong.
 
@@ -163,8 +164,8 @@ def check_weights(
     (the logical layout of `moe_runtime.weights`: `w13 [L, 2I, H]`, gate then up rows, since every
     activation here is gated), so a transposed or half-height `w13` fails here, not in the kernel.
     `scale_layout` is the method's own AITER quant type, which fixes the scales' shapes. Tensors a
-    method never passes (biases, weight scales) and a `doweight_stage1` it does not apply are
-    refused rather than silently ignored.
+    method never passes (biases, weight scales, static input scales of a method that has none) and
+    a `doweight_stage1` it does not apply are refused rather than silently ignored.
     """
     problems = []
     if weights.num_local_experts != config.num_local_experts:
@@ -187,6 +188,11 @@ def check_weights(
         problems.append(
             f"{quant_method} passes no biases to the kernel, yet b13 or b2 is set (they would be "
             "ignored)"
+        )
+    if not static_input_scales and (weights.a13_scale is not None or weights.a2_scale is not None):
+        problems.append(
+            f"{quant_method} has no static input scales, yet a13_scale or a2_scale is set (they "
+            "would be ignored)"
         )
     if weights.doweight_stage1 and not (
         router_weight_in_stage1 and config.apply_router_weight_on_input

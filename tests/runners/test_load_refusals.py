@@ -130,6 +130,13 @@ def test_weight_scales_a_method_does_not_have_are_refused() -> None:
         build(STANDARD, unquant)
 
 
+def test_static_input_scales_a_method_does_not_have_are_refused() -> None:
+    static = weights("ct_w8a8_fp8")
+    fp8 = dataclasses.replace(weights("fp8_channel"), a13_scale=static.a13_scale)
+    with pytest.raises(t.ConfigError, match="fp8_channel has no static input scales, yet a13"):
+        build(("none", "fp8_channel", "standard"), fp8)
+
+
 def test_doweight_stage1_is_refused_where_no_kernel_call_applies_it() -> None:
     with pytest.raises(t.ConfigError, match="unquant never applies the router weight in stage 1"):
         build(STANDARD, dataclasses.replace(weights("unquant"), doweight_stage1=True))
