@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import assert_never
 
+from generator.checked import CheckPlan, plan_checks
 from generator.model import (
     A2ABackend,
     ActivationRule,
@@ -100,6 +101,7 @@ class Plan:
     output_expression: str
     combine_routing: tuple[str, ...]
     combine_comment: str
+    checks: CheckPlan  # the checked variant's validation prologue (generator/checked.py)
 
     def combine_call(self, hidden_states: str, *, indent: int) -> str:
         """The combine input built around `hidden_states`, one argument a line when several."""
@@ -200,6 +202,16 @@ def plan_combination(matrix: Matrix, combination: Combination) -> Plan:
             )
         )
 
+    checks = plan_checks(fmt)
+    decisions.append(
+        Decision(
+            "checked variant",
+            checks.summary,
+            "select(..., checked=True) validates each dispatch output before the plain hot path; "
+            "the plain Runner pays only the dispatch-output class lookup",
+        )
+    )
+
     slabs = fmt.layout is Layout.MASKED_SLABS
     return Plan(
         combination=combination,
@@ -232,6 +244,7 @@ def plan_combination(matrix: Matrix, combination: Combination) -> Plan:
         output_expression="out.view(num_slabs, capacity, -1)" if slabs else "out",
         combine_routing=_combine_routing(fmt),
         combine_comment=_combine_comment(fmt),
+        checks=checks,
     )
 
 
@@ -242,7 +255,7 @@ def _imports(fmt: DispatchFormat, wire: WireHandling) -> tuple[str, ...]:
         "",
         "import torch",
         "",
-        "from moe_runtime import kernels, loadtime",
+        "from moe_runtime import checks, kernels, loadtime",
     ]
     if wire is WireHandling.UPSCALE:
         lines.append(f"from moe_runtime.quant import {_UPSCALERS[fmt.wire]}")
@@ -266,6 +279,7 @@ def _load_fragments(
 ) -> tuple[str, ...]:
     steps = [
         "check_weights",
+        "dispatch_types",
         *(
             ()
             if router_weight is RouterWeight.INPUT_SCALING
@@ -297,14 +311,15 @@ def _call_fragments(
 ) -> tuple[str, ...]:
     """The hot path, step by step: each name is a template under templates/fragments/call/."""
     quantized_wire = fmt.wire is not Wire.BF16
+    steps = ["dispatch_type"]
     match fmt.layout:
         case Layout.MASKED_SLABS:
-            steps = ["unpack_slabs"] + (["scale_slabs"] if quantized_wire else [])
+            steps += ["unpack_slabs"] + (["scale_slabs"] if quantized_wire else [])
         case Layout.FLAT if fmt.truncate_to_recv_cap:
-            steps = ["unpack_recv_cap"] + (["scale_recv_cap"] if quantized_wire else [])
+            steps += ["unpack_recv_cap"] + (["scale_recv_cap"] if quantized_wire else [])
         case Layout.FLAT:
             unpack = "unpack_standard" if _carries_topk_output(fmt) else "unpack_flat"
-            steps = [unpack] + (["scale_flat"] if quantized_wire else [])
+            steps += [unpack] + (["scale_flat"] if quantized_wire else [])
         case _:
             assert_never(fmt.layout)
     if zero_row_guard:

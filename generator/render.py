@@ -51,6 +51,7 @@ def _runner_templates(plan: Plan) -> tuple[str, ...]:
         RUNNER_TEMPLATE,
         *(f"fragments/load/{name}.py.j2" for name in plan.load_fragments),
         *(f"fragments/call/{name}.py.j2" for name in plan.call_fragments),
+        *(f"fragments/check/{name}.py.j2" for name in plan.checks.fragments),
     )
 
 

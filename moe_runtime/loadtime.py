@@ -9,7 +9,7 @@ from typing import Any, cast
 
 import torch
 
-from moe_runtime import kernels
+from moe_runtime import kernels, quant
 from moe_runtime.types import ConfigError, ExpertWeights, FusedMoeKernel, MoeLayerConfig
 
 _ACTIVATIONS = {
@@ -154,8 +154,19 @@ def check_weights(
     weight_dtypes: tuple[torch.dtype, ...],
     needs_scales: bool,
     needs_biases: bool,
+    scale_layout: kernels.QuantType = kernels.QuantType.No,
+    router_weight_in_stage1: bool = False,
+    static_input_scales: bool = False,
 ) -> None:
-    """Refuse, at load, weights that the runner's quant method cannot use, saying what is wrong."""
+    """Refuse, at load, weights that the runner's quant method cannot use, saying what is wrong.
+
+    Beyond dtypes and presence, every tensor's shape is compared with the one the config implies
+    (the logical layout of `moe_runtime.weights`: `w13 [L, 2I, H]`, gate then up rows, since every
+    activation here is gated), so a transposed or half-height `w13` fails here, not in the kernel.
+    `scale_layout` is the method's own AITER quant type, which fixes the scales' shapes. Tensors a
+    method never passes (biases, weight scales, static input scales of a method that has none) and
+    a `doweight_stage1` it does not apply are refused rather than silently ignored.
+    """
     problems = []
     if weights.num_local_experts != config.num_local_experts:
         problems.append(
@@ -169,7 +180,127 @@ def check_weights(
             problems.append(f"{name} is {dtype}, {quant_method} needs {wanted}")
     if needs_scales and (weights.w13_scale is None or weights.w2_scale is None):
         problems.append(f"{quant_method} needs w13_scale and w2_scale")
+    if not needs_scales and (weights.w13_scale is not None or weights.w2_scale is not None):
+        problems.append(f"{quant_method} has no weight scales, yet w13_scale or w2_scale is set")
     if needs_biases and (weights.b13 is None or weights.b2 is None):
         problems.append(f"{quant_method} needs biases b13 and b2")
+    if not needs_biases and (weights.b13 is not None or weights.b2 is not None):
+        problems.append(
+            f"{quant_method} passes no biases to the kernel, yet b13 or b2 is set (they would be "
+            "ignored)"
+        )
+    if not static_input_scales and (weights.a13_scale is not None or weights.a2_scale is not None):
+        problems.append(
+            f"{quant_method} has no static input scales, yet a13_scale or a2_scale is set (they "
+            "would be ignored)"
+        )
+    if weights.doweight_stage1 and not (
+        router_weight_in_stage1 and config.apply_router_weight_on_input
+    ):
+        problems.append(
+            "doweight_stage1=True would be ignored: "
+            + (
+                "this method applies the router weight in stage 1 only with "
+                "config.apply_router_weight_on_input=True"
+                if router_weight_in_stage1
+                else f"{quant_method} never applies the router weight in stage 1"
+            )
+        )
+    if not problems:
+        problems = _shape_problems(config, weights, scale_layout, needs_scales, needs_biases)
     if problems:
         raise ConfigError(f"weights do not fit a {quant_method} runner: " + "; ".join(problems))
+
+
+def _shape_problems(
+    config: MoeLayerConfig,
+    weights: ExpertWeights,
+    scale_layout: kernels.QuantType,
+    needs_scales: bool,
+    needs_biases: bool,
+) -> list[str]:
+    """Each tensor whose shape differs from the one the config implies, expected and actual."""
+    experts = config.num_local_experts
+    hidden = config.hidden_size + weights.hidden_pad
+    inter = config.intermediate_size + weights.intermediate_pad
+    # fp4x2 packs two values per byte along the last (input) dimension.
+    pack = 2 if weights.w13_weight.dtype == quant.FP4X2 else 1
+    sizes = f"L={experts}, H={hidden}, I={inter}"
+    expected: dict[str, tuple[tuple[int, ...], str, torch.Tensor | None]] = {
+        "w13_weight": (
+            (experts, 2 * inter, hidden // pack),
+            "[L, 2I, H] (gate then up rows: the activation is gated)",
+            weights.w13_weight,
+        ),
+        "w2_weight": ((experts, hidden, inter // pack), "[L, H, I]", weights.w2_weight),
+    }
+    if needs_scales:
+        scale13, scale2, layout = _scale_shapes(scale_layout, experts, hidden, inter)
+        expected["w13_scale"] = (scale13, layout.format("2I", "H"), weights.w13_scale)
+        expected["w2_scale"] = (scale2, layout.format("H", "I"), weights.w2_scale)
+    if needs_biases:
+        expected["b13"] = ((experts, 2 * inter), "[L, 2I]", weights.b13)
+        expected["b2"] = ((experts, hidden), "[L, H]", weights.b2)
+    problems = []
+    for name, (shape, layout_text, tensor) in expected.items():
+        if tensor is not None and tuple(tensor.shape) != shape:
+            problems.append(
+                f"{name} must be {layout_text} = {list(shape)} ({sizes}), got "
+                f"{list(tensor.shape)}"
+            )
+    return problems
+
+
+def _scale_shapes(
+    layout: kernels.QuantType, experts: int, hidden: int, inter: int
+) -> tuple[tuple[int, ...], tuple[int, ...], str]:
+    """Shapes of w13_scale and w2_scale for a method's quant type, and their layout with `{0}` the
+    output and `{1}` the input dimension."""
+    if layout in (kernels.QuantType.per_128x128, kernels.QuantType.per_1x128):
+        group = quant.FP8_GROUP
+        return (
+            (experts, 2 * inter // group, hidden // group),
+            (experts, hidden // group, inter // group),
+            f"[L, {{0}}/{group}, {{1}}/{group}]",
+        )
+    if layout == kernels.QuantType.per_1x32:
+        group = quant.MXFP4_GROUP
+        return (
+            (experts, 2 * inter, hidden // group),
+            (experts, hidden, inter // group),
+            f"[L, {{0}}, {{1}}/{group}]",
+        )
+    if layout == kernels.QuantType.per_Tensor:
+        return (experts, 1), (experts, 1), "[L, 1]"
+    return (experts, 2 * inter, 1), (experts, hidden, 1), "[L, {0}, 1]"
+
+
+class DispatchOutputTypes(dict[type, bool]):
+    """The classes a runner accepts as its dispatch output, looked up once per call by the class.
+
+    A class is accepted when its name and fields are those of the runner's own type: SGLang's
+    NamedTuples of the same name fit without conversion. The first call with any other class gets
+    a `TypeError` naming both (not an `AttributeError` from inside the runner); an accepted class
+    is remembered, so the hot path pays one dictionary lookup and never branches.
+    """
+
+    def __init__(self, expected: type, dispatch_format: str) -> None:
+        super().__init__({expected: True})
+        self._name = expected.__name__
+        self._fields: tuple[str, ...] = getattr(expected, "_fields", ())
+        self._dispatch_format = dispatch_format
+
+    def __missing__(self, cls: type) -> bool:
+        fields = getattr(cls, "_fields", None)
+        if cls.__name__ == self._name and isinstance(fields, tuple):
+            missing = [name for name in self._fields if name not in fields]
+            if not missing:
+                self[cls] = True
+                return True
+            detail = f"it lacks the fields {', '.join(missing)}"
+        else:
+            detail = "a runner for one format cannot serve another's output"
+        raise TypeError(
+            f"this runner serves dispatch format {self._dispatch_format!r}, whose dispatch output "
+            f"is a {self._name}; got a {cls.__module__}.{cls.__qualname__}: {detail}"
+        )

@@ -17,7 +17,8 @@ Two modes, chosen at construction:
   a host sync and gathers each expert's pairs, so the work follows the routing;
 - graph-safe: no host synchronisation and no data-dependent shape, so a CUDA graph can capture it.
   Every expert runs over every row and a per-pair select keeps the routed results. Only host-side
-  (dtype and shape) checks remain; ids outside the mask contribute nothing instead of raising.
+  (dtype and shape) checks remain; ids outside the mask contribute nothing instead of raising, and
+  a mask entry other than 1 (2, -1) deselects its id rather than shifting the experts after it.
 """
 
 from __future__ import annotations
@@ -512,9 +513,13 @@ def _route(
         bound = expert_mask.numel()
         in_range = (ids >= 0) & (ids < bound)
         safe = ids.clamp(0, bound - 1)
-        # Local index of id g is cumsum(mask)[g] - 1; ids whose mask entry is 0 are dropped.
-        local = (torch.cumsum(expert_mask.long(), dim=0) - 1)[safe]
-        in_range = in_range & (expert_mask.long()[safe] == 1)
+        # Local index of id g is the count of selected ids before it; ids not selected are
+        # dropped. Only an entry of exactly 1 selects: graph-safe mode cannot refuse a mask
+        # holding 2 or -1, and counting those entries would shift later experts onto the wrong
+        # weights (default mode refuses such a mask before routing).
+        selected = (expert_mask == 1).long()
+        local = (torch.cumsum(selected, dim=0) - 1)[safe]
+        in_range = in_range & (selected[safe] == 1)
     valid = in_range & (local >= 0) & (local < problem.experts) & row_valid.unsqueeze(-1)
     return local.clamp(0, problem.experts - 1), valid
 
