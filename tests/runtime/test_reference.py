@@ -587,7 +587,8 @@ def _method_run(method: str, device: str, seed: int) -> MethodRun:
     return MethodRun(out.cpu(), dense(topk_ids), dense(torch.where(topk_ids == 0, -1, topk_ids)))
 
 
-# How much noise, relative to a row's rms, each method's bounds must detect (see moe_runtime.testing.dense).
+# How much noise, relative to a row's rms, each method's bounds must detect
+# (see moe_runtime.testing.dense).
 _PERTURBATION = {"unquant": 0.1, "mxfp4": 0.1, "quark_w4a4_mxfp4": 2.0}
 
 
