@@ -78,17 +78,30 @@ def parse_key(text: str) -> Key:
     return (parts[0], parts[1], parts[2])
 
 
+_HOT_PATH_BINDINGS = frozenset({"self._kernel", "self._dequantize"})
+
+
 def _hot_path_source(key: Key) -> str:
-    """The source of a runner's per-call methods (everything but `__init__`), normalised by ast."""
+    """The source of a runner's per-call methods (everything but `__init__`), and of the two
+    bindings in `__init__` that the hot path calls through (the kernel with its bound keywords,
+    the wire upscaler), normalised by ast."""
     runner_class = ast.parse(inspect.getsource(generated.select(*key))).body[0]
     if not isinstance(runner_class, ast.ClassDef):
         raise TypeError(f"{key_name(key)}: Runner is not a class")
-    methods = [
-        ast.unparse(node)
-        for node in runner_class.body
-        if isinstance(node, ast.FunctionDef) and node.name != "__init__"
-    ]
-    return "\n".join(methods)
+    parts = []
+    for node in runner_class.body:
+        if not isinstance(node, ast.FunctionDef):
+            continue
+        if node.name != "__init__":
+            parts.append(ast.unparse(node))
+            continue
+        parts.extend(
+            ast.unparse(statement)
+            for statement in node.body
+            if isinstance(statement, ast.Assign)
+            and ast.unparse(statement.targets[0]) in _HOT_PATH_BINDINGS
+        )
+    return "\n".join(parts)
 
 
 def _representative_order(key: Key) -> tuple[bool, bool, Key]:

@@ -2,9 +2,10 @@
 
 Each function is what a person would write for one combination, knowing it at the time of
 writing: only the tensor operations the format needs (the id conversion, the low-latency
-flattening, the MORI slices, an upscale where no kernel takes the wire), then the kernel call
-and the combine input. Keyword arguments that never change between calls (mask, enums, weight
-scales, biases, pads) are bound once and passed as one mapping; per-call ones are passed by name.
+flattening with its shape-only tensors built once, an upscale where no kernel takes the wire, with
+the same bound upscaler), then the kernel call and the combine input. Keyword arguments that never
+change between calls (mask, enums, weight scales, biases, pads) are bound once and passed as one
+mapping; per-call ones are passed by name.
 
 The benchmark checks that each of these makes exactly the kernel call that the generated runner
 makes, so the comparison is between two implementations of the same work.
@@ -18,8 +19,7 @@ from typing import Any
 import torch
 
 from benchmarks.common import KernelCall
-from moe_runtime import emulate
-from moe_runtime.quant import dequantize_fp8_1x128, dequantize_mxfp4
+from moe_runtime import emulate, loadtime
 from moe_runtime.types import (
     DeepEPLLCombineInput,
     DeepEPLLDispatchOutput,
@@ -69,23 +69,25 @@ def build(
         per_call.add("a1_scale")
     static = {k: v for k, v in reference_call.kwargs.items() if k not in per_call}
     w13, w2 = reference_call.args[1], reference_call.args[2]
+    rows = reference_call.hidden_states.shape[0]
     if dispatch_format == emulate.STANDARD:
         return standard(kernel, w13, w2, static)
     if dispatch_format == emulate.DEEPEP_NORMAL:
         return deepep_normal(kernel, w13, w2, static, config.num_local_experts)
+    slabs = _Slabs(config.num_local_experts, rows, w13.device)
     if dispatch_format == emulate.DEEPEP_LL:
-        return deepep_ll(kernel, w13, w2, static, config.num_local_experts)
+        return deepep_ll(kernel, w13, w2, static, slabs)
     if dispatch_format == emulate.DEEPEP_LL_FP8 and upscale:
-        return deepep_ll_fp8_upscale(kernel, w13, w2, static, config.num_local_experts)
+        return deepep_ll_fp8_upscale(kernel, w13, w2, static, slabs)
     if dispatch_format == emulate.DEEPEP_LL_FP8:
-        return deepep_ll_fp8(kernel, w13, w2, static, config.num_local_experts)
+        return deepep_ll_fp8(kernel, w13, w2, static, slabs)
     combine = MoriEPLLCombineInput if dispatch_format in _MORI_LL else MoriEPNormalCombineInput
     if not quantized_wire:
         return mori_bf16(kernel, w13, w2, static, combine)
     if not upscale:
         return mori_pass_through(kernel, w13, w2, static, combine)
-    dequantize = dequantize_fp8_1x128 if dispatch_format in _FP8_WIRES else dequantize_mxfp4
-    return mori_upscale(kernel, w13, w2, static, combine, dequantize)
+    name = "dequantize_fp8_1x128" if dispatch_format in _FP8_WIRES else "dequantize_mxfp4"
+    return mori_upscale(kernel, w13, w2, static, combine, loadtime.bind_upscaler(name, w13.device))
 
 
 def standard(
@@ -123,13 +125,18 @@ def deepep_normal(
     return run
 
 
-def _slab_ids_and_sink(
-    num_local_experts: int, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """[L, 1] int32 slab ids and the sink id L as a 0-dim device tensor: `torch.where` with a
-    Python scalar would fill a fresh 0-dim device tensor on every call (one more launch)."""
-    slab_ids = torch.arange(num_local_experts, dtype=torch.int32, device=device).unsqueeze(1)
-    return slab_ids, torch.full((), num_local_experts, dtype=torch.int32, device=device)
+class _Slabs:
+    """What the low-latency flattening needs that depends only on the slab shape, built once
+    for the capacity the benchmark input has: [L, 1] int32 slab ids, the sink id L as a 0-dim
+    device tensor (`torch.where` with a Python scalar would fill one on every call), the slot
+    index [C] and the unit weights [L * C, 1]."""
+
+    def __init__(self, num_local_experts: int, rows: int, device: torch.device) -> None:
+        capacity = rows // num_local_experts
+        self.ids = torch.arange(num_local_experts, dtype=torch.int32, device=device).unsqueeze(1)
+        self.sink = torch.full((), num_local_experts, dtype=torch.int32, device=device)
+        self.slot = torch.arange(capacity, dtype=torch.int32, device=device)
+        self.unit_weights = torch.ones((rows, 1), dtype=torch.float32, device=device)
 
 
 def deepep_ll(
@@ -137,18 +144,13 @@ def deepep_ll(
     w13: torch.Tensor,
     w2: torch.Tensor,
     static: Mapping[str, Any],
-    num_local_experts: int,
+    s: _Slabs,
 ) -> HandWritten:
-    slab_ids, sink = _slab_ids_and_sink(num_local_experts, w13.device)
-
     def run(d: DeepEPLLDispatchOutput) -> DeepEPLLCombineInput:
         slabs, capacity, hidden = d.hidden_states.shape
         rows = slabs * capacity
-        device = d.hidden_states.device
-        slot = torch.arange(capacity, dtype=torch.int32, device=device)
-        ids = torch.where(slot < d.masked_m.unsqueeze(1), slab_ids, sink).view(rows, 1)
-        weights = torch.ones((rows, 1), dtype=torch.float32, device=device)
-        out = kernel(d.hidden_states.view(rows, hidden), w13, w2, weights, ids, **static)
+        ids = torch.where(s.slot < d.masked_m.unsqueeze(1), s.ids, s.sink).view(rows, 1)
+        out = kernel(d.hidden_states.view(rows, hidden), w13, w2, s.unit_weights, ids, **static)
         return DeepEPLLCombineInput(out.view(slabs, capacity, -1), d.topk_ids, d.topk_weights)
 
     return run
@@ -159,20 +161,16 @@ def deepep_ll_fp8(
     w13: torch.Tensor,
     w2: torch.Tensor,
     static: Mapping[str, Any],
-    num_local_experts: int,
+    s: _Slabs,
 ) -> HandWritten:
-    slab_ids, sink = _slab_ids_and_sink(num_local_experts, w13.device)
-
     def run(d: DeepEPLLDispatchOutput) -> DeepEPLLCombineInput:
         slabs, capacity, hidden = d.hidden_states.shape
         rows = slabs * capacity
-        device = d.hidden_states.device
         scale = d.hidden_states_scale.reshape(rows, -1)  # type: ignore[union-attr]
-        slot = torch.arange(capacity, dtype=torch.int32, device=device)
-        ids = torch.where(slot < d.masked_m.unsqueeze(1), slab_ids, sink).view(rows, 1)
-        weights = torch.ones((rows, 1), dtype=torch.float32, device=device)
+        ids = torch.where(s.slot < d.masked_m.unsqueeze(1), s.ids, s.sink).view(rows, 1)
         out = kernel(
-            d.hidden_states.view(rows, hidden), w13, w2, weights, ids, a1_scale=scale, **static
+            d.hidden_states.view(rows, hidden), w13, w2, s.unit_weights, ids, a1_scale=scale,
+            **static,
         )
         return DeepEPLLCombineInput(out.view(slabs, capacity, -1), d.topk_ids, d.topk_weights)
 
@@ -184,22 +182,19 @@ def deepep_ll_fp8_upscale(
     w13: torch.Tensor,
     w2: torch.Tensor,
     static: Mapping[str, Any],
-    num_local_experts: int,
+    s: _Slabs,
 ) -> HandWritten:
-    slab_ids, sink = _slab_ids_and_sink(num_local_experts, w13.device)
+    dequantize = loadtime.bind_upscaler("dequantize_fp8_1x128", w13.device)
 
     def run(d: DeepEPLLDispatchOutput) -> DeepEPLLCombineInput:
         slabs, capacity, hidden = d.hidden_states.shape
         rows = slabs * capacity
-        device = d.hidden_states.device
-        scale = d.hidden_states_scale.reshape(rows, -1)  # type: ignore[union-attr]
-        hidden_states = dequantize_fp8_1x128(
-            d.hidden_states.view(rows, hidden), scale, torch.bfloat16
-        )
-        slot = torch.arange(capacity, dtype=torch.int32, device=device)
-        ids = torch.where(slot < d.masked_m.unsqueeze(1), slab_ids, sink).view(rows, 1)
-        weights = torch.ones((rows, 1), dtype=torch.float32, device=device)
-        out = kernel(hidden_states, w13, w2, weights, ids, **static)
+        # The scales stay column-major: the upscaler reads them in place.
+        hidden_states = dequantize(
+            d.hidden_states, d.hidden_states_scale, torch.bfloat16  # type: ignore[arg-type]
+        ).view(rows, hidden)
+        ids = torch.where(s.slot < d.masked_m.unsqueeze(1), s.ids, s.sink).view(rows, 1)
+        out = kernel(hidden_states, w13, w2, s.unit_weights, ids, **static)
         return DeepEPLLCombineInput(out.view(slabs, capacity, -1), d.topk_ids, d.topk_weights)
 
     return run
@@ -216,12 +211,11 @@ def mori_bf16(
     combine: MoriCombine,
 ) -> HandWritten:
     def run(d: Any) -> Any:
-        rows = d.recv_cap or d.hidden_states.shape[0]
-        hidden_states = d.hidden_states[:rows]
+        hidden_states = d.hidden_states
         if hidden_states.shape[0] == 0:
             return combine(hidden_states, d.origin_topk_ids, d.origin_topk_weights)
         out = kernel(
-            hidden_states, w13, w2, d.topk_weights[:rows], d.topk_ids[:rows],
+            hidden_states, w13, w2, d.topk_weights, d.topk_ids,
             num_local_tokens=d.num_recv_tokens_per_expert, dtype=d.out_dtype, **static,
         )
         return combine(out, d.origin_topk_ids, d.origin_topk_weights)
@@ -237,13 +231,12 @@ def mori_pass_through(
     combine: MoriCombine,
 ) -> HandWritten:
     def run(d: Any) -> Any:
-        rows = d.recv_cap or d.hidden_states.shape[0]
-        hidden_states = d.hidden_states[:rows]
+        hidden_states = d.hidden_states
         if hidden_states.shape[0] == 0:
             return combine(hidden_states, d.origin_topk_ids, d.origin_topk_weights)
         out = kernel(
-            hidden_states, w13, w2, d.topk_weights[:rows], d.topk_ids[:rows],
-            a1_scale=d.hidden_states_scale[:rows], num_local_tokens=d.num_recv_tokens_per_expert,
+            hidden_states, w13, w2, d.topk_weights, d.topk_ids,
+            a1_scale=d.hidden_states_scale, num_local_tokens=d.num_recv_tokens_per_expert,
             dtype=d.out_dtype, **static,
         )
         return combine(out, d.origin_topk_ids, d.origin_topk_weights)
@@ -260,13 +253,12 @@ def mori_upscale(
     dequantize: Callable[[torch.Tensor, torch.Tensor, torch.dtype], torch.Tensor],
 ) -> HandWritten:
     def run(d: Any) -> Any:
-        rows = d.recv_cap or d.hidden_states.shape[0]
-        wire = d.hidden_states[:rows]
+        wire = d.hidden_states
         if wire.shape[0] == 0:
             return combine(wire, d.origin_topk_ids, d.origin_topk_weights)
-        hidden_states = dequantize(wire, d.hidden_states_scale[:rows], d.out_dtype)
+        hidden_states = dequantize(wire, d.hidden_states_scale, d.out_dtype)
         out = kernel(
-            hidden_states, w13, w2, d.topk_weights[:rows], d.topk_ids[:rows],
+            hidden_states, w13, w2, d.topk_weights, d.topk_ids,
             num_local_tokens=d.num_recv_tokens_per_expert, dtype=d.out_dtype, **static,
         )
         return combine(out, d.origin_topk_ids, d.origin_topk_weights)

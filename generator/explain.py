@@ -40,7 +40,11 @@ def explain_plan(plan: Plan) -> str:
     lines.append("load time (Runner.__init__): " + ", ".join(plan.load_fragments))
     lines.append("hot path (Runner.__call__):  " + ", ".join(plan.call_fragments))
     lines.append(
-        "kernel keywords: "
-        + ", ".join(f"{a.keyword}={a.expression}" for a in plan.kernel_arguments)
+        "kernel keywords bound at load: "
+        + ", ".join(f"{a.keyword}={a.expression}" for a in plan.bound_kernel_arguments)
+    )
+    lines.append(
+        "kernel keywords per call: "
+        + (", ".join(f"{a.keyword}={a.expression}" for a in plan.kernel_arguments) or "none")
     )
     return "\n".join(lines) + "\n"

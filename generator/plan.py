@@ -94,8 +94,9 @@ class Plan:
     weight_dtypes: str  # a tuple expression of torch dtypes
     kernel_ids_name: str
     kernel_weights_name: str
-    kernel_arguments: tuple[KernelArgument, ...]
-    upscaler: str  # the moe_runtime.quant function of an upscaled wire ("" otherwise)
+    kernel_arguments: tuple[KernelArgument, ...]  # passed on every call
+    bound_kernel_arguments: tuple[KernelArgument, ...]  # bound into the kernel at load
+    upscaler: str  # the upscaler of an upscaled wire ("" otherwise): loadtime.bind_upscaler's name
     wire_group: str
     upscale_dtype: str
     output_expression: str
@@ -153,14 +154,15 @@ def plan_combination(matrix: Matrix, combination: Combination) -> Plan:
     router_weight, router_reason = _router_weight(fmt, quant)
     decisions.append(Decision("apply_router_weight_on_input", router_weight.value, router_reason))
 
-    truncate = fmt.truncate_to_recv_cap
-    if truncate:
+    if fmt.truncate_to_recv_cap:
         decisions.append(
             Decision(
                 "recv_cap",
-                "truncate",
-                "MORI's buffer holds a fixed capacity; rows past a positive recv_cap are dropped "
-                "(taken from the dispatch output, never from the environment)",
+                "no slice: num_local_tokens bounds the rows the kernel reads",
+                "MORI's combine reads only rows below total_recv, and SGLang's cap (0.5.13 and "
+                "0.5.23) never falls below total_recv, so rows past the cap are never read or "
+                "computed; slicing to it on every call would cost host time and change nothing "
+                "combine sees",
             )
         )
     num_local_tokens = fmt.row_count is RowCount.TOTAL_RECV
@@ -226,7 +228,7 @@ def plan_combination(matrix: Matrix, combination: Combination) -> Plan:
         router_weight=router_weight,
         decisions=tuple(decisions),
         imports=_imports(fmt, wire),
-        load_fragments=_load_fragments(quant, mask, ids, router_weight),
+        load_fragments=_load_fragments(quant, mask, ids, router_weight, wire),
         call_fragments=_call_fragments(fmt, ids, wire, router_weight, quant, zero_row_guard),
         router_weight_on_input=(
             "loadtime.router_weight_on_input(config)"
@@ -236,7 +238,8 @@ def plan_combination(matrix: Matrix, combination: Combination) -> Plan:
         weight_dtypes=_weight_dtypes(quant),
         kernel_ids_name="topk_ids" if ids is IdConversion.NONE else "kernel_topk_ids",
         kernel_weights_name="kernel_topk_weights" if slabs else "topk_weights",
-        kernel_arguments=_kernel_arguments(fmt, quant, wire, router_weight, num_local_tokens),
+        kernel_arguments=_kernel_arguments(fmt, wire, num_local_tokens),
+        bound_kernel_arguments=_bound_kernel_arguments(quant, router_weight),
         # Without an out_dtype on the wire, the low-latency output is DeepEP's bf16.
         upscaler=_UPSCALERS[fmt.wire] if wire is WireHandling.UPSCALE else "",
         wire_group=_WIRE_GROUPS[fmt.wire],
@@ -251,14 +254,13 @@ def plan_combination(matrix: Matrix, combination: Combination) -> Plan:
 def _imports(fmt: DispatchFormat, wire: WireHandling) -> tuple[str, ...]:
     typing_names = ["Final"] + (["cast"] if fmt.wire is not Wire.BF16 else [])
     lines = [
+        "import functools",
         f"from typing import {', '.join(sorted(typing_names))}",
         "",
         "import torch",
         "",
         "from moe_runtime import checks, kernels, loadtime",
     ]
-    if wire is WireHandling.UPSCALE:
-        lines.append(f"from moe_runtime.quant import {_UPSCALERS[fmt.wire]}")
     type_names = sorted(
         {
             "ExpertWeights",
@@ -275,7 +277,11 @@ def _imports(fmt: DispatchFormat, wire: WireHandling) -> tuple[str, ...]:
 
 
 def _load_fragments(
-    quant: QuantMethod, mask: MaskKind, ids: IdConversion, router_weight: RouterWeight
+    quant: QuantMethod,
+    mask: MaskKind,
+    ids: IdConversion,
+    router_weight: RouterWeight,
+    wire: WireHandling,
 ) -> tuple[str, ...]:
     steps = [
         "check_weights",
@@ -298,6 +304,10 @@ def _load_fragments(
     steps.append("mask_" + mask.value)
     if ids is not IdConversion.NONE:
         steps.append("ids_" + ids.value)
+    if wire is WireHandling.UPSCALE:
+        steps.append("wire_upscale")
+    # Last: it binds what the steps above stored.
+    steps.append("bind_kernel_arguments")
     return tuple(steps)
 
 
@@ -313,10 +323,13 @@ def _call_fragments(
     quantized_wire = fmt.wire is not Wire.BF16
     steps = ["dispatch_type"]
     match fmt.layout:
+        case Layout.MASKED_SLABS if wire is WireHandling.UPSCALE:
+            # The upscaler reads DeepEP's column-major scales where they lie: no copy.
+            steps += ["unpack_slab_shape"]
         case Layout.MASKED_SLABS:
             steps += ["unpack_slabs"] + (["scale_slabs"] if quantized_wire else [])
         case Layout.FLAT if fmt.truncate_to_recv_cap:
-            steps += ["unpack_recv_cap"] + (["scale_recv_cap"] if quantized_wire else [])
+            steps += ["unpack_recv_cap"] + (["scale_flat"] if quantized_wire else [])
         case Layout.FLAT:
             unpack = "unpack_standard" if _carries_topk_output(fmt) else "unpack_flat"
             steps += [unpack] + (["scale_flat"] if quantized_wire else [])
@@ -329,7 +342,8 @@ def _call_fragments(
     if router_weight is RouterWeight.INPUT_SCALING:
         steps.append("router_weight")
     if wire is WireHandling.UPSCALE:
-        steps.append("wire_upscale")
+        slabs = fmt.layout is Layout.MASKED_SLABS
+        steps.append("wire_upscale_slabs" if slabs else "wire_upscale")
     if quant.pads_hidden:
         steps.append("pad_hidden")
     steps += ["kernel_call", "combine"]
@@ -497,13 +511,25 @@ def _router_weight(fmt: DispatchFormat, quant: QuantMethod) -> tuple[RouterWeigh
 
 
 def _kernel_arguments(
-    fmt: DispatchFormat,
-    quant: QuantMethod,
-    wire: WireHandling,
-    router_weight: RouterWeight,
-    num_local_tokens: bool,
+    fmt: DispatchFormat, wire: WireHandling, num_local_tokens: bool
 ) -> tuple[KernelArgument, ...]:
-    """Keywords the hot path passes; everything left out is the kernel's default."""
+    """Keywords the hot path passes because they arrive with the call."""
+    args = []
+    if wire is WireHandling.PASS_THROUGH:
+        args.append(KernelArgument("a1_scale", "hidden_states_scale"))
+    if num_local_tokens:
+        args.append(
+            KernelArgument("num_local_tokens", "dispatch_output.num_recv_tokens_per_expert")
+        )
+        args.append(KernelArgument("dtype", "dispatch_output.out_dtype"))
+    return tuple(args)
+
+
+def _bound_kernel_arguments(
+    quant: QuantMethod, router_weight: RouterWeight
+) -> tuple[KernelArgument, ...]:
+    """Keywords fixed at load, bound into the kernel once (functools.partial, which mypy checks
+    against fused_moe's signature); everything left out is the kernel's default."""
     args = [
         KernelArgument("expert_mask", "self._expert_mask"),
         KernelArgument("activation", "self._activation"),
@@ -514,13 +540,6 @@ def _kernel_arguments(
     if quant.has_weight_scales:
         args.append(KernelArgument("w1_scale", "self._w13_scale"))
         args.append(KernelArgument("w2_scale", "self._w2_scale"))
-    if wire is WireHandling.PASS_THROUGH:
-        args.append(KernelArgument("a1_scale", "hidden_states_scale"))
-    if num_local_tokens:
-        args.append(
-            KernelArgument("num_local_tokens", "dispatch_output.num_recv_tokens_per_expert")
-        )
-        args.append(KernelArgument("dtype", "dispatch_output.out_dtype"))
     if quant.pads_hidden:
         args.append(KernelArgument("hidden_pad", "self._hidden_pad"))
         args.append(KernelArgument("intermediate_pad", "self._intermediate_pad"))

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import torch
 
 from moe_runtime import kernels, quant
+from moe_runtime.kernels import upscale
 from moe_runtime.types import ConfigError, ExpertWeights, FusedMoeKernel, MoeLayerConfig
 
 _ACTIVATIONS = {
@@ -97,6 +98,50 @@ class HiddenPaddedKernel:
     def __call__(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         padded = torch.nn.functional.pad(hidden_states, (0, self._hidden_pad))
         return self._kernel(padded, *args, **kwargs)[:, : self._hidden_size]
+
+
+def bind_upscaler(name: upscale.UpscalerName, device: torch.device) -> upscale.Upscaler:
+    """The wire upscaler for activations on `device`: one Triton launch on a GPU where Triton
+    imports, moe_runtime.quant's torch code elsewhere (bit-identical; `kernels.describe()`)."""
+    return upscale.bind(name, device)
+
+
+class SlabShape(NamedTuple):
+    """What the low-latency flattening needs that depends only on the slab shape [L, C, H]."""
+
+    slot: torch.Tensor  # int32 [C]: 0..C-1, the slot index within a slab
+    unit_weights: torch.Tensor  # fp32 [L * C, 1]: ones (the low-latency combine weights)
+
+
+class SlabShapes(dict[int, SlabShape]):
+    """`SlabShape`s by slab capacity C, each built on its first use and reused by every later
+    call: DeepEP fixes C when its buffer is built, so a runner builds one, once.
+
+    Reading a missing capacity while a CUDA graph is being captured is refused: the tensors
+    would be filled only when the graph replays, and every eager call would read garbage. A
+    warm-up call before the capture (which torch.cuda.graph's docs ask for anyway) builds them.
+    """
+
+    def __init__(self, num_local_experts: int, device: torch.device) -> None:
+        super().__init__()
+        self._num_local_experts = num_local_experts
+        self._device = device
+
+    def __missing__(self, capacity: int) -> SlabShape:
+        if self._device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            raise RuntimeError(
+                f"the first low-latency call with slab capacity {capacity} is inside a CUDA "
+                "graph capture; call the runner once before capturing (a warm-up call builds "
+                "its slot index and unit weights, which a capture would leave unfilled)"
+            )
+        shape = SlabShape(
+            slot=torch.arange(capacity, dtype=torch.int32, device=self._device),
+            unit_weights=torch.ones(
+                (self._num_local_experts * capacity, 1), dtype=torch.float32, device=self._device
+            ),
+        )
+        self[capacity] = shape
+        return shape
 
 
 def activation_type(config: MoeLayerConfig) -> kernels.ActivationType:

@@ -3,7 +3,8 @@
 `MOE_RUNTIME_KERNEL=aiter|reference` chooses; unset (or empty), a ROCm build of torch binds AITER
 and any other build binds the PyTorch reference. A ROCm build where AITER does not load is an
 error, never a silent fallback: the message says what is missing and how to choose the reference.
-`describe()` says which binding is active and why.
+`describe()` says which binding is active and why, and which wire upscaler runners bind
+(`moe_runtime.kernels.upscale`: Triton on GPUs where it imports, the torch code elsewhere).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from moe_runtime import enums
-from moe_runtime.kernels import aiter_binding
+from moe_runtime.kernels import aiter_binding, upscale
 from moe_runtime.types import ExpertWeights, FusedMoeKernel
 
 if TYPE_CHECKING:
@@ -136,8 +137,8 @@ if not TYPE_CHECKING:
 
 
 def describe() -> str:
-    """One line: the active binding and why it was chosen."""
-    return _BOUND.description
+    """One line: the active binding and why it was chosen, then the wire upscaler's binding."""
+    return f"{_BOUND.description}; wire upscale: {upscale.describe()}"
 
 
 def prepare_weights(

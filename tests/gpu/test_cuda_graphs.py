@@ -25,6 +25,7 @@ STATIC_KEYS = [
     ("none", "fp8_block", "standard"),
     ("deepep", "unquant", "deepep_ll"),
     ("nixl", "fp8_block", "deepep_ll_fp8"),
+    ("deepep", "fp8_channel", "deepep_ll_fp8"),  # the slab upscale (Triton on a GPU)
     ("mooncake", "quark_w4a4_mxfp4", "deepep_ll"),
     ("mori", "fp8_channel", "mori_normal"),
     ("mori", "fp8_block", "mori_normal_fp8"),

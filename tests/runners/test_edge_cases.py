@@ -109,6 +109,8 @@ def test_every_id_minus_one_goes_to_the_sink() -> None:
 
 @pytest.mark.parametrize("dispatch", ["mori_normal", "mori_ll_fp8"])
 def test_recv_cap_below_and_above_the_buffer(dispatch: str) -> None:
+    """A cap (never below total_recv, as SGLang sets it) needs no slice: the kernel gets MORI's
+    whole buffer, num_local_tokens bounds the rows it reads, and combine reads only those."""
     key = ("mori", "unquant", dispatch)
     batch = emulate.make_batch(12, HIDDEN, NUM_EXPERTS, 2, ep_size=2, seed=5)
     plain = emulate.dispatch(batch, dispatch, max_tokens_per_rank=10)
@@ -121,7 +123,9 @@ def test_recv_cap_below_and_above_the_buffer(dispatch: str) -> None:
             key, 2, batch=batch, recv_cap=recv_cap, max_tokens_per_rank=10, kernel=kernel
         )
         rows = [call["hidden_states"].shape[0] for call in kernel.calls]
-        assert rows == [min(recv_cap, capacity)] * 2
+        assert rows == [capacity] * 2
+        bounds = [int(call["num_local_tokens"]) for call in kernel.calls]
+        assert bounds == received
         run = run_combination(key, 2, batch=batch, recv_cap=recv_cap, max_tokens_per_rank=10)
         assert close(key, run)
 

@@ -4,6 +4,7 @@ binding against a fake `aiter` package (tests/runtime/fake_aiter) that records e
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
 import os
 import subprocess
@@ -99,6 +100,14 @@ else:
     }))
 """
 
+# What describe() appends: the wire upscaler runners bind (moe_runtime.kernels.upscale).
+UPSCALE = "; wire upscale: " + (
+    "Triton (moe_runtime.kernels.triton_dequant) for CUDA/ROCm tensors, "
+    "torch (moe_runtime.quant) for CPU tensors"
+    if importlib.util.find_spec("triton") is not None
+    else "torch (moe_runtime.quant) on every device: Triton is not installed"
+)
+
 # case -> (MOE_RUNTIME_KERNEL or None for unset, pretended HIP version, fake aiter on the path,
 #          block any real aiter)
 _CASES = {
@@ -144,7 +153,7 @@ def test_import_binds_reference_off_rocm(imported: dict[str, dict[str, Any]]) ->
     assert result["binding"] == "reference"
     assert result["describe"] == (
         "reference: MOE_RUNTIME_KERNEL unset and torch is not a ROCm build "
-        f"(torch {torch.__version__})"
+        f"(torch {torch.__version__}){UPSCALE}"
     )
     assert result["kernel_module"] == "moe_runtime.kernels.reference"
     assert result["quant_type"] == "moe_runtime.enums.QuantType"
@@ -157,7 +166,7 @@ def test_import_reference_override_ignores_an_importable_aiter(
 ) -> None:
     result = imported["reference"]
     assert result["binding"] == "reference"
-    assert result["describe"] == "reference: MOE_RUNTIME_KERNEL=reference"
+    assert result["describe"] == f"reference: MOE_RUNTIME_KERNEL=reference{UPSCALE}"
     assert result["kernel_module"] == "moe_runtime.kernels.reference"
 
 
@@ -165,7 +174,7 @@ def test_import_aiter_override_binds_aiter(imported: dict[str, dict[str, Any]]) 
     result = imported["aiter"]
     assert result["binding"] == "aiter"
     assert result["describe"] == (
-        f"aiter 0.1.7.post2+fake from {FAKE_AITER / 'aiter'}: MOE_RUNTIME_KERNEL=aiter"
+        f"aiter 0.1.7.post2+fake from {FAKE_AITER / 'aiter'}: MOE_RUNTIME_KERNEL=aiter{UPSCALE}"
     )
     assert result["kernel_module"] == "aiter.fused_moe"
     # AITER's own enum classes, not our mirrors.
@@ -179,7 +188,7 @@ def test_import_binds_aiter_on_rocm(imported: dict[str, dict[str, Any]]) -> None
     assert result["binding"] == "aiter"
     assert result["describe"].endswith(
         "MOE_RUNTIME_KERNEL unset and torch is a ROCm build "
-        f"(torch {torch.__version__}, HIP 6.3.42131)"
+        f"(torch {torch.__version__}, HIP 6.3.42131){UPSCALE}"
     )
 
 
