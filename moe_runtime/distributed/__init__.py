@@ -7,7 +7,7 @@ gloo (CPU and CUDA tensors) and NCCL. Nothing here imports `generated`: the call
 builds the runners (see `moe_runtime.ep_run`).
 """
 
-from moe_runtime.distributed.combine import combine
-from moe_runtime.distributed.dispatch import DispatchError, DispatchHandle, dispatch
+from moe_runtime.distributed.combiner import combine
+from moe_runtime.distributed.dispatcher import DispatchError, DispatchHandle, dispatch
 
 __all__ = ["DispatchError", "DispatchHandle", "combine", "dispatch"]

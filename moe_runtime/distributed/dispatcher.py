@@ -11,7 +11,7 @@ per-destination token counts and the per-expert pair counts, plus a flag for inv
 that every rank raises together instead of leaving its peers blocked), then one `all_to_all_single`
 of the packed rows (`wire.exchange`). Arrival order is sender rank, then token (then top-k slot
 for the low-latency slabs), as in the emulation. The returned `DispatchHandle` is what
-`moe_runtime.distributed.combine.combine` needs to send the expert outputs back.
+`moe_runtime.distributed.combiner.combine` needs to send the expert outputs back.
 """
 
 from __future__ import annotations

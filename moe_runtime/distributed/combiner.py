@@ -20,7 +20,7 @@ import torch
 
 from moe_runtime import emulate
 from moe_runtime.distributed import wire
-from moe_runtime.distributed.dispatch import _LL, DispatchError, DispatchHandle
+from moe_runtime.distributed.dispatcher import _LL, DispatchError, DispatchHandle
 from moe_runtime.types import CombineInput, DeepEPLLCombineInput
 
 _OUTPUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
