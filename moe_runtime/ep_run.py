@@ -324,11 +324,12 @@ def _worker(
     iters: int,
     warmup: int,
     timeout: float,
+    threads: int,
 ) -> None:
     os.environ["_MOE_EP_DEVICE"] = device
     if device == "cuda":
         torch.cuda.set_device(rank % torch.cuda.device_count())
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    torch.set_num_threads(threads)
     dist.init_process_group(
         backend,
         init_method=f"file://{store}",
@@ -378,7 +379,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         dist.destroy_process_group()
         return 0 if ok else 1
     # A forked child cannot use CUDA; spawned ones re-import torch (seconds) but can.
-    context: Any = mp.get_context("spawn" if args.device == "cuda" else "fork")
+    method = "spawn" if args.device == "cuda" else "fork"
+    context: Any = mp.get_context(method)
+    # A forked rank runs single-threaded: GNU OpenMP's thread pool does not survive fork, and a
+    # parallel region in the child of a parent that had used it hangs (seen with 2 threads).
+    threads = 1 if method == "fork" else max(1, (os.cpu_count() or 1) // args.nproc)
     with tempfile.TemporaryDirectory(prefix="moe-ep-") as directory:
         store = os.path.join(directory, "store")
         processes = [
@@ -394,6 +399,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     args.iters,
                     args.warmup,
                     args.timeout,
+                    threads,
                 ),
             )
             for r in range(args.nproc)

@@ -70,6 +70,35 @@ def test_launcher_runs_a_layer_on_every_rank(capfd: pytest.CaptureFixture[str]) 
     assert all(" ok; layer " in row and "sent 8 tokens" in row for row in rows), rows
 
 
+def test_launcher_survives_forking_a_threaded_parent(capfd: pytest.CaptureFixture[str]) -> None:
+    # The parent has run a parallel region on two threads; a forked rank that then ran one
+    # itself hung in GNU OpenMP (seen on a 16-core host, reproduced here with 2 threads).
+    torch.set_num_threads(2)
+    a = torch.randn(1024, 1024)
+    assert float((a @ a).abs().sum()) > 0
+    code = ep_run.main(
+        [
+            "--nproc",
+            "1",
+            "--a2a",
+            "deepep",
+            "--quant",
+            "unquant",
+            "--dispatch",
+            "deepep_normal",
+            "--tokens",
+            "256",
+            "--iters",
+            "1",
+            "--warmup",
+            "0",
+            "--timeout",
+            "20",
+        ]
+    )
+    assert code == 0, capfd.readouterr()
+
+
 def test_launcher_fails_when_a_rank_is_wrong(
     capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
