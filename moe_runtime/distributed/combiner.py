@@ -20,7 +20,7 @@ import torch
 
 from moe_runtime import emulate
 from moe_runtime.distributed import wire
-from moe_runtime.distributed.dispatcher import _LL, DispatchError, DispatchHandle
+from moe_runtime.distributed.dispatcher import LOW_LATENCY, DispatchError, DispatchHandle
 from moe_runtime.types import CombineInput, DeepEPLLCombineInput
 
 _OUTPUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
@@ -44,7 +44,7 @@ def combine(handle: DispatchHandle, combine_input: CombineInput) -> torch.Tensor
         raise DispatchError(f"ranks disagree on the output dtype code and width: {table}")
     if handle.format == emulate.STANDARD:
         return _standard(handle, hidden)
-    if handle.format in _LL:
+    if handle.format in LOW_LATENCY:
         return _low_latency(handle, combine_input)
     return _rows(handle, hidden)
 
@@ -69,7 +69,7 @@ def _problems(handle: DispatchHandle, combine_input: CombineInput) -> list[str]:
         if tuple(hidden.shape) != (rows, h):
             return [f"standard output must be {(rows, h)}, got {tuple(hidden.shape)}"]
         return []
-    if handle.format in _LL:
+    if handle.format in LOW_LATENCY:
         assert isinstance(combine_input, DeepEPLLCombineInput)
         if hidden.dim() != 3 or hidden.shape[2] != h:
             return [f"low-latency output must be [L, C, {h}], got {tuple(hidden.shape)}"]

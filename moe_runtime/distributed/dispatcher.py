@@ -35,7 +35,7 @@ from moe_runtime.types import (
 )
 
 FORMATS = emulate.FORMATS
-_LL = frozenset({emulate.DEEPEP_LL, emulate.DEEPEP_LL_FP8})
+LOW_LATENCY = frozenset({emulate.DEEPEP_LL, emulate.DEEPEP_LL_FP8})
 _MORI_WIRE = {
     emulate.MORI_NORMAL: "bf16",
     emulate.MORI_LL: "bf16",
@@ -130,7 +130,7 @@ def dispatch(
         return _deepep_normal(
             hidden_states, topk_ids, topk_weights, plan, recv_rows, num_experts, rank, world, group
         )
-    if format in _LL:
+    if format in LOW_LATENCY:
         return _deepep_ll(
             format,
             hidden_states,
@@ -209,7 +209,7 @@ def _send_plan(format: str, ids: torch.Tensor, num_experts: int, world: int) -> 
         return SendPlan(tuple([ids.shape[0]] * world), tokens, None, None)
     wide = ids.long()
     rank_of = torch.where(wide >= 0, wide // local_count, world)
-    if format in _LL:
+    if format in LOW_LATENCY:
         # Pairs (token, k), destination-major, token-major within a destination.
         flat = rank_of.flatten()
         order = torch.argsort(flat, stable=True)

@@ -60,9 +60,10 @@ def _serve(
     jobs: Any,
     results: Any,
 ) -> None:
-    torch.set_num_threads(1)  # N workers share the machine's cores
+    torch.set_num_threads(1)  # N workers share the machine's cores (and OpenMP after fork)
     if device == "cuda":
-        torch.cuda.set_device(0)
+        # One GPU per rank where there are enough (NCCL needs it), else ranks share GPUs (gloo).
+        torch.cuda.set_device(rank % torch.cuda.device_count())
     import torch.distributed as dist
 
     dist.init_process_group(
@@ -71,7 +72,11 @@ def _serve(
         rank=rank,
         world_size=world,
         timeout=_COLLECTIVE_TIMEOUT,
-        **({"device_id": torch.device("cuda", 0)} if backend == "nccl" else {}),
+        **(
+            {"device_id": torch.device("cuda", torch.cuda.current_device())}
+            if backend == "nccl"
+            else {}
+        ),
     )
     results.put(("ready", rank, b""))
     while True:
