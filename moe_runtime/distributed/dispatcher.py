@@ -1,0 +1,568 @@
+"""Dispatch across real processes: every format's per-rank dispatch output, over torch.distributed.
+
+Each rank calls `dispatch` with its own tokens (`hidden_states [T_r, H]`, int32 global
+`topk_ids [T_r, K]`, fp32 `topk_weights`) and receives exactly what `moe_runtime.emulate.dispatch`
+builds for that rank from the batch of all ranks' tokens in rank order (same values, dtypes,
+shapes, strides of the column-major LL scales, and the same poison in the rows a real dispatcher
+leaves undefined), so a runner cannot tell the two apart and the tests compare them bit for bit.
+
+Two collectives per dispatch: a routing header that every rank sends to every rank (sizes, the
+per-destination token counts and the per-expert pair counts, plus a flag for invalid input so
+that every rank raises together instead of leaving its peers blocked), then one `all_to_all_single`
+of the packed rows (`wire.exchange`). Arrival order is sender rank, then token (then top-k slot
+for the low-latency slabs), as in the emulation. The returned `DispatchHandle` is what
+`moe_runtime.distributed.combiner.combine` needs to send the expert outputs back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from moe_runtime import emulate
+from moe_runtime.distributed import poison, wire
+from moe_runtime.quant import E8M0, FP4X2, FP8, quantize_fp8_1x128, quantize_mxfp4
+from moe_runtime.types import (
+    DeepEPLLDispatchOutput,
+    DeepEPNormalDispatchOutput,
+    DispatchOutput,
+    MoriEPLLDispatchOutput,
+    MoriEPNormalDispatchOutput,
+    StandardDispatchOutput,
+    TopKOutput,
+)
+
+FORMATS = emulate.FORMATS
+LOW_LATENCY = frozenset({emulate.DEEPEP_LL, emulate.DEEPEP_LL_FP8})
+_MORI_WIRE = {
+    emulate.MORI_NORMAL: "bf16",
+    emulate.MORI_LL: "bf16",
+    emulate.MORI_NORMAL_FP8: "fp8",
+    emulate.MORI_NORMAL_FP4: "fp4",
+    emulate.MORI_LL_FP8: "fp8",
+    emulate.MORI_LL_FP4: "fp4",
+}
+_MORI_LL = frozenset({emulate.MORI_LL, emulate.MORI_LL_FP8, emulate.MORI_LL_FP4})
+# Activation dtypes a dispatcher accepts, by header code (every rank must send the same one).
+_HIDDEN_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+# Header: flag, T_r, K, E, H, dtype code, max_tokens_per_rank (-1: unset), recv_cap, format code,
+# then tokens to each rank [N], then (token, k) pairs to each expert [E].
+_FIXED = 9
+
+
+class DispatchError(ValueError):
+    """Invalid dispatch input on some rank; raised on every rank of the group alike."""
+
+
+@dataclass(frozen=True)
+class DispatchHandle:
+    """What the combine of one dispatch needs on this rank (see `combine.combine`)."""
+
+    format: str
+    group: dist.ProcessGroup | None
+    rank: int
+    world: int
+    num_tokens: int  # T_r: rows this rank sent and gets back combined
+    hidden_size: int
+    # Rows this rank sent to each rank, and the local token of each (rank-major order).
+    send_rows: tuple[int, ...]
+    send_tokens: torch.Tensor
+    # Rows this rank received from each rank (rank-major order).
+    recv_rows: tuple[int, ...]
+    # Rows each destination sends back in combine (MORI reads at most recv_cap rows), per rank:
+    # `back_rows[d]` arrive from rank d, `return_rows[s]` go back to rank s.
+    back_rows: tuple[int, ...]
+    return_rows: tuple[int, ...]
+    # Low latency: top-k slot of each sent pair, and (local expert, slab slot) of each received one.
+    send_k: torch.Tensor | None = None
+    recv_experts: torch.Tensor | None = None
+    recv_slots: torch.Tensor | None = None
+    # Low latency: the sender's ids, which the combine input must carry unchanged.
+    topk_ids: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class SendPlan:
+    """Which local rows go to which rank: `tokens` (and `ks` for LL pairs) in rank-major order."""
+
+    rows: tuple[int, ...]
+    tokens: torch.Tensor
+    ks: torch.Tensor | None  # LL: top-k slot of each pair
+    experts: torch.Tensor | None  # LL: global expert of each pair
+
+
+def dispatch(
+    format: str,
+    hidden_states: torch.Tensor,
+    topk_ids: torch.Tensor,
+    topk_weights: torch.Tensor,
+    *,
+    num_experts: int,
+    max_tokens_per_rank: int | None = None,
+    recv_cap: int = 0,
+    group: dist.ProcessGroup | None = None,
+) -> tuple[DispatchOutput, DispatchHandle]:
+    """This rank's dispatch output of `format`, and the handle its combine needs.
+
+    A collective: every rank of `group` calls it with the same format, `num_experts`,
+    `max_tokens_per_rank` and `recv_cap`. `max_tokens_per_rank` sizes the low-latency slabs and
+    the MORI capacity as in `emulate.dispatch` (default: the most tokens any rank sends).
+    """
+    rank, world = dist.get_rank(group), dist.get_world_size(group)
+    problems = _local_problems(format, hidden_states, topk_ids, topk_weights, num_experts, world)
+    ok = not problems
+    plan = _send_plan(format, topk_ids, num_experts, world) if ok else None
+    header = _header(
+        ok, format, hidden_states, topk_ids, num_experts, world, max_tokens_per_rank, recv_cap, plan
+    )
+    table = wire.gather_rows(header, group).cpu().tolist()
+    _check_agreement(table, rank, problems)
+    assert plan is not None  # every rank is valid past the agreement check
+    most_sent = max(row[1] for row in table)
+    if max_tokens_per_rank is None:
+        max_tokens_per_rank = most_sent
+    recv_rows = tuple(row[_FIXED + rank] for row in table)
+    if format == emulate.STANDARD:
+        return _standard(hidden_states, topk_ids, topk_weights, plan, recv_rows, rank, world, group)
+    if format == emulate.DEEPEP_NORMAL:
+        return _deepep_normal(
+            hidden_states, topk_ids, topk_weights, plan, recv_rows, num_experts, rank, world, group
+        )
+    if format in LOW_LATENCY:
+        return _deepep_ll(
+            format,
+            hidden_states,
+            topk_ids,
+            topk_weights,
+            plan,
+            recv_rows,
+            table,
+            num_experts,
+            max_tokens_per_rank,
+            rank,
+            world,
+            group,
+        )
+    return _mori(
+        format,
+        hidden_states,
+        topk_ids,
+        topk_weights,
+        plan,
+        recv_rows,
+        table,
+        num_experts,
+        max_tokens_per_rank,
+        recv_cap,
+        rank,
+        world,
+        group,
+    )
+
+
+def _local_problems(
+    format: str,
+    hidden: torch.Tensor,
+    ids: torch.Tensor,
+    weights: torch.Tensor,
+    num_experts: int,
+    world: int,
+) -> list[str]:
+    problems = []
+    if format not in FORMATS:
+        problems.append(f"unknown dispatch format {format!r}; valid: {', '.join(FORMATS)}")
+    if hidden.dim() != 2 or hidden.dtype not in _HIDDEN_DTYPES:
+        problems.append(
+            f"hidden_states must be bf16, fp16 or fp32 [T, H], got {hidden.dtype} "
+            f"{tuple(hidden.shape)}"
+        )
+    if ids.dim() != 2 or ids.dtype != torch.int32:
+        problems.append(f"topk_ids must be int32 [T, K], got {ids.dtype} {tuple(ids.shape)}")
+    if weights.dtype != torch.float32 or weights.shape != ids.shape:
+        problems.append(
+            f"topk_weights must be float32 shaped like topk_ids {tuple(ids.shape)}, got "
+            f"{weights.dtype} {tuple(weights.shape)}"
+        )
+    if num_experts < 1 or num_experts % world:
+        problems.append(f"num_experts ({num_experts}) must be a positive multiple of {world} ranks")
+    if problems:
+        return problems
+    if hidden.shape[0] != ids.shape[0]:
+        problems.append(f"hidden_states has {hidden.shape[0]} rows, topk_ids {ids.shape[0]}")
+    if ids.numel() and int(ids.max()) >= num_experts:
+        problems.append(f"topk_ids must be < num_experts ({num_experts})")
+    group = {"fp8": 128, "fp4": 32}.get(_MORI_WIRE.get(format, ""), 0)
+    group = 128 if format == emulate.DEEPEP_LL_FP8 else group
+    if group and hidden.shape[1] % group:
+        problems.append(f"{format} quantizes per {group} columns; H = {hidden.shape[1]} is not")
+    return problems
+
+
+def _send_plan(format: str, ids: torch.Tensor, num_experts: int, world: int) -> SendPlan:
+    """Rows for each destination: tokens (normal, MORI), all tokens (standard), pairs (LL)."""
+    local_count = num_experts // world
+    device = ids.device
+    if format == emulate.STANDARD:
+        tokens = torch.arange(ids.shape[0], device=device).repeat(world)
+        return SendPlan(tuple([ids.shape[0]] * world), tokens, None, None)
+    wide = ids.long()
+    rank_of = torch.where(wide >= 0, wide // local_count, world)
+    if format in LOW_LATENCY:
+        # Pairs (token, k), destination-major, token-major within a destination.
+        flat = rank_of.flatten()
+        order = torch.argsort(flat, stable=True)
+        routed = order[flat[order] < world]
+        counts = torch.bincount(flat[routed], minlength=world)
+        top_k = ids.shape[1]
+        return SendPlan(
+            tuple(int(n) for n in counts.tolist()),
+            routed // top_k,
+            routed % top_k,
+            wide.flatten()[routed],
+        )
+    reaches = torch.zeros(ids.shape[0], world + 1, dtype=torch.bool, device=device)
+    reaches.scatter_(1, rank_of, True)
+    per_rank = [reaches[:, d].nonzero().squeeze(1) for d in range(world)]
+    rows = tuple(int(t.numel()) for t in per_rank)
+    return SendPlan(rows, torch.cat(per_rank), None, None)
+
+
+def _header(
+    ok: bool,
+    format: str,
+    hidden: torch.Tensor,
+    ids: torch.Tensor,
+    num_experts: int,
+    world: int,
+    max_tokens_per_rank: int | None,
+    recv_cap: int,
+    plan: SendPlan | None,
+) -> torch.Tensor:
+    header = torch.zeros(_FIXED + world + max(num_experts, 0), dtype=torch.int64)
+    if ok and plan is not None:
+        dtype_code = _HIDDEN_DTYPES.index(hidden.dtype)
+        fixed = [
+            0,
+            ids.shape[0],
+            ids.shape[1],
+            num_experts,
+            hidden.shape[1],
+            dtype_code,
+            -1 if max_tokens_per_rank is None else max_tokens_per_rank,
+            recv_cap,
+            FORMATS.index(format),
+        ]
+        header[:_FIXED] = torch.tensor(fixed)
+        header[_FIXED : _FIXED + world] = torch.tensor(plan.rows)
+        experts = plan.experts
+        if experts is not None:
+            header[_FIXED + world :] = torch.bincount(experts.cpu(), minlength=num_experts)
+    else:
+        header[0] = 1
+    return header.to(ids.device)
+
+
+def _check_agreement(table: list[list[int]], rank: int, problems: list[str]) -> None:
+    """Raise on every rank alike if any rank's input was invalid or the ranks disagree."""
+    bad = [r for r, row in enumerate(table) if row[0]]
+    if bad:
+        mine = f"; rank {rank}: " + "; ".join(problems) if problems else ""
+        raise DispatchError(f"invalid dispatch input on rank(s) {bad}{mine}")
+    names = (
+        "K (top-k)",
+        "num_experts",
+        "H",
+        "hidden dtype",
+        "max_tokens_per_rank",
+        "recv_cap",
+        "format",
+    )
+    for column, name in zip(range(2, _FIXED), names, strict=True):
+        values = [row[column] for row in table]
+        if len(set(values)) > 1:
+            raise DispatchError(f"ranks disagree on {name}: {values} (rank order)")
+    fixed = table[0]
+    most_sent = max(row[1] for row in table)
+    if fixed[6] >= 0 and fixed[6] < most_sent:
+        raise DispatchError(
+            f"max_tokens_per_rank={fixed[6]} is below the {most_sent} tokens a rank sends"
+        )
+    if fixed[7] < 0:
+        raise DispatchError(f"recv_cap must be >= 0 (0 = no cap), got {fixed[7]}")
+
+
+def _exchange_rows(
+    parts: list[torch.Tensor],
+    plan: SendPlan,
+    recv_rows: tuple[int, ...],
+    group: dist.ProcessGroup | None,
+) -> list[torch.Tensor]:
+    """Send `parts[i][plan.tokens]` (row-wise), return the received parts, rank-major."""
+    layout = [(p.dtype, tuple(p.shape[1:])) for p in parts]
+    payload = wire.pack([p[plan.tokens] for p in parts])
+    received = wire.exchange(payload, plan.rows, recv_rows, group)
+    return wire.unpack(received, layout)
+
+
+def _handle(
+    format: str,
+    hidden: torch.Tensor,
+    plan: SendPlan,
+    recv_rows: tuple[int, ...],
+    rank: int,
+    world: int,
+    group: dist.ProcessGroup | None,
+    *,
+    back_rows: tuple[int, ...] | None = None,
+    return_rows: tuple[int, ...] | None = None,
+    send_k: torch.Tensor | None = None,
+    recv_experts: torch.Tensor | None = None,
+    recv_slots: torch.Tensor | None = None,
+    topk_ids: torch.Tensor | None = None,
+) -> DispatchHandle:
+    """The combine goes back the way the rows came unless the format says otherwise."""
+    return DispatchHandle(
+        format=format,
+        group=group,
+        rank=rank,
+        world=world,
+        num_tokens=int(hidden.shape[0]),
+        hidden_size=int(hidden.shape[1]),
+        send_rows=plan.rows,
+        send_tokens=plan.tokens,
+        recv_rows=recv_rows,
+        back_rows=plan.rows if back_rows is None else back_rows,
+        return_rows=recv_rows if return_rows is None else return_rows,
+        send_k=send_k,
+        recv_experts=recv_experts,
+        recv_slots=recv_slots,
+        topk_ids=topk_ids,
+    )
+
+
+def _standard(
+    hidden: torch.Tensor,
+    ids: torch.Tensor,
+    weights: torch.Tensor,
+    plan: SendPlan,
+    recv_rows: tuple[int, ...],
+    rank: int,
+    world: int,
+    group: dist.ProcessGroup | None,
+) -> tuple[DispatchOutput, DispatchHandle]:
+    # Every rank gets the whole batch (an all-gather by all-to-all, uneven sizes allowed).
+    all_hidden, all_ids, all_weights = _exchange_rows(
+        [hidden, ids, weights], plan, recv_rows, group
+    )
+    output = StandardDispatchOutput(
+        hidden_states=all_hidden,
+        hidden_states_scale=None,
+        topk_output=TopKOutput(topk_weights=all_weights, topk_ids=all_ids, router_logits=None),
+    )
+    # Combine sends each rank's slice of the [T, H] output back to its sender.
+    return output, _handle(
+        emulate.STANDARD,
+        hidden,
+        plan,
+        recv_rows,
+        rank,
+        world,
+        group,
+        back_rows=tuple([hidden.shape[0]] * world),
+        return_rows=recv_rows,
+    )
+
+
+def _deepep_normal(
+    hidden: torch.Tensor,
+    ids: torch.Tensor,
+    weights: torch.Tensor,
+    plan: SendPlan,
+    recv_rows: tuple[int, ...],
+    num_experts: int,
+    rank: int,
+    world: int,
+    group: dist.ProcessGroup | None,
+) -> tuple[DispatchOutput, DispatchHandle]:
+    recv_hidden, recv_ids, recv_weights = _exchange_rows(
+        [hidden, ids, weights], plan, recv_rows, group
+    )
+    # The same steps as the emulation, on the rows that arrived.
+    local_count = num_experts // world
+    wide = recv_ids.long()
+    on_rank = (wide >= 0) & (wide // local_count == rank)
+    local_ids = torch.where(on_rank, wide - rank * local_count, -1)
+    per_expert = torch.bincount(local_ids[on_rank], minlength=local_count)
+    output = DeepEPNormalDispatchOutput(
+        hidden_states=recv_hidden,
+        hidden_states_scale=None,
+        topk_ids=local_ids,
+        topk_weights=torch.where(on_rank, recv_weights, 0.0),
+        num_recv_tokens_per_expert=[int(n) for n in per_expert.tolist()],
+    )
+    return output, _handle(emulate.DEEPEP_NORMAL, hidden, plan, recv_rows, rank, world, group)
+
+
+def _deepep_ll(
+    format: str,
+    hidden: torch.Tensor,
+    ids: torch.Tensor,
+    weights: torch.Tensor,
+    plan: SendPlan,
+    recv_rows: tuple[int, ...],
+    table: list[list[int]],
+    num_experts: int,
+    max_tokens_per_rank: int,
+    rank: int,
+    world: int,
+    group: dist.ProcessGroup | None,
+) -> tuple[DispatchOutput, DispatchHandle]:
+    capacity = max_tokens_per_rank * world
+    expert_counts = [sum(row[_FIXED + world + e] for row in table) for e in range(num_experts)]
+    if expert_counts and max(expert_counts) > capacity:
+        raise DispatchError(
+            f"an expert receives {max(expert_counts)} tokens, more than the slab capacity "
+            f"{capacity} (max_tokens_per_rank * ep_size)"
+        )
+    local_count = num_experts // world
+    hidden_size = int(hidden.shape[1])
+    device = hidden.device
+    assert plan.experts is not None
+    fp8_wire = format == emulate.DEEPEP_LL_FP8
+    if fp8_wire:
+        wire_hidden, wire_scale = quantize_fp8_1x128(hidden)
+        parts = [_bytes(wire_hidden), wire_scale]
+    else:
+        parts = [hidden]
+    # Each pair carries its row and its expert, made local on arrival.
+    pair_parts = [p[plan.tokens] for p in parts] + [plan.experts.unsqueeze(1)]
+    layout = [(p.dtype, tuple(p.shape[1:])) for p in pair_parts]
+    received = wire.unpack(
+        wire.exchange(wire.pack(pair_parts), plan.rows, recv_rows, group), layout
+    )
+    experts = received[-1].squeeze(1) - rank * local_count
+    # Slot within each expert's slab in arrival order (sender rank, then token, then k).
+    order = torch.argsort(experts, stable=True)
+    counts = torch.bincount(experts, minlength=local_count)
+    starts = torch.cumsum(counts, 0) - counts
+    slots = torch.empty_like(experts)
+    slots[order] = torch.arange(experts.numel(), device=device) - starts[experts[order]]
+    shape = (local_count, capacity, hidden_size)
+    scale: torch.Tensor | None = None
+    if fp8_wire:
+        slab = poison.fp8(shape, device)
+        slab.view(torch.uint8)[experts, slots] = received[0]
+        # DeepEP stores the scales column-major in the last two dims.
+        scale = poison.ll_scales(local_count, hidden_size // 128, capacity, device)
+        scale[experts, slots] = received[1]
+    else:
+        slab = poison.bf16(shape, hidden.dtype, device)
+        slab[experts, slots] = received[0]
+    sent = int(hidden.shape[0])
+    top_k = int(ids.shape[1])
+    output = DeepEPLLDispatchOutput(
+        hidden_states=slab,
+        hidden_states_scale=scale,
+        topk_ids=ids.long(),
+        topk_weights=weights,
+        masked_m=counts.to(torch.int32),
+        # SGLang's DeepEP dispatcher: (T_r * group_size * K + E) // E.
+        expected_m=(sent * world * top_k + num_experts) // num_experts,
+    )
+    return output, _handle(
+        format,
+        hidden,
+        plan,
+        recv_rows,
+        rank,
+        world,
+        group,
+        send_k=plan.ks,
+        recv_experts=experts,
+        recv_slots=slots,
+        topk_ids=ids.long(),
+    )
+
+
+def _mori(
+    format: str,
+    hidden: torch.Tensor,
+    ids: torch.Tensor,
+    weights: torch.Tensor,
+    plan: SendPlan,
+    recv_rows: tuple[int, ...],
+    table: list[list[int]],
+    num_experts: int,
+    max_tokens_per_rank: int,
+    recv_cap: int,
+    rank: int,
+    world: int,
+    group: dist.ProcessGroup | None,
+) -> tuple[DispatchOutput, DispatchHandle]:
+    capacity = max_tokens_per_rank * world
+    wire_kind = _MORI_WIRE[format]
+    wire_hidden, wire_scale = _mori_wire(hidden, wire_kind)
+    # Quantized wires travel as bytes: CPU indexing and gloo lack fp8/fp4/e8m0 kernels.
+    parts = [_bytes(wire_hidden)] + ([] if wire_scale is None else [_bytes(wire_scale)])
+    received = _exchange_rows([*parts, ids, weights], plan, recv_rows, group)
+    total_recv = sum(recv_rows)
+    stale_hidden, stale_scale = poison.mori_buffers(
+        wire_kind, capacity, wire_hidden, wire_scale, hidden.device
+    )
+    _bytes(stale_hidden)[:total_recv] = received[0]
+    if stale_scale is not None:
+        _bytes(stale_scale)[:total_recv] = received[1]
+    stale_ids, stale_weights = poison.mori_routing(
+        rank, capacity, ids.shape[1], num_experts, hidden.device
+    )
+    stale_ids[:total_recv] = received[-2]
+    stale_weights[:total_recv] = received[-1]
+    output_type = MoriEPLLDispatchOutput if format in _MORI_LL else MoriEPNormalDispatchOutput
+    output = output_type(
+        hidden_states=stale_hidden,
+        hidden_states_scale=stale_scale,
+        topk_ids=stale_ids,
+        topk_weights=stale_weights,
+        num_recv_tokens_per_expert=torch.tensor(
+            [total_recv], dtype=torch.int32, device=hidden.device
+        ),
+        origin_topk_ids=ids,
+        origin_topk_weights=weights,
+        out_dtype=hidden.dtype,
+        recv_cap=recv_cap,
+    )
+    # MORI's combine reads only rows below total_recv (and a positive recv_cap): rows that
+    # arrived past the cap never go back, on any rank.
+    back = tuple(_returned(table, d, rank, world, capacity, recv_cap) for d in range(world))
+    ret = tuple(_returned(table, rank, s, world, capacity, recv_cap) for s in range(world))
+    return output, _handle(
+        format, hidden, plan, recv_rows, rank, world, group, back_rows=back, return_rows=ret
+    )
+
+
+def _returned(
+    table: list[list[int]], dest: int, source: int, world: int, capacity: int, recv_cap: int
+) -> int:
+    """Rows of `source`'s block on MORI rank `dest` that its combine reads."""
+    column = [row[_FIXED + dest] for row in table]
+    total = sum(column)
+    readable = min(total, recv_cap) if 0 < recv_cap < capacity else total
+    start = sum(column[:source])
+    return max(0, min(column[source], readable - start))
+
+
+def _mori_wire(hidden: torch.Tensor, kind: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """What the sender puts on the wire: its rows quantized per row group (or as they are)."""
+    if kind == "fp8":
+        return quantize_fp8_1x128(hidden)
+    if kind == "fp4":
+        return quantize_mxfp4(hidden)
+    return hidden, None
+
+
+def _bytes(x: torch.Tensor) -> torch.Tensor:
+    if x.dtype in (FP8, FP4X2, E8M0):
+        return x.view(torch.uint8)
+    return x
