@@ -26,11 +26,12 @@ import triton.language as tl
 from moe_runtime.quant import FP8_FNUZ, FP8_GROUP, MXFP4_GROUP
 
 _BLOCK = 1024
-# fp32 bits of 2**-9 and 2**-10: the weight of an e4m3fn / e4m3fnuz subnormal's mantissa step.
-_FN_SUBNORMAL_STEP = 2.0**-9
-_FNUZ_SUBNORMAL_STEP = 2.0**-10
+# Globals a @triton.jit function reads must be constexpr.
+# 2**-9 and 2**-10: the weight of an e4m3fn / e4m3fnuz subnormal's mantissa step.
+_FN_SUBNORMAL_STEP = tl.constexpr(2.0**-9)
+_FNUZ_SUBNORMAL_STEP = tl.constexpr(2.0**-10)
 # Fitting an E2M1 nibble into an e4m3 byte divides its value by 2**6 (moe_runtime.quant).
-_E2M1_IN_E4M3_FACTOR = 64.0
+_E2M1_IN_E4M3_FACTOR = tl.constexpr(64.0)
 
 
 @triton.jit
@@ -40,8 +41,9 @@ def _e4m3fn_to_f32(code):
     exponent = (code >> 3) & 0xF
     mantissa = code & 0x7
     normal = (sign | ((exponent + 120) << 23) | (mantissa << 20)).to(tl.float32, bitcast=True)
-    subnormal = mantissa.to(tl.float32) * _FN_SUBNORMAL_STEP
-    subnormal = tl.where(sign != 0, -subnormal, subnormal)
+    # The sign goes in as a bit: Triton's unary minus is 0 - x, which turns -0.0 into +0.0.
+    magnitude = (mantissa.to(tl.float32) * _FN_SUBNORMAL_STEP).to(tl.int32, bitcast=True)
+    subnormal = (magnitude | sign).to(tl.float32, bitcast=True)
     nan = (sign | 0x7FF00000).to(tl.float32, bitcast=True)
     value = tl.where(exponent == 0, subnormal, normal)
     return tl.where((code & 0x7F) == 0x7F, nan, value)
@@ -54,8 +56,9 @@ def _e4m3fnuz_to_f32(code):
     exponent = (code >> 3) & 0xF
     mantissa = code & 0x7
     normal = (sign | ((exponent + 119) << 23) | (mantissa << 20)).to(tl.float32, bitcast=True)
-    subnormal = mantissa.to(tl.float32) * _FNUZ_SUBNORMAL_STEP
-    subnormal = tl.where(sign != 0, -subnormal, subnormal)
+    # The sign goes in as a bit: Triton's unary minus is 0 - x, which turns -0.0 into +0.0.
+    magnitude = (mantissa.to(tl.float32) * _FNUZ_SUBNORMAL_STEP).to(tl.int32, bitcast=True)
+    subnormal = (magnitude | sign).to(tl.float32, bitcast=True)
     nan = tl.full(code.shape, 0x7F800001, tl.int32).to(tl.float32, bitcast=True)
     value = tl.where(exponent == 0, subnormal, normal)
     return tl.where(code == 0x80, nan, value)
