@@ -68,9 +68,10 @@ def test_fp8_every_code_and_scale(fp8: torch.dtype, out_dtype: torch.dtype) -> N
     scale[1::3] *= torch.rand(scale[1::3].shape, device="cuda") + 0.5  # per-group variety
     want = quant.dequantize_fp8_1x128(q, scale, out_dtype)
     assert_bit_identical(triton_twin("dequantize_fp8_1x128")(q, scale, out_dtype), want)
-    # Negative control: the comparison sees a one-ulp change of one scale.
+    # Negative control: the comparison sees a change of one group's scale. (A one-ulp fp32 nudge
+    # vanishes in bf16 and fp16 outputs, as the H200 run showed; a quarter does not.)
     nudged = scale.clone()
-    nudged[0, 0] = torch.nextafter(nudged[0, 0], torch.tensor(2.0, device="cuda"))
+    nudged[0, 0] *= 1.25
     assert bool((bits(quant.dequantize_fp8_1x128(q, nudged, out_dtype)) != bits(want)).any())
 
 
