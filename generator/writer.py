@@ -155,11 +155,11 @@ def write_tree(
     """
     files = _with_manifest(files)
     survey = _survey(out_dir, files)
+    remove_leftover(out_dir)
     if not survey.changes:
         return survey.changes
     notify = phase or (lambda _: None)
     staging = staging_path(out_dir)
-    remove_leftover(out_dir)
     created = _make_dirs(out_dir.parent)
     try:
         _stage(out_dir, staging, files, survey, notify)

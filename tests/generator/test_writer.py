@@ -479,9 +479,7 @@ def test_lock_excludes_a_second_process(tmp_path: Path, holder: subprocess.Popen
     deadline = time.monotonic() + 5
     while not messages and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert messages == [
-        f"waiting for another generator run (lock: {tmp_path / 'cache' / 'lock'})"
-    ]
+    assert messages == [f"waiting for another generator run (lock: {tmp_path / 'cache' / 'lock'})"]
     assert not acquired.wait(0.3)
 
     assert holder.stdin is not None
