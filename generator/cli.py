@@ -115,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
             "Generate one specialized, branch-free AITER fused_moe runner module per "
             "(a2a backend, quant method, dispatch format) of a backend matrix, plus the "
             "dispatch table generated/__init__.py. Files are written only after every module "
-            "passed the LibCST branch-free check and mypy --strict."
+            "compiled and passed the LibCST branch-free check and mypy --strict, and the staged "
+            "package imported; the new tree then replaces the old one at once."
         ),
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -392,8 +392,6 @@ def _stage(
 ) -> None:
     """Build the complete new tree at `staging`."""
     staging.mkdir()
-    if out_dir.is_dir():
-        os.chmod(staging, stat.S_IMODE(out_dir.stat().st_mode))
     changed = {c.path for c in survey.changes if c.kind != "orphaned"}
     first = True
     for name in sorted(files):
@@ -412,6 +410,8 @@ def _stage(
         _carry_foreign(out_dir, staging, "", files, survey.orphans)
     for directory in sorted({(staging / name).parent for name in files} | {staging}):
         _fsync_dir(directory)
+    if out_dir.is_dir():  # last: the old mode may not allow writing into it
+        os.chmod(staging, stat.S_IMODE(out_dir.stat().st_mode))
 
 
 def _carry_foreign(
@@ -426,8 +426,8 @@ def _carry_foreign(
         is_dir = entry.is_dir(follow_symlinks=False)
         if is_dir and any(name.startswith(rel + "/") for name in files):
             destination.mkdir(exist_ok=True)
-            os.chmod(destination, stat.S_IMODE(entry.stat(follow_symlinks=False).st_mode))
             _carry_foreign(Path(entry.path), destination, rel + "/", files, orphans)
+            os.chmod(destination, stat.S_IMODE(entry.stat(follow_symlinks=False).st_mode))
         elif entry.is_symlink():
             os.symlink(os.readlink(entry.path), destination)
         elif is_dir:
