@@ -9,48 +9,48 @@ from __future__ import annotations
 from generator.diagnostics import Diagnostic, MatrixError
 from generator.model import Combination, Exclusion, Matrix
 
+WILDCARD = "*"
+
 
 def enumerate_combinations(matrix: Matrix) -> tuple[Combination, ...]:
     """The combinations to generate, sorted by (a2a, quant, dispatch); raises MatrixError."""
     _raise_on_problems(matrix)
-    return tuple(c for c in _product(matrix) if _first_match(matrix, c) is None)
+    first = _Index(matrix).first
+    return tuple(c for c in _product(matrix) if c not in first)
 
 
 def excluded_combinations(matrix: Matrix) -> tuple[tuple[Combination, Exclusion], ...]:
     """Each excluded combination with the first exclusion (in file order) that matches it, sorted
     by combination; raises MatrixError like `enumerate_combinations`."""
     _raise_on_problems(matrix)
-    pairs: list[tuple[Combination, Exclusion]] = []
-    for combination in _product(matrix):
-        exclusion = _first_match(matrix, combination)
-        if exclusion is not None:
-            pairs.append((combination, exclusion))
-    return tuple(pairs)
+    first = _Index(matrix).first
+    return tuple((c, matrix.exclusions[first[c]]) for c in _product(matrix) if c in first)
 
 
 def enumeration_problems(matrix: Matrix) -> tuple[Diagnostic, ...]:
     """Stale or shadowed exclusions, and an empty result, as diagnostics (empty when fine)."""
     product = _product(matrix)
+    index = _Index(matrix)
+    used = set(index.first.values())
     problems: list[Diagnostic] = []
-    for index, exclusion in enumerate(matrix.exclusions):
-        matched = [c for c in product if exclusion.matches(*c.key)]
-        earlier = matrix.exclusions[:index]
-        if not matched:
+    for position, exclusion in enumerate(matrix.exclusions):
+        if position in used:
+            continue
+        shadowing = index.shadowing.get(_key(exclusion))
+        if not shadowing:
             problems.append(_at(matrix, exclusion, _why_nothing_matches(matrix, exclusion)))
-        elif all(any(e.matches(*c.key) for e in earlier) for c in matched):
-            lines = sorted(
-                {e.location.line for e in earlier if any(e.matches(*c.key) for c in matched)}
+            continue
+        lines = sorted({matrix.exclusions[i].location.line for i in shadowing})
+        problems.append(
+            _at(
+                matrix,
+                exclusion,
+                f"exclusion {_pattern(exclusion)} removes nothing: every combination it "
+                f"matches is already excluded by the exclusion(s) at line(s) "
+                f"{', '.join(str(line) for line in lines)}",
             )
-            problems.append(
-                _at(
-                    matrix,
-                    exclusion,
-                    f"exclusion {_pattern(exclusion)} removes nothing: every combination it "
-                    f"matches is already excluded by the exclusion(s) at line(s) "
-                    f"{', '.join(str(line) for line in lines)}",
-                )
-            )
-    if product and all(_first_match(matrix, c) is not None for c in product):
+        )
+    if product and len(index.first) == len(product):
         first = matrix.exclusions[0]
         problems.append(
             _at(
@@ -81,8 +81,44 @@ def _product(matrix: Matrix) -> tuple[Combination, ...]:
     return tuple(sorted(dict.fromkeys(combinations)))
 
 
-def _first_match(matrix: Matrix, combination: Combination) -> Exclusion | None:
-    return next((e for e in matrix.exclusions if e.matches(*combination.key)), None)
+_Key = tuple[str, str, str]
+
+
+def _key(exclusion: Exclusion) -> _Key:
+    return (exclusion.a2a, exclusion.quant, exclusion.dispatch)
+
+
+class _Index:
+    """Which exclusion excludes what, in time linear in combinations plus exclusions.
+
+    A combination matches exactly the patterns that replace some of its three names by `*`,
+    so each combination looks up its eight patterns instead of scanning every exclusion.
+    """
+
+    def __init__(self, matrix: Matrix) -> None:
+        by_pattern: dict[_Key, int] = {}  # pattern -> position of its first exclusion
+        for position, exclusion in enumerate(matrix.exclusions):
+            by_pattern.setdefault(_key(exclusion), position)
+        # The position of the first exclusion matching each excluded combination.
+        self.first: dict[Combination, int] = {}
+        # Per pattern that matches something: the first exclusions of the combinations it
+        # matches (a later exclusion with that pattern is shadowed by exactly these).
+        self.shadowing: dict[_Key, set[int]] = {}
+        for combination in _product(matrix):
+            patterns = [p for p in _patterns(combination.key) if p in by_pattern]
+            if not patterns:
+                continue
+            first = min(by_pattern[p] for p in patterns)
+            self.first[combination] = first
+            for pattern in patterns:
+                self.shadowing.setdefault(pattern, set()).add(first)
+
+
+def _patterns(key: _Key) -> list[_Key]:
+    a2a, quant, dispatch = key
+    return [
+        (a, q, d) for a in (a2a, WILDCARD) for q in (quant, WILDCARD) for d in (dispatch, WILDCARD)
+    ]
 
 
 def _pattern(exclusion: Exclusion) -> str:

@@ -20,6 +20,8 @@ def list_combinations(
     if excluded:
         lines.append(f"{len(excluded)} excluded:")
         lines += [f"  {c.slash_name:<{width}}  -- {e.reason}" for c, e in excluded]
+    else:
+        lines.append("no exclusions")
     return "\n".join(lines) + "\n"
 
 

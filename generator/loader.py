@@ -6,8 +6,10 @@ popped and the leftovers reported; every diagnostic says what is valid and, wher
 what was probably meant. Checks that need a whole valid set of axes (stale exclusions, an empty
 result) run only when the axes themselves are valid, so one typo does not cascade.
 
-A file that cannot be read at all (missing, a directory, unreadable) is reported at line 1,
-column 1, so every diagnostic has a real position.
+A file that cannot be read at all (missing, a directory, unreadable, larger than
+MAX_MATRIX_BYTES) is reported at line 1, column 1, so every diagnostic has a real position. The file
+is read exactly once (a FIFO works): `read_matrix` returns its bytes, which both the model and the
+headers' input hash are made from.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ from generator.model import (
 )
 
 E = TypeVar("E", bound=Enum)
+# Defined names in file order, with constant-time membership (a matrix may have 10,000 formats).
+_Names = dict[str, None]
 T = TypeVar("T")
 
 _TAG = "tag:yaml.org,2002:"
@@ -61,8 +65,11 @@ _KIND = {
 _TRUE, _FALSE = ("true", "True", "TRUE"), ("false", "False", "FALSE")
 
 # Names become module names `{a2a}__{quant}__{dispatch}`: no `__` inside, no `_` at either end.
+# Always matched with fullmatch: `$` alone would accept a name ending in a newline.
 NAME_PATTERN = r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$"
 _NAME = re.compile(NAME_PATTERN)
+# A real matrix is a few kB; past this it is not a matrix (or /dev/zero), and reading stops.
+MAX_MATRIX_BYTES = 32 * 1024 * 1024
 WILDCARD = "*"
 
 TOP_KEYS = ("a2a_backends", "dispatch_formats", "quant_methods", "exclusions")
@@ -225,9 +232,19 @@ QUANT_RULES = (
 def load_matrix(path: str | os.PathLike[str]) -> Matrix:
     """Load and validate a matrix file. Raises MatrixError, and nothing else, listing every
     problem as `path:line:col: error: message`."""
+    return parse_matrix(path, read_matrix(path))
+
+
+def read_matrix(path: str | os.PathLike[str]) -> bytes:
+    """The bytes of a matrix file, read once, at most MAX_MATRIX_BYTES; raises MatrixError."""
+    return _Loader(_display(path)).read(path)
+
+
+def parse_matrix(path: str | os.PathLike[str], data: bytes) -> Matrix:
+    """Validate the bytes `read_matrix` returned for `path`; raises MatrixError, nothing else."""
     shown = _display(path)
     try:
-        return _Loader(shown).load(path)
+        return _Loader(shown).load(data)
     except MatrixError:
         raise
     except RecursionError:
@@ -264,8 +281,8 @@ class _Loader:
 
     # -- reading -------------------------------------------------------------------------------
 
-    def load(self, path: str | os.PathLike[str]) -> Matrix:
-        root = self.compose(self.read(path))
+    def load(self, data: bytes) -> Matrix:
+        root = self.compose(self.decode(data))
         if not isinstance(root, MappingNode) or root.tag != _MAP:
             expected = f"a mapping with the keys {', '.join(TOP_KEYS)}"
             self.error(root, f"the matrix must be {expected}, got {_kind(root)}")
@@ -275,16 +292,24 @@ class _Loader:
             raise self.fail()
         return matrix
 
-    def read(self, path: str | os.PathLike[str]) -> str:
+    def read(self, path: str | os.PathLike[str]) -> bytes:
+        tried = f" (tried {os.path.abspath(path)})"
         if os.path.isdir(path):
-            self.error_at(1, 1, "cannot read the matrix: it is a directory, not a file")
+            self.error_at(1, 1, f"cannot read the matrix: it is a directory, not a file{tried}")
             raise self.fail()
         try:
             with open(path, "rb") as stream:
-                data = stream.read()
+                data = stream.read(MAX_MATRIX_BYTES + 1)
         except OSError as exc:
-            self.error_at(1, 1, f"cannot read the matrix: {exc.strerror or exc}")
+            self.error_at(1, 1, f"cannot read the matrix: {exc.strerror or exc}{tried}")
             raise self.fail() from None
+        if len(data) > MAX_MATRIX_BYTES:
+            limit = MAX_MATRIX_BYTES // (1024 * 1024)
+            self.error_at(1, 1, f"cannot read the matrix: it is larger than {limit} MiB{tried}")
+            raise self.fail()
+        return data
+
+    def decode(self, data: bytes) -> str:
         try:
             return data.decode("utf-8-sig")
         except UnicodeDecodeError as exc:
@@ -296,6 +321,9 @@ class _Loader:
             raise self.fail() from None
 
     def compose(self, text: str) -> Node:
+        root = _fast_compose(text)
+        if root is not None:
+            return root
         try:
             root = yaml.compose(text, Loader=yaml.SafeLoader)
         except yaml.MarkedYAMLError as exc:
@@ -339,7 +367,7 @@ class _Loader:
         quants_node = top.section("quant_methods")
         # Every name given counts for cross-references, even one whose entry is broken.
         # An empty or unreadable section says nothing about names: references go unchecked.
-        format_names = tuple(formats_node) if formats_node else None
+        format_names = dict.fromkeys(formats_node) if formats_node else None
         formats = self.entries("dispatch_formats", formats_node, self.dispatch_format)
         quants = self.entries("quant_methods", quants_node, self.quant_method)
         backends = self.entries(
@@ -349,8 +377,8 @@ class _Loader:
         )
         axes_valid = not self.diagnostics
         names = {
-            "a2a": tuple(backends_node) if backends_node else None,
-            "quant": tuple(quants_node) if quants_node else None,
+            "a2a": dict.fromkeys(backends_node) if backends_node else None,
+            "quant": dict.fromkeys(quants_node) if quants_node else None,
             "dispatch": format_names,
         }
         exclusions = self.exclusions(top.pop("exclusions"), names)
@@ -375,7 +403,7 @@ class _Loader:
         return tuple(built)
 
     def backend(
-        self, what: str, key: ScalarNode, node: MappingNode, defined: tuple[str, ...] | None
+        self, what: str, key: ScalarNode, node: MappingNode, defined: _Names | None
     ) -> A2ABackend:
         props = _Fields(self, node, key, what, BACKEND_KEYS)
         return A2ABackend(key.value, props.text("description"), props.formats(defined), _at(key))
@@ -419,7 +447,7 @@ class _Loader:
         return built
 
     def exclusions(
-        self, node: Node | None, names: dict[str, tuple[str, ...] | None]
+        self, node: Node | None, names: dict[str, _Names | None]
     ) -> tuple[Exclusion, ...]:
         """The exclusions whose pattern could be read (only those can be checked for staleness)."""
         if node is None:
@@ -578,13 +606,13 @@ class _Fields:
             return None
         entries = self.loader.mapping(node, key)
         for name, (name_node, _) in entries.items():
-            if not _NAME.match(name):
+            if not _NAME.fullmatch(name):
                 self.loader.error(name_node, f"{key}: invalid name '{name}'{_name_hint(name)}")
         if not entries:
             self.loader.error(node, f"{key}: empty; define at least one {_NOUNS[key]}")
         return entries
 
-    def formats(self, defined: tuple[str, ...] | None) -> tuple[str, ...]:
+    def formats(self, defined: _Names | None) -> tuple[str, ...]:
         """A backend's non-empty list of distinct, defined dispatch format names."""
         node = self.pop("formats")
         what = f"{self.what}.formats"
@@ -619,7 +647,7 @@ class _Fields:
                 listed[name] = item
         return tuple(listed)
 
-    def reference(self, key: str, kind: str, defined: tuple[str, ...] | None) -> str | None:
+    def reference(self, key: str, kind: str, defined: _Names | None) -> str | None:
         """An axis name or `*`; None when it is not one (or the key is missing)."""
         node = self.pop(key)
         if node is None:
@@ -651,6 +679,20 @@ class _Fields:
                 )
 
 
+def _fast_compose(text: str) -> Node | None:
+    """The node tree by libyaml (ten times faster on a large matrix), or None when it is not
+    available or the text has any problem: the pure-Python composer then runs and words the
+    diagnostic. libyaml skips PyYAML's printable-character check, so that is made here first."""
+    loader = getattr(yaml, "CSafeLoader", None)
+    if loader is None or yaml.reader.Reader.NON_PRINTABLE.search(text):
+        return None
+    try:
+        root: Node | None = yaml.compose(text, Loader=loader)
+    except yaml.YAMLError:
+        return None
+    return root
+
+
 def _got(node: Node) -> str:
     """What a node is, for "expected X, got Y"; a scalar YAML resolved to a non-string shows its
     text, since quoting it is usually the fix."""
@@ -676,7 +718,7 @@ def _name_hint(name: str) -> str:
         "with a letter (they become module names a2a__quant__dispatch)"
     )
     fixed = re.sub(r"_+", "_", re.sub(r"[^a-z0-9_]", "_", name.lower())).strip("_")
-    return rule + (f"; did you mean '{fixed}'?" if _NAME.match(fixed) else "")
+    return rule + (f"; did you mean '{fixed}'?" if _NAME.fullmatch(fixed) else "")
 
 
 def _at(node: Node) -> Location:

@@ -6,7 +6,7 @@ planner decides on is an enum, so `match` + `assert_never` covers each one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
 
@@ -156,15 +156,31 @@ class Matrix:
     dispatch_formats: tuple[DispatchFormat, ...]
     quant_methods: tuple[QuantMethod, ...]
     exclusions: tuple[Exclusion, ...]
+    # Lookups by name, built once: a scan per lookup is quadratic in a matrix of 10,000 formats.
+    _formats: dict[str, DispatchFormat] = field(init=False, repr=False, compare=False)
+    _quants: dict[str, QuantMethod] = field(init=False, repr=False, compare=False)
+    _backends: dict[str, A2ABackend] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # The first entry of a name wins, as the scans this replaces did.
+        for attr, entries in (
+            ("_formats", self.dispatch_formats),
+            ("_quants", self.quant_methods),
+            ("_backends", self.a2a_backends),
+        ):
+            by_name: dict[str, object] = {}
+            for entry in entries:
+                by_name.setdefault(entry.name, entry)
+            object.__setattr__(self, attr, by_name)
 
     def dispatch_format(self, name: str) -> DispatchFormat:
-        return next(f for f in self.dispatch_formats if f.name == name)
+        return self._formats[name]
 
     def quant_method(self, name: str) -> QuantMethod:
-        return next(q for q in self.quant_methods if q.name == name)
+        return self._quants[name]
 
     def a2a_backend(self, name: str) -> A2ABackend:
-        return next(a for a in self.a2a_backends if a.name == name)
+        return self._backends[name]
 
 
 @dataclass(frozen=True, slots=True, order=True)

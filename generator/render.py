@@ -2,11 +2,17 @@
 
 Output is a pure function of the matrix bytes, the templates and the generator version: no
 timestamps, no absolute paths, no set iteration, `\n` line endings and one trailing newline.
+
+Text from the matrix (descriptions, reasons, its path) is data, never code: templates pass it
+through the `py` filter (a Python literal made by repr()) or the `docstring` filter (escaped so it
+cannot end the docstring), and headers show it through `comment_text`. Names need neither: the
+loader accepts only `[a-z0-9_]` names (fullmatch).
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +22,7 @@ import jinja2
 from generator import __version__
 from generator.model import Combination, Exclusion
 from generator.plan import Plan
-from generator.writer import GENERATED_MARKER
+from generator.writer import header_line
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
 RUNNER_TEMPLATE = "runner.py.j2"
@@ -36,7 +42,7 @@ class Inputs:
 
 
 def _environment() -> jinja2.Environment:
-    return jinja2.Environment(
+    env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
@@ -44,6 +50,35 @@ def _environment() -> jinja2.Environment:
         keep_trailing_newline=True,
         autoescape=False,
     )
+    env.filters["py"] = py_literal
+    env.filters["docstring"] = docstring_text
+    return env
+
+
+def py_literal(value: str | tuple[str, ...]) -> str:
+    """A Python literal of `value` by repr(); a string with no quotes inside gets double quotes,
+    the style of the hand-written code (repr's escaping is kept as it is)."""
+    text = repr(value)
+    if isinstance(value, str) and "'" not in value and '"' not in value:
+        return '"' + text[1:-1] + '"'
+    return text
+
+
+def docstring_text(text: str) -> str:
+    """`text` as it may stand inside a triple-quoted docstring and read back as itself: every
+    backslash, every quote next to another quote or at the end (which could close the string)
+    and every unprintable character but the newlines the wrapping put there are escaped."""
+    escaped = re.sub(r'"(?="|\Z)', r'\\"', text.replace("\\", "\\\\"))
+    return "".join(
+        c if c.isprintable() or c == "\n" else c.encode("unicode_escape").decode("ascii")
+        for c in escaped
+    )
+
+
+def comment_text(text: str) -> str:
+    """`text` for a `#` comment: as it is when printable, else its repr() (a newline in a
+    comment would start a line of code)."""
+    return text if text.isprintable() else repr(text)
 
 
 def _runner_templates(plan: Plan) -> tuple[str, ...]:
@@ -55,33 +90,45 @@ def _runner_templates(plan: Plan) -> tuple[str, ...]:
     )
 
 
+class _Digests:
+    """Input hashes for headers: the matrix is hashed once, each template set once."""
+
+    def __init__(self, inputs: Inputs) -> None:
+        self.base = hashlib.sha256()
+        self.base.update(f"generator {__version__}\n".encode())
+        self.base.update(f"matrix {inputs.matrix_path}\n".encode())
+        self.base.update(inputs.matrix_bytes)
+        self.templates: dict[str, bytes] = {}
+        self.sets: dict[tuple[str, ...], str] = {}
+
+    def of(self, templates: Iterable[str]) -> str:
+        names = tuple(sorted(set(templates)))
+        if names not in self.sets:
+            digest = self.base.copy()
+            for name in names:
+                if name not in self.templates:
+                    self.templates[name] = (TEMPLATES_DIR / name).read_bytes()
+                digest.update(f"\ntemplate {name}\n".encode())
+                digest.update(self.templates[name])
+            self.sets[names] = digest.hexdigest()
+        return self.sets[names]
+
+
 def inputs_digest(inputs: Inputs, templates: Iterable[str]) -> str:
     """sha256 over the matrix, each template used (name and bytes) and the generator version."""
-    digest = hashlib.sha256()
-    digest.update(f"generator {__version__}\n".encode())
-    digest.update(f"matrix {inputs.matrix_path}\n".encode())
-    digest.update(inputs.matrix_bytes)
-    for name in sorted(set(templates)):
-        digest.update(f"\ntemplate {name}\n".encode())
-        digest.update((TEMPLATES_DIR / name).read_bytes())
-    return digest.hexdigest()
+    return _Digests(inputs).of(templates)
 
 
-def header(inputs: Inputs, what: str, templates: Iterable[str]) -> str:
-    return (
-        f"# {GENERATED_MARKER} by `python -m generator --matrix {inputs.matrix_path}`; "
-        "do not edit, regenerate.\n"
-        f"# {what}\n"
-        f"# inputs sha256: {inputs_digest(inputs, templates)}"
-    )
+def header(inputs: Inputs, what: str, digest: str) -> str:
+    return f"{header_line(comment_text(inputs.matrix_path))}\n# {what}\n# inputs sha256: {digest}"
 
 
-def render_runner(env: jinja2.Environment, plan: Plan, inputs: Inputs) -> str:
+def render_runner(env: jinja2.Environment, plan: Plan, inputs: Inputs, digests: _Digests) -> str:
     what = (
         f"combination: a2a={plan.combination.a2a} quant={plan.combination.quant} "
         f"dispatch={plan.combination.dispatch}"
     )
-    context = {"plan": plan, "header": header(inputs, what, _runner_templates(plan))}
+    context = {"plan": plan, "header": header(inputs, what, digests.of(_runner_templates(plan)))}
     return _render(env, RUNNER_TEMPLATE, context)
 
 
@@ -90,9 +137,11 @@ def render_init(
     plans: Iterable[Plan],
     excluded: Iterable[tuple[Combination, Exclusion]],
     inputs: Inputs,
+    digests: _Digests,
 ) -> str:
+    what = "dispatch table of every combination"
     context = {
-        "header": header(inputs, "dispatch table of every combination", (INIT_TEMPLATE,)),
+        "header": header(inputs, what, digests.of((INIT_TEMPLATE,))),
         "matrix_path": inputs.matrix_path,
         "runners": sorted((plan.combination.key, plan.module_name) for plan in plans),
         "excluded": sorted((c.key, e.reason) for c, e in excluded),
@@ -105,11 +154,13 @@ def render_all(
     excluded: Iterable[tuple[Combination, Exclusion]],
     inputs: Inputs,
 ) -> dict[str, str]:
-    """Every file of the generated package, keyed by its path relative to the output directory."""
+    """Every file of the generated package, keyed by its path relative to the output directory
+    (the writer adds its manifest)."""
     env = _environment()
+    digests = _Digests(inputs)
     plans = sorted(plans, key=lambda plan: plan.combination)
-    files = {f"{plan.module_name}.py": render_runner(env, plan, inputs) for plan in plans}
-    files["__init__.py"] = render_init(env, plans, excluded, inputs)
+    files = {f"{plan.module_name}.py": render_runner(env, plan, inputs, digests) for plan in plans}
+    files["__init__.py"] = render_init(env, plans, excluded, inputs, digests)
     files["py.typed"] = ""
     return dict(sorted(files.items()))
 

@@ -419,6 +419,69 @@ class _HotCodeChecker(cst.CSTVisitor):
             self.reached.append(self.owner.function_unit(node.value))
 
 
+def compile_errors(package: str, name: str, source: str) -> list[str]:
+    """`package/name:line:col: error: ...` when a rendered .py file is not valid Python."""
+    if not name.endswith(".py"):
+        return []
+    try:
+        compile(source, f"{package}/{name}", "exec", dont_inherit=True)
+    except SyntaxError as exc:
+        return [f"{package}/{name}:{exc.lineno or 1}:{exc.offset or 1}: error: {exc.msg}"]
+    except ValueError as exc:  # source code with a null byte
+        return [f"{package}/{name}:1:1: error: {exc}"]
+    return []
+
+
+class ImportCheckError(RuntimeError):
+    """The import check itself could not run (no interpreter, a crash without a report)."""
+
+
+# Imports the package, then every runner module its RUNNERS table names, each failure one line.
+_IMPORT_SCRIPT = """
+import importlib, sys
+sys.path[:0] = sys.argv[2:]
+package = sys.argv[1]
+try:
+    modules = importlib.import_module(package).RUNNERS.values()
+    names = [package] + [package + "." + m for m in modules]
+except BaseException as exc:
+    print(package + ": error: cannot import: " + type(exc).__name__ + ": " + str(exc))
+    sys.exit(1)
+failed = False
+for name in names:
+    try:
+        importlib.import_module(name)
+    except BaseException as exc:
+        print(name + ": error: cannot import: " + type(exc).__name__ + ": " + str(exc))
+        failed = True
+sys.exit(1 if failed else 0)
+"""
+
+
+def check_import(root: Path, package: str, *, extra_paths: Sequence[Path] = ()) -> list[str]:
+    """Import `root/package` and each of its runner modules in a fresh interpreter (nothing it
+    runs can touch this process); return one error line per module that fails to import."""
+    command = [
+        sys.executable,
+        "-c",
+        _IMPORT_SCRIPT,
+        package,
+        str(root.resolve()),
+        *(str(p.resolve()) for p in extra_paths),
+    ]
+    try:
+        done = subprocess.run(
+            command, cwd=root, capture_output=True, text=True, check=False, timeout=600
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ImportCheckError(f"could not import {package} in a subprocess: {exc}") from exc
+    errors = [line for line in done.stdout.splitlines() if ": error: " in line]
+    if done.returncode == 0 or errors:
+        return errors
+    output = (done.stdout + done.stderr).strip()[-2000:] or "(no output)"
+    raise ImportCheckError(f"the import check exited {done.returncode}:\n{output}")
+
+
 class MypyError(RuntimeError):
     """mypy itself could not run (not installed, crashed, bad usage), as opposed to type errors."""
 
