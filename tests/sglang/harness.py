@@ -48,8 +48,23 @@ OUR_COMBINE = {
 
 
 def set_a2a_backend(a2a: str) -> None:
-    """SGLang's process-wide a2a backend, as `initialize_moe_config(server_args)` sets it."""
-    moe_utils.MOE_A2A_BACKEND = moe_utils.MoeA2ABackend(a2a)
+    """SGLang's process-wide a2a backend, where `initialize_moe_config(server_args)` sets it
+    (a module global in 0.5.13, the runtime flags in 0.5.23)."""
+    backend = moe_utils.MoeA2ABackend(a2a)
+    if hasattr(moe_utils, "get_flags"):
+        moe_utils.get_flags().moe.a2a_backend = backend
+    else:
+        moe_utils.MOE_A2A_BACKEND = backend
+    assert moe_utils.get_moe_a2a_backend() is backend
+
+
+def set_runner_backend(monkeypatch: Any, backend: Any) -> None:
+    """SGLang's `--moe-runner-backend`, for one test."""
+    if hasattr(moe_utils, "get_flags"):
+        monkeypatch.setattr(moe_utils.get_flags().moe, "runner_backend", backend)
+    else:
+        monkeypatch.setattr(moe_utils, "MOE_RUNNER_BACKEND", backend)
+    assert moe_utils.get_moe_runner_backend() is backend
 
 
 def runner_config(config: t.MoeLayerConfig) -> MoeRunnerConfig:
