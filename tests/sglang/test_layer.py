@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import torch
 from sglang.srt.layers.moe import utils as moe_utils
+from sglang.srt.layers.moe.fused_moe_triton.layer import FusedMoE
 from sglang.srt.layers.moe.token_dispatcher import deepep, moriep
 from sglang.srt.layers.quantization import fp8, unquant
 
@@ -51,11 +52,12 @@ def sglang_on_rocm(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     harness.set_a2a_backend("none")
 
 
-class Layer(torch.nn.Module):
-    """The FusedMoE attributes SGLang's quant methods read, with AITER-processed weights."""
+class Layer(FusedMoE):
+    """A FusedMoE (so `install_all` finds it) whose __init__ only sets the attributes SGLang's
+    quant methods read, with AITER-processed weights: FusedMoE.__init__ needs process groups."""
 
     def __init__(self, quant: str, config: t.MoeLayerConfig, weights: t.ExpertWeights) -> None:
-        super().__init__()
+        torch.nn.Module.__init__(self)
         self.layer_id = 7
         self.moe_ep_rank, self.moe_ep_size = config.ep_rank, config.ep_size
         self.num_experts, self.num_local_experts = config.num_experts, config.num_local_experts
@@ -270,3 +272,26 @@ def test_mori_receive_cap_is_read_where_sglang_reads_it(monkeypatch: pytest.Monk
         assert compare.call_differences(native_call, harness.last_call())
         checked += 1
     assert checked
+
+
+def test_install_all_serves_every_moe_layer_and_fallback_is_opt_in(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    layers = [layer for layer, _ in _layers("fp8_block", "deepep", "deepep_normal")]
+    model = torch.nn.ModuleDict({"experts0": layers[0], "experts1": layers[1]})
+    with caplog.at_level(logging.INFO, logger=integration.__name__):
+        done = integration.install_all(model)
+    assert [d.name for d in done] == ["experts0", "experts1"]
+    assert caplog.text.count("served by generated.deepep__fp8_block__deepep_normal") == 2
+    for layer in layers:
+        integration.uninstall(layer)
+    layers[1].quant_method.runner.lora_enabled = True
+    with pytest.raises(integration.SGLangIntegrationError, match=r"experts1.*LoRA"):
+        integration.install_all(model)
+    integration.uninstall(layers[0])
+    with caplog.at_level(logging.WARNING, logger=integration.__name__):
+        done = integration.install_all(model, fallback=True)
+    assert [d.name for d in done] == ["experts0"]
+    assert "experts1 stays on SGLang's MoE path" in caplog.text
+    assert integration.installed(layers[1]) is None
+    integration.uninstall(layers[0])
