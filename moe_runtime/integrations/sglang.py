@@ -395,6 +395,15 @@ def _read_quant_method(layer: Any, name: str) -> tuple[str, ExpertWeights]:
     """The quant method's name in the matrix and the tensors it hands AITER."""
     method = layer.quant_method
     kind = type(method).__name__
+    if kind in ("UnquantizedFusedMoEMethod", "Fp8MoEMethod") and not hasattr(
+        layer.dispatcher, "expert_mask_gpu"
+    ):
+        # Its apply reads the mask before it calls MoeRunner.run: it would raise there anyway.
+        raise SGLangIntegrationError(
+            f"{name}: {kind}.apply reads layer.dispatcher.expert_mask_gpu, which "
+            f"{type(layer.dispatcher).__name__} does not have (SGLang's path raises before "
+            "MoeRunner.run, installed or not)"
+        )
     if kind == "UnquantizedFusedMoEMethod":
         return "unquant", ExpertWeights(w13_weight=layer.w13_weight, w2_weight=layer.w2_weight)
     if kind == "Fp8MoEMethod":

@@ -18,7 +18,7 @@ import pytest
 import torch
 from sglang.srt.layers.moe import utils as moe_utils
 from sglang.srt.layers.moe.fused_moe_triton.layer import FusedMoE
-from sglang.srt.layers.moe.token_dispatcher import deepep, moriep
+from sglang.srt.layers.moe.token_dispatcher import deepep, mooncake, moriep, nixl
 from sglang.srt.layers.quantization import fp8, unquant
 
 import generated
@@ -295,3 +295,16 @@ def test_install_all_serves_every_moe_layer_and_fallback_is_opt_in(
     assert "experts1 stays on SGLang's MoE path" in caplog.text
     assert integration.installed(layers[1]) is None
     integration.uninstall(layers[0])
+
+
+def test_mooncake_and_nixl_layers_are_refused_where_apply_cannot_run() -> None:
+    """Their dispatchers have no expert_mask_gpu, which these quant methods read in apply."""
+    (layer, dispatch_output), _ = _layers("fp8_block", "deepep", "deepep_normal")
+    for a2a, cls in (("mooncake", mooncake.MooncakeEPDispatcher), ("nixl", nixl.NixlEPDispatcher)):
+        harness.set_a2a_backend(a2a)
+        layer.dispatcher = cls.__new__(cls)
+        with pytest.raises(integration.SGLangIntegrationError, match="expert_mask_gpu"):
+            integration.install(layer, dispatch=["deepep_ll_fp8"])
+        with pytest.raises(AttributeError, match="expert_mask_gpu"):
+            layer.quant_method.apply(layer, dispatch_output)
+        assert integration.installed(layer) is None
