@@ -1,0 +1,36 @@
+"""Fake `aiter` for the SGLang integration tests: enums, `fused_moe` (recording), shuffles."""
+
+from __future__ import annotations
+
+import enum
+
+from .utility import dtypes
+
+__version__ = "0.1.7.post2+fake-sglang"
+__all__ = ["CALLS", "ActivationType", "QuantType", "dtypes"]
+
+# Every fused_moe call: a dict of every parameter of its signature (defaults filled in).
+CALLS: list[dict[str, object]] = []
+
+
+class _PybindLikeEnum(enum.Enum):
+    """Like AITER's pybind11 enums: `int()` gives the value, a member never equals an int."""
+
+    def __int__(self) -> int:
+        return int(self.value)
+
+
+class ActivationType(_PybindLikeEnum):
+    No = -1
+    Silu = 0
+    Gelu = 1
+    Swiglu = 2
+
+
+class QuantType(_PybindLikeEnum):
+    No = 0
+    per_Tensor = 1
+    per_Token = 2
+    per_1x32 = 3
+    per_1x128 = 4
+    per_128x128 = 5

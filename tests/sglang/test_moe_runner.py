@@ -1,0 +1,136 @@
+"""Every (a2a, quant, dispatch) through SGLang's own `MoeRunner.run`: natively, and with the
+generated runner installed in its fused-function slot, on the same SGLang dispatch-output objects.
+
+- Where SGLang is right (`known_wrong` is None), both make the same kernel call (every parameter,
+  bit for bit, the same AITER enum members) and hand the same combine input (SGLang's own class).
+- Where SGLang is wrong, the installed path matches the float64 dense MoE after the format's
+  combine, and SGLang's path does not (it raises, or its result or its kernel call is wrong).
+- Where SGLang's own path cannot run at all (its quant method raises before `MoeRunner.run`) or
+  cannot run on a CPU (its MORI upscale is a ROCm Triton kernel), the test asserts exactly that.
+Each comparison has a negative control.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+import generated
+from moe_runtime.dynamic import known_wrong
+from tests.runners.harness import dense_mismatch
+from tests.sglang import compare, harness
+from tests.sglang.conftest import COUNTS
+from tests.sglang.paths import Paths, run_paths
+
+EP_SIZES = (1, 2, 4)
+CASES = [(key, ep) for key in sorted(generated.RUNNERS) for ep in EP_SIZES]
+FP4_WIRES = ("mori_normal_fp4", "mori_ll_fp4")
+FP8_WIRES = ("mori_normal_fp8", "mori_ll_fp8")
+FP8_WEIGHTS = ("fp8_block", "fp8_channel", "quark_int4fp8", "ct_w8a8_fp8")
+FP4_WEIGHTS = ("mxfp4", "quark_w4a4_mxfp4")
+
+
+def apply_raises(key: tuple[str, str, str]) -> str | None:
+    """Why SGLang's quant method raises before it reaches MoeRunner.run, or None."""
+    a2a, quant, dispatch = key
+    if quant == "ct_w8a8_fp8" and dispatch != "standard":
+        return r"has no attribute 'topk_output'"
+    if a2a in ("mooncake", "nixl") and quant not in ("quark_int4fp8", "ct_w8a8_fp8"):
+        return r"has no attribute 'expert_mask_gpu'"
+    return None
+
+
+def cpu_blocked(key: tuple[str, str, str]) -> bool:
+    """SGLang upscales these MORI wires with a Triton kernel that has no CPU driver."""
+    _, quant, dispatch = key
+    return (quant in FP8_WEIGHTS and dispatch in FP4_WIRES) or (
+        quant in FP4_WEIGHTS and dispatch in FP8_WIRES
+    )
+
+
+def declared_differences(key: tuple[str, str, str], ep_size: int) -> list[str]:
+    """Call differences where both paths are right: at EP 1 the maskless methods (SGLang passes
+    no mask) are right by luck of there being no remote experts; the runner keeps its mask."""
+    _, quant, dispatch = key
+    if ep_size == 1 and quant in ("quark_int4fp8", "ct_w8a8_fp8") and dispatch != "standard":
+        return ["expert_mask: NoneType vs Tensor"]
+    return []
+
+
+def _combined(paths: Paths, which: str) -> torch.Tensor:
+    return harness.combined(paths.dispatched, [getattr(r, which) for r in paths.ranks])
+
+
+@pytest.mark.parametrize(("key", "ep_size"), CASES, ids=[f"{'/'.join(k)}-ep{e}" for k, e in CASES])
+def test_installed_runner_against_sglang(key: tuple[str, str, str], ep_size: int) -> None:
+    a2a, quant, dispatch = key
+    paths = run_paths(key, ep_size)
+    raises = apply_raises(key)
+    if raises is not None:
+        # SGLang cannot run this combination: every rank's apply raises before MoeRunner.run.
+        for rank in paths.ranks:
+            assert isinstance(rank.native, AttributeError), rank.native
+            assert re.search(raises, str(rank.native)), rank.native
+        COUNTS["sglang cannot run (apply raises)"] += 1
+        return
+    for rank in paths.ranks:
+        assert not isinstance(rank.installed, Exception), rank.installed
+        assert type(rank.installed).__module__.startswith("sglang."), type(rank.installed)
+    installed = _combined(paths, "installed")
+    if cpu_blocked(key):
+        for rank in paths.ranks:
+            assert isinstance(rank.native, RuntimeError), rank.native
+            assert "active drivers" in str(rank.native), rank.native
+        assert dense_mismatch(installed, paths.expected, quant, dispatch) is None
+        COUNTS["sglang cannot run on CPU (Triton upscale); installed vs dense"] += 1
+        return
+    wrong = known_wrong(a2a, quant, dispatch, ep_size=ep_size, hidden_pad=0)
+    if wrong is None:
+        for rank in paths.ranks:
+            assert not isinstance(rank.native, Exception), rank.native
+            assert rank.native_call is not None and rank.installed_call is not None
+            assert compare.call_differences(
+                rank.native_call, rank.installed_call
+            ) == declared_differences(key, ep_size)
+            assert compare.combine_differences(rank.native, rank.installed) == []
+            # Negative controls: one changed id, one changed output element, our own class.
+            assert compare.call_differences(
+                rank.native_call, compare.perturbed_call(rank.installed_call)
+            )
+            assert compare.combine_differences(
+                rank.native, compare.perturbed_combine(rank.installed)
+            )
+            assert compare.combine_differences(rank.native, harness.as_ours(rank.installed))
+        if declared_differences(key, ep_size):
+            # Then both must also be the dense MoE.
+            assert dense_mismatch(installed, paths.expected, quant, dispatch) is None
+            assert (
+                dense_mismatch(_combined(paths, "native"), paths.expected, quant, dispatch) is None
+            )
+        COUNTS["exact"] += 1
+        return
+    # SGLang is wrong here: the installed path matches the dense MoE, SGLang's does not.
+    assert dense_mismatch(installed, paths.expected, quant, dispatch) is None
+    failures = [r.native for r in paths.ranks if isinstance(r.native, Exception)]
+    if quant == "mxfp4" and dispatch in FP4_WIRES:
+        # The reference kernel reads fp4 activations as AITER's a4w4 kernels would, so the flaw
+        # shows in the call: fp4 rows and scales handed to the Swiglu (a16w4, bf16-input) kernel.
+        for rank in paths.ranks:
+            assert rank.native_call is not None and rank.installed_call is not None
+            assert rank.native_call["hidden_states"].dtype == torch.float4_e2m1fn_x2
+            assert rank.native_call["a1_scale"] is not None
+            assert rank.native_call["activation"] is harness.aiter.ActivationType.Swiglu
+            assert rank.installed_call["hidden_states"].dtype == torch.bfloat16
+            assert rank.installed_call["a1_scale"] is None
+    elif not failures:
+        assert dense_mismatch(_combined(paths, "native"), paths.expected, quant, dispatch)
+    # Negative control: one rank's output zeroed is caught by the same dense comparison.
+    zeroed = [r.installed for r in paths.ranks]
+    zeroed[0] = zeroed[0]._replace(hidden_states=torch.zeros_like(zeroed[0].hidden_states))
+    if paths.dispatched.outputs[0].hidden_states.numel():
+        assert dense_mismatch(
+            harness.combined(paths.dispatched, zeroed), paths.expected, quant, dispatch
+        )
+    COUNTS["dense (sglang wrong)"] += 1
