@@ -108,6 +108,18 @@ UPSCALE = "; wire upscale: " + (
     else "torch (moe_runtime.quant) on every device: Triton is not installed"
 )
 
+# What describe() says between the binding and the upscaler: the optional fused_moe keywords the
+# bound kernel takes (moe_runtime.kernels.keywords), declared by the reference, read from the
+# fake's v0.1.7.post2 signature for AITER.
+REFERENCE_KEYWORDS = (
+    "; fused_moe keywords moe_sorting_dispatch_policy, swiglu_limit, gate_mode; lacks beta, "
+    "linear_beta, output, no_combine, quant_dtype_a (declared by the reference)"
+)
+AITER_0_1_7_KEYWORDS = (
+    "; fused_moe keywords moe_sorting_dispatch_policy; lacks swiglu_limit, gate_mode, beta, "
+    "linear_beta, output, no_combine, quant_dtype_a (read from aiter.fused_moe's signature)"
+)
+
 # case -> (MOE_RUNTIME_KERNEL or None for unset, pretended HIP version, fake aiter on the path,
 #          block any real aiter)
 _CASES = {
@@ -153,7 +165,7 @@ def test_import_binds_reference_off_rocm(imported: dict[str, dict[str, Any]]) ->
     assert result["binding"] == "reference"
     assert result["describe"] == (
         "reference: MOE_RUNTIME_KERNEL unset and torch is not a ROCm build "
-        f"(torch {torch.__version__}){UPSCALE}"
+        f"(torch {torch.__version__}){REFERENCE_KEYWORDS}{UPSCALE}"
     )
     assert result["kernel_module"] == "moe_runtime.kernels.reference"
     assert result["quant_type"] == "moe_runtime.enums.QuantType"
@@ -166,7 +178,9 @@ def test_import_reference_override_ignores_an_importable_aiter(
 ) -> None:
     result = imported["reference"]
     assert result["binding"] == "reference"
-    assert result["describe"] == f"reference: MOE_RUNTIME_KERNEL=reference{UPSCALE}"
+    assert result["describe"] == (
+        f"reference: MOE_RUNTIME_KERNEL=reference{REFERENCE_KEYWORDS}{UPSCALE}"
+    )
     assert result["kernel_module"] == "moe_runtime.kernels.reference"
 
 
@@ -174,7 +188,8 @@ def test_import_aiter_override_binds_aiter(imported: dict[str, dict[str, Any]]) 
     result = imported["aiter"]
     assert result["binding"] == "aiter"
     assert result["describe"] == (
-        f"aiter 0.1.7.post2+fake from {FAKE_AITER / 'aiter'}: MOE_RUNTIME_KERNEL=aiter{UPSCALE}"
+        f"aiter 0.1.7.post2+fake from {FAKE_AITER / 'aiter'}: MOE_RUNTIME_KERNEL=aiter"
+        f"{AITER_0_1_7_KEYWORDS}{UPSCALE}"
     )
     assert result["kernel_module"] == "aiter.fused_moe"
     # AITER's own enum classes, not our mirrors.
@@ -188,7 +203,7 @@ def test_import_binds_aiter_on_rocm(imported: dict[str, dict[str, Any]]) -> None
     assert result["binding"] == "aiter"
     assert result["describe"].endswith(
         "MOE_RUNTIME_KERNEL unset and torch is a ROCm build "
-        f"(torch {torch.__version__}, HIP 6.3.42131){UPSCALE}"
+        f"(torch {torch.__version__}, HIP 6.3.42131){AITER_0_1_7_KEYWORDS}{UPSCALE}"
     )
 
 
