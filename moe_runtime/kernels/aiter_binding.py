@@ -250,7 +250,7 @@ def _prepare_a16w4(
     as [experts * rows, K/32]. Biases (fp32) are passed as they are.
 
     From v0.1.14 `fused_moe` defaults to `gate_mode` SEPARATED, which reads another layout; SGLang
-    0.5.23 pairs this very shuffle with `GateMode.INTERLEAVE` (mxfp4.py:990-1009 shuffles,
+    0.5.23 pairs this very shuffle with `GateMode.INTERLEAVE` (mxfp4.py:989-1009 shuffles,
     moe_runner/aiter.py:236-243 passes the mode). So where the keyword exists the prepared weights
     say INTERLEAVE and the runner passes it; before v0.1.14 the kernel knows only this layout.
     """
