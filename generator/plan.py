@@ -91,6 +91,7 @@ class Plan:
     load_fragments: tuple[str, ...]
     call_fragments: tuple[str, ...]
     router_weight_on_input: str  # expression passed to loadtime.bind_kernel
+    interleaved_gate_up: bool  # weights with gate_mode INTERLEAVE are served (else refused)
     weight_dtypes: str  # a tuple expression of torch dtypes
     kernel_ids_name: str
     kernel_weights_name: str
@@ -150,6 +151,8 @@ def plan_combination(matrix: Matrix, combination: Combination) -> Plan:
         )
     )
     decisions.append(Decision("activation", quant.activation.value, _activation_reason(quant)))
+    interleaved_gate_up = quant.kernel_quant is KernelQuant.PER_1X32
+    decisions.append(_gate_mode_decision(interleaved_gate_up))
 
     router_weight, router_reason = _router_weight(fmt, quant)
     decisions.append(Decision("apply_router_weight_on_input", router_weight.value, router_reason))
@@ -235,6 +238,7 @@ def plan_combination(matrix: Matrix, combination: Combination) -> Plan:
             if router_weight is RouterWeight.INPUT_SCALING
             else "False"
         ),
+        interleaved_gate_up=interleaved_gate_up,
         weight_dtypes=_weight_dtypes(quant),
         kernel_ids_name="topk_ids" if ids is IdConversion.NONE else "kernel_topk_ids",
         kernel_weights_name="kernel_topk_weights" if slabs else "topk_weights",
@@ -494,6 +498,27 @@ def _activation_reason(quant: QuantMethod) -> str:
             return "the method forces Swiglu"
         case _:
             assert_never(quant.activation)
+
+
+def _gate_mode_decision(interleaved_gate_up: bool) -> Decision:
+    """Which gate/up row layouts (`ExpertWeights.gate_mode`) the method's kernels read."""
+    if interleaved_gate_up:
+        return Decision(
+            "gate mode",
+            "the weights' (SEPARATED or INTERLEAVE), bound into the kernel at load when not "
+            "SEPARATED",
+            "AITER's per_1x32 kernels read both layouts by fused_moe's gate_mode (v0.1.14; "
+            "aiter/fused_moe.py v0.1.20.post1:745-751, 2422-2433), and SGLang 0.5.23 passes it "
+            "for both of its per_1x32 methods (moe_runner/aiter.py:228-246; "
+            "quark_w4a4_mxfp4_moe.py:1089-1098)",
+        )
+    return Decision(
+        "gate mode",
+        "SEPARATED only: weights with gate_mode INTERLEAVE are refused at load",
+        "AITER reads gate_mode only on its per_1x32 paths and gfx1250's a8w4 kernel "
+        "(aiter/fused_moe.py v0.1.20.post1:745-776, 2422-2433, 2568), so other kernels would "
+        "read interleaved rows as gate then up; SGLang 0.5.23 passes none for them",
+    )
 
 
 def _router_weight(fmt: DispatchFormat, quant: QuantMethod) -> tuple[RouterWeight, str]:

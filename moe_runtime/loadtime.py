@@ -10,6 +10,7 @@ from typing import Any, NamedTuple, cast
 import torch
 
 from moe_runtime import kernels, quant
+from moe_runtime.enums import GateMode
 from moe_runtime.kernels import upscale
 from moe_runtime.types import ConfigError, ExpertWeights, FusedMoeKernel, MoeLayerConfig
 
@@ -34,8 +35,12 @@ def bind_kernel(
 
     `None` means the binding of `moe_runtime.kernels`, whose weights are prepared (AITER shuffles
     them) once, here. An injected kernel (a recorder, a stub, the graph-safe reference) gets the
-    logical layout as it is. `swiglu_limit` is a newer AITER keyword: it is bound into the kernel
-    only when the layer sets one, and a kernel without the keyword is refused rather than ignored.
+    logical layout as it is. `swiglu_limit` and `gate_mode` are newer AITER keywords (v0.1.14):
+    each is bound into the kernel only when it differs from the kernel's default (a layer that sets
+    a limit; weights, as prepared for the kernel, whose gate and up rows are not SEPARATED), and a
+    kernel without the keyword is refused, naming the AITER release that added it, rather than
+    ignored. Which keywords the kernel takes was read when it was bound (`kernels.KEYWORDS`) or,
+    for an injected kernel, is read here: the hot path never probes.
     Weights with a padded H (`pads_hidden` methods only) get a kernel that pads the activations
     and crops the output, and `router_weight_on_input` a kernel that scales the rows first; every
     other layer gets the kernel itself, so it pays nothing per call for either option.
@@ -46,14 +51,19 @@ def bind_kernel(
         weights = kernels.prepare_weights(weights, quant_type, activation=activation)
     else:
         bound = kernel
+    taken = kernels.keywords_of(bound)
+    named = kernels.describe() if kernel is None else repr(kernel)
+    static: dict[str, object] = {}
     if config.swiglu_limit > 0:
-        if not kernels.accepts_keyword(bound, "swiglu_limit"):
-            raise ConfigError(
-                f"swiglu_limit={config.swiglu_limit} needs a kernel with a `swiglu_limit` keyword; "
-                f"the bound kernel ({kernels.describe()}) has none"
-            )
+        taken.require("swiglu_limit", f"swiglu_limit={config.swiglu_limit}", named)
+        static["swiglu_limit"] = config.swiglu_limit
+    if weights.gate_mode != GateMode.SEPARATED:
+        taken.require("gate_mode", f"weights with gate_mode {weights.gate_mode.name}", named)
+        # The string value, as SGLang passes it (`GateMode.INTERLEAVE.value`).
+        static["gate_mode"] = weights.gate_mode.value
+    if static:
         untyped = cast(Callable[..., torch.Tensor], bound)
-        bound = cast(FusedMoeKernel, functools.partial(untyped, swiglu_limit=config.swiglu_limit))
+        bound = cast(FusedMoeKernel, functools.partial(untyped, **static))
     if weights.hidden_pad > 0:
         if not pads_hidden:
             raise ConfigError(
@@ -202,6 +212,7 @@ def check_weights(
     scale_layout: kernels.QuantType = kernels.QuantType.No,
     router_weight_in_stage1: bool = False,
     static_input_scales: bool = False,
+    interleaved_gate_up: bool = False,
 ) -> None:
     """Refuse, at load, weights that the runner's quant method cannot use, saying what is wrong.
 
@@ -210,7 +221,9 @@ def check_weights(
     activation here is gated), so a transposed or half-height `w13` fails here, not in the kernel.
     `scale_layout` is the method's own AITER quant type, which fixes the scales' shapes. Tensors a
     method never passes (biases, weight scales, static input scales of a method that has none) and
-    a `doweight_stage1` it does not apply are refused rather than silently ignored.
+    a `doweight_stage1` it does not apply are refused rather than silently ignored, and so are
+    interleaved gate/up rows (`gate_mode` INTERLEAVE) unless `interleaved_gate_up`: the method's
+    kernels would read them as gate rows then up rows.
     """
     problems = []
     if weights.num_local_experts != config.num_local_experts:
@@ -250,6 +263,11 @@ def check_weights(
                 if router_weight_in_stage1
                 else f"{quant_method} never applies the router weight in stage 1"
             )
+        )
+    if weights.gate_mode == GateMode.INTERLEAVE and not interleaved_gate_up:
+        problems.append(
+            f"weights have gate_mode INTERLEAVE (gate and up rows alternate), but {quant_method}'s "
+            "kernels read gate rows then up rows only (gate_mode SEPARATED)"
         )
     if not problems:
         problems = _shape_problems(config, weights, scale_layout, needs_scales, needs_biases)

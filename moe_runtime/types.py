@@ -12,7 +12,7 @@ from typing import Any, NamedTuple, Protocol
 
 import torch
 
-from moe_runtime.enums import ActivationType, QuantType
+from moe_runtime.enums import ActivationType, GateMode, QuantType
 
 ACTIVATIONS = ("silu", "gelu", "swiglu")
 
@@ -72,7 +72,13 @@ class MoeLayerConfig:
 
 @dataclass(frozen=True, slots=True)
 class ExpertWeights:
-    """This rank's expert weights in the logical (unshuffled) layout of docs/aiter_fused_moe.md."""
+    """This rank's expert weights in the logical (unshuffled) layout of docs/aiter_fused_moe.md.
+
+    `gate_mode` says how `w13` (and, row for row, `w13_scale` and `b13`) holds the gate and up
+    rows: SEPARATED (gate rows, then up rows; the default) or INTERLEAVE (alternating, as gpt-oss
+    checkpoints store them). It is a fact of the weights, fixed when they were laid out; a runner
+    refuses a mode its quant method's kernels cannot read, and passes it to the kernel at load.
+    """
 
     w13_weight: torch.Tensor
     w2_weight: torch.Tensor
@@ -85,6 +91,7 @@ class ExpertWeights:
     doweight_stage1: bool = False
     hidden_pad: int = 0
     intermediate_pad: int = 0
+    gate_mode: GateMode = GateMode.SEPARATED
 
     def __post_init__(self) -> None:
         if self.w13_weight.dim() != 3 or self.w2_weight.dim() != 3:
@@ -99,6 +106,11 @@ class ExpertWeights:
             )
         if self.hidden_pad < 0 or self.intermediate_pad < 0:
             raise ConfigError("hidden_pad and intermediate_pad must be >= 0")
+        if not isinstance(self.gate_mode, GateMode):
+            raise ConfigError(
+                f"gate_mode must be a moe_runtime.enums.GateMode (SEPARATED or INTERLEAVE), got "
+                f"{self.gate_mode!r}"
+            )
 
     @property
     def num_local_experts(self) -> int:

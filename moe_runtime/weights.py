@@ -10,6 +10,10 @@ Layouts (L experts, H = hidden_size + hidden_pad, I = intermediate_size + interm
 - `quark_int4fp8`: int8 holding int4 values in [-7, 7], fp32 `w13_scale [L, 2I, 1]`,
   `w2_scale [L, H, 1]`
 
+`gate_mode=GateMode.INTERLEAVE` interleaves the gate and up rows of `w13` (and of its per-row or
+per-32 scales and `b13`) as gpt-oss checkpoints store them: row `2i` gate `i`, row `2i + 1` up `i`
+(`moe_runtime.gate_up`); `fp8_block`'s 128x128 block scales have no interleaved form.
+
 Padding: the trailing `hidden_pad` columns/rows and `intermediate_pad` rows/columns are zero (in the
 gate and in the up half alike), biases too, so a padded layer computes what the unpadded one does.
 Values are drawn with std `1/sqrt(fan_in)`, so unit-scale activations give O(1) outputs.
@@ -22,7 +26,8 @@ from collections.abc import Callable
 
 import torch
 
-from moe_runtime import quant
+from moe_runtime import gate_up, quant
+from moe_runtime.enums import GateMode
 from moe_runtime.types import ExpertWeights
 
 QUANT_METHODS = (
@@ -125,10 +130,12 @@ def make_expert_weights(
     device: torch.device | str = "cpu",
     hidden_pad: int = 0,
     intermediate_pad: int = 0,
+    gate_mode: GateMode = GateMode.SEPARATED,
 ) -> ExpertWeights:
     """Random weights of `num_experts` experts in `quant_method`'s logical layout (module doc).
 
-    Deterministic for a given seed (drawn on the CPU, then moved to `device`).
+    Deterministic for a given seed (drawn on the CPU, then moved to `device`); the same seed gives
+    the same experts in either gate mode, only the rows of w13 are ordered differently.
     """
     _check_method(quant_method)
     sizes_ok = min(num_experts, hidden_size, intermediate_size) >= 1
@@ -164,7 +171,7 @@ def make_expert_weights(
     if quant_method == "ct_w8a8_fp8":
         a13_scale = torch.tensor([_STATIC_INPUT_SCALE])
         a2_scale = torch.tensor([_STATIC_INPUT_SCALE])
-    return ExpertWeights(
+    separated = ExpertWeights(
         w13_weight=w13_weight.to(device),
         w2_weight=w2_weight.to(device),
         w13_scale=_to(w13_scale, device),
@@ -176,6 +183,9 @@ def make_expert_weights(
         hidden_pad=hidden_pad,
         intermediate_pad=intermediate_pad,
     )
+    if gate_mode == GateMode.INTERLEAVE:
+        return gate_up.interleaved(separated)
+    return separated
 
 
 def _to(t: torch.Tensor | None, device: torch.device | str) -> torch.Tensor | None:

@@ -3,13 +3,13 @@
 `MOE_RUNTIME_KERNEL=aiter|reference` chooses; unset (or empty), a ROCm build of torch binds AITER
 and any other build binds the PyTorch reference. A ROCm build where AITER does not load is an
 error, never a silent fallback: the message says what is missing and how to choose the reference.
-`describe()` says which binding is active and why, and which wire upscaler runners bind
+`describe()` says which binding is active and why, which optional `fused_moe` keywords it takes
+(`KEYWORDS`, read once here: `moe_runtime.kernels.keywords`), and which wire upscaler runners bind
 (`moe_runtime.kernels.upscale`: Triton on GPUs where it imports, the torch code elsewhere).
 """
 
 from __future__ import annotations
 
-import inspect
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from moe_runtime import enums
-from moe_runtime.kernels import aiter_binding, upscale
+from moe_runtime.kernels import aiter_binding, keywords, upscale
+from moe_runtime.kernels.keywords import KernelKeywords, accepts_keyword
 from moe_runtime.types import ExpertWeights, FusedMoeKernel
 
 if TYPE_CHECKING:
@@ -29,13 +30,16 @@ if TYPE_CHECKING:
 __all__ = [
     "BINDING",
     "ENV_VAR",
+    "KEYWORDS",
     "ActivationType",
     "KernelBindingError",
+    "KernelKeywords",
     "QuantType",
     "accepts_keyword",
     "choose_binding",
     "describe",
     "fused_moe",
+    "keywords_of",
     "prepare_weights",
 ]
 
@@ -59,6 +63,7 @@ class _Bound:
     quant_type: type[enums.QuantType]
     activation_type: type[enums.ActivationType]
     prepare: aiter_binding.PrepareWeights
+    keywords: KernelKeywords
 
 
 def choose_binding(
@@ -106,6 +111,7 @@ def _bind(name: str, reason: str) -> _Bound:
             quant_type=enums.QuantType,
             activation_type=enums.ActivationType,
             prepare=_unchanged,
+            keywords=keywords.declared(reference.KEYWORDS, "declared by the reference"),
         )
     try:
         aiter = aiter_binding.load()
@@ -124,6 +130,7 @@ def _bind(name: str, reason: str) -> _Bound:
         quant_type=aiter.quant_type,
         activation_type=aiter.activation_type,
         prepare=aiter.prepare,
+        keywords=aiter.keywords,
     )
 
 
@@ -131,14 +138,24 @@ _BOUND = _bind(*choose_binding(os.environ, torch.version.hip, torch.__version__)
 
 BINDING: str = _BOUND.name
 fused_moe: FusedMoeKernel = _BOUND.fused_moe
+KEYWORDS: KernelKeywords = _BOUND.keywords
 if not TYPE_CHECKING:
     QuantType = _BOUND.quant_type
     ActivationType = _BOUND.activation_type
 
 
 def describe() -> str:
-    """One line: the active binding and why it was chosen, then the wire upscaler's binding."""
-    return f"{_BOUND.description}; wire upscale: {upscale.describe()}"
+    """One line: the active binding and why it was chosen, the optional fused_moe keywords it
+    takes and lacks, then the wire upscaler's binding."""
+    return f"{_BOUND.description}; {KEYWORDS.describe()}; wire upscale: {upscale.describe()}"
+
+
+def keywords_of(kernel: FusedMoeKernel) -> KernelKeywords:
+    """The optional keywords `kernel` takes: the bound kernel's, read when it was bound, or an
+    injected kernel's, read from its signature now (at load: never on a hot path)."""
+    if kernel is fused_moe:
+        return KEYWORDS
+    return keywords.of_signature(kernel, f"read from the signature of {kernel!r}")
 
 
 def prepare_weights(
@@ -160,22 +177,3 @@ def prepare_weights(
             "pass the layer's activation (ActivationType.Swiglu for mxfp4)"
         )
     return _BOUND.prepare(weights, quant_type, activation)
-
-
-def accepts_keyword(kernel: object, name: str) -> bool:
-    """Whether `kernel` takes a parameter called `name` by keyword (decided at load time).
-
-    A kernel that only has `**kwargs` does not count, nor does a positional-only parameter; a
-    kernel whose signature cannot be inspected takes no optional keyword.
-    """
-    if not callable(kernel):
-        return False
-    try:
-        parameters = inspect.signature(kernel).parameters
-    except (TypeError, ValueError):
-        return False
-    parameter = parameters.get(name)
-    return parameter is not None and parameter.kind in (
-        inspect.Parameter.POSITIONAL_OR_KEYWORD,
-        inspect.Parameter.KEYWORD_ONLY,
-    )

@@ -20,7 +20,9 @@ from typing import cast
 
 import torch
 
-from moe_runtime.enums import ActivationType, QuantType
+from moe_runtime import gate_up
+from moe_runtime.enums import ActivationType, GateMode, QuantType
+from moe_runtime.kernels import keywords
 from moe_runtime.types import ExpertWeights, FusedMoeKernel
 
 # Distribution names AITER is installed under: the wheel on the package index, a source build.
@@ -46,6 +48,7 @@ class AiterBinding:
     version: str
     origin: str
     prepare: PrepareWeights
+    keywords: keywords.KernelKeywords
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +88,8 @@ def load() -> AiterBinding:
         fp8_dtype=cast(torch.dtype, dtypes.fp8),
     )
     module = cast(ModuleType, aiter)
+    # Read once, here: the runners never probe the signature per call (SGLang 0.5.23 does).
+    taken = keywords.of_signature(fused_moe, "read from aiter.fused_moe's signature")
     return AiterBinding(
         fused_moe=cast(FusedMoeKernel, fused_moe),
         # AITER's members have our mirrors' names and integer values (moe_runtime/enums.py).
@@ -92,7 +97,8 @@ def load() -> AiterBinding:
         activation_type=cast(type[ActivationType], aiter.ActivationType),
         version=_version(module),
         origin=_origin(module),
-        prepare=partial(_prepare, ops),
+        prepare=partial(_prepare, ops, "gate_mode" in taken),
+        keywords=taken,
     )
 
 
@@ -119,18 +125,25 @@ def _origin(module: ModuleType) -> str:
 
 def _prepare(
     ops: _AiterOps,
+    has_gate_mode: bool,
     weights: ExpertWeights,
     quant_type: QuantType,
     activation: ActivationType | None,
 ) -> ExpertWeights:
     """Weights in the layout AITER's kernels read for `quant_type` (and, for per_1x32, the
-    activation, which picks between the a4w4 CK kernels and the a16w4 cktile kernels)."""
+    activation, which picks between the a4w4 CK kernels and the a16w4 cktile kernels).
+
+    Interleaved gate/up rows are separated first, as SGLang 0.5.23 does before every AITER shuffle
+    (layers/quantization/mxfp4.py:957-983). The prepared weights' `gate_mode` is then the value the
+    kernel must be told (runners bind it at load): SEPARATED, the default, except for the a16w4
+    layout, which interleaves gate and up tiles; see `_prepare_a16w4`.
+    """
     # int() accepts our mirrors and AITER's own (pybind11) members alike.
     quant = QuantType(int(quant_type))
-    weights = _fp8_for_device(ops, weights)
+    weights = _fp8_for_device(ops, gate_up.separated(weights))
     if quant == QuantType.per_1x32:
         if activation is not None and ActivationType(int(activation)) == ActivationType.Swiglu:
-            return _prepare_a16w4(ops, weights)
+            return _prepare_a16w4(ops, weights, has_gate_mode)
         return _prepare_a4w4(ops, weights)
     if quant == QuantType.per_Token and weights.w13_weight.dtype == torch.int8:
         return _prepare_int4(ops, weights)
@@ -225,7 +238,9 @@ def _prepare_a4w4(ops: _AiterOps, weights: ExpertWeights) -> ExpertWeights:
     )
 
 
-def _prepare_a16w4(ops: _AiterOps, weights: ExpertWeights) -> ExpertWeights:
+def _prepare_a16w4(
+    ops: _AiterOps, weights: ExpertWeights, has_gate_mode: bool
+) -> ExpertWeights:
     """fp4 weights and e8m0 scales in the cktile a16w4 layout (per_1x32 with Swiglu).
 
     AITER v0.1.7.post2 sends per_1x32 + Swiglu to `cktile_moe_stage1/2` (fused_moe.py,
@@ -233,6 +248,11 @@ def _prepare_a16w4(ops: _AiterOps, weights: ExpertWeights) -> ExpertWeights:
     `shuffle_weight_a16w4(w13, 16, gate_up=True)` (gate and up tiles interleaved),
     `shuffle_weight_a16w4(w2, 16, gate_up=False)` and `shuffle_scale_a16w4` of the scales viewed
     as [experts * rows, K/32]. Biases (fp32) are passed as they are.
+
+    From v0.1.14 `fused_moe` defaults to `gate_mode` SEPARATED, which reads another layout; SGLang
+    0.5.23 pairs this very shuffle with `GateMode.INTERLEAVE` (mxfp4.py:989-1009 shuffles,
+    moe_runner/aiter.py:236-243 passes the mode). So where the keyword exists the prepared weights
+    say INTERLEAVE and the runner passes it; before v0.1.14 the kernel knows only this layout.
     """
     experts = weights.num_local_experts
     w13_scale = _rows(_required_scale(weights.w13_scale, "w13_scale"))
@@ -243,6 +263,7 @@ def _prepare_a16w4(ops: _AiterOps, weights: ExpertWeights) -> ExpertWeights:
         w2_weight=ops.shuffle_weight_a16w4(weights.w2_weight.contiguous(), _A16W4_LANES, False),
         w13_scale=ops.shuffle_scale_a16w4(w13_scale, experts, True),
         w2_scale=ops.shuffle_scale_a16w4(w2_scale, experts, False),
+        gate_mode=GateMode.INTERLEAVE if has_gate_mode else GateMode.SEPARATED,
     )
 
 

@@ -5,11 +5,13 @@ The kernel works on (token, slot) pairs: pair (t, k) routes row t of the activat
 `topk_weight[t, k]`. Each pair goes through
 
     h = x[t] @ W1[e].T  (fp32)          [* w if doweight_stage1]   [+ bias1[e]]
-    a = act(h[:I]) * h[I:]  (g1u1)   or   act(h)  (g1u0)
+    a = act(gate) * up  (g1u1)   or   act(h)  (g1u0)
     a = round(a to the output dtype), then quantize/dequantize per quant type
     y = a @ W2[e].T  (fp32)  [+ bias2[e]]   [* w unless doweight_stage1]
 
-and `out[t]` is the fp32 sum of its pairs' `y`, cast once to the output dtype. Pairs whose mask
+where gate and up are `h[:I]` and `h[I:]` (`gate_mode` SEPARATED, the default) or `h[0::2]` and
+`h[1::2]` (INTERLEAVE: w13's gate and up rows alternate), and `out[t]` is the fp32 sum of its
+pairs' `y`, cast once to the output dtype. Pairs whose mask
 entry is 0, and rows at or beyond `num_local_tokens`, contribute nothing (those rows are zeros).
 
 Two modes, chosen at construction:
@@ -29,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from moe_runtime import quant
-from moe_runtime.enums import ActivationType, QuantType
+from moe_runtime.enums import ActivationType, GateMode, QuantType
 
 _OUT_DTYPES = (torch.bfloat16, torch.float16)
 _FLOAT_INPUT_DTYPES = (torch.bfloat16, torch.float16)
@@ -37,6 +39,9 @@ _DEFAULT_SWIGLU_LIMIT = 7.0
 _SWIGLU_ALPHA = 1.702
 # AITER quantizes activations to e4m3fnuz on gfx942 and e4m3fn on gfx950; off ROCm we use e4m3fn.
 _ACTIVATION_FP8 = quant.FP8
+# The keywords newer than AITER v0.1.7.post2's fused_moe that this kernel takes (it declares them;
+# moe_runtime.kernels binds them as the reference's capabilities, a test holds them to __call__).
+KEYWORDS = frozenset({"moe_sorting_dispatch_policy", "swiglu_limit", "gate_mode"})
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -58,6 +63,7 @@ class _Problem:
     quant_type: QuantType
     prequantized: bool  # hidden_states arrive already quantized (fp8 or fp4x2)
     a16w4: bool  # per_1x32 with Swiglu: bf16 activations, no activation quantization
+    interleaved: bool  # gate_mode INTERLEAVE: w1's gate and up rows alternate
 
 
 def _logical_width(t: torch.Tensor) -> int:
@@ -99,17 +105,19 @@ class ReferenceFusedMoe:
         bias2: torch.Tensor | None = None,
         *,
         swiglu_limit: float = 0.0,
+        gate_mode: GateMode | str = GateMode.SEPARATED,
     ) -> torch.Tensor:
         """Compute the MoE layer output `[M, w2.shape[1]]` in `dtype or hidden_states.dtype`.
 
         `block_size_M`, `moe_sorting_dispatch_policy`, `hidden_pad` and `intermediate_pad` are
         tuning hints for AITER's kernels (the weights are stored padded with zeros); they do not
-        change the result and are ignored here.
+        change the result and are ignored here. `gate_mode` is AITER's (v0.1.14 onwards): the
+        enum member or its string value, as SGLang passes it (`GateMode.INTERLEAVE.value`).
         """
         problem = _check_call(
             hidden_states, w1, w2, topk_weight, topk_ids, expert_mask, activation, quant_type,
             w1_scale, w2_scale, a1_scale, a2_scale, num_local_tokens, dtype, bias1, bias2,
-            swiglu_limit,
+            swiglu_limit, gate_mode,
         )
         if not self.graph_safe:
             _check_values(problem, topk_ids, expert_mask, num_local_tokens)
@@ -207,6 +215,7 @@ def _check_call(
     bias1: torch.Tensor | None,
     bias2: torch.Tensor | None,
     swiglu_limit: float,
+    gate_mode: GateMode | str,
 ) -> _Problem:
     """Every check that needs only shapes and dtypes (no host sync); returns the call's sizes."""
     try:
@@ -224,6 +233,11 @@ def _check_call(
         raise ValueError(f"quant_type must be a QuantType ({valid}), got {quant_type!r}") from None
     if swiglu_limit < 0:
         raise ValueError(f"swiglu_limit must be >= 0 (0 means 7), got {swiglu_limit!r}")
+    try:
+        mode = GateMode(gate_mode)
+    except ValueError:
+        valid = ", ".join(repr(m.value) for m in GateMode)
+        raise ValueError(f"gate_mode must be one of {valid}, got {gate_mode!r}") from None
 
     # Routing tensors.
     if topk_ids.dtype != torch.int32:
@@ -274,6 +288,10 @@ def _check_call(
     g1u1 = w1.shape[1] == 2 * inter
     if act == ActivationType.Swiglu and not g1u1:
         raise ValueError("Swiglu needs gate and up rows (w1 [L, 2I, H]); got w1 [L, I, H]")
+    if mode == GateMode.INTERLEAVE and not g1u1:
+        raise ValueError(
+            "gate_mode 'interleave' needs gate and up rows (w1 [L, 2I, H]); got w1 [L, I, H]"
+        )
 
     # Output dtype.
     if dtype is not None:
@@ -299,7 +317,7 @@ def _check_call(
         )
     a16w4 = qt == QuantType.per_1x32 and act == ActivationType.Swiglu
     problem = _Problem(tokens, top_k, hidden, inter, experts, g1u1, out_dtype, act, qt,
-                       prequantized, a16w4)
+                       prequantized, a16w4, mode == GateMode.INTERLEAVE)
 
     if expert_mask is not None:
         if expert_mask.dtype != torch.int32:
@@ -604,7 +622,10 @@ def _activate(problem: _Problem, h: torch.Tensor, limit: float) -> torch.Tensor:
     """g1u1: act(gate) * up (Swiglu has its own gate/up form); g1u0: act(h)."""
     act = problem.activation
     if problem.g1u1:
-        gate, up = h[:, : problem.inter], h[:, problem.inter :]
+        if problem.interleaved:
+            gate, up = h[:, 0::2], h[:, 1::2]
+        else:
+            gate, up = h[:, : problem.inter], h[:, problem.inter :]
         if act == ActivationType.Swiglu:
             gate = gate.clamp(max=limit)
             up = up.clamp(-limit, limit)

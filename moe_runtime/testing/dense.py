@@ -15,21 +15,31 @@ import torch
 _SWIGLU_DEFAULT_LIMIT = 7.0
 
 
-def _activation(name: str, h: torch.Tensor, inter: int, g1u1: bool, limit: float) -> torch.Tensor:
+def _gate_up(h: torch.Tensor, inter: int, interleaved: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gate and up halves of a stage-1 output: blocks, or alternating rows (INTERLEAVE)."""
+    if interleaved:
+        return h[:, 0::2], h[:, 1::2]
+    return h[:, :inter], h[:, inter:]
+
+
+def _activation(
+    name: str, h: torch.Tensor, inter: int, g1u1: bool, limit: float, interleaved: bool
+) -> torch.Tensor:
     if name == "swiglu":
         if not g1u1:
             raise ValueError("swiglu needs gate and up rows (w13 [E, 2I, H])")
-        gate = h[:, :inter].clamp(max=limit)
-        up = h[:, inter:].clamp(-limit, limit)
+        gate, up = _gate_up(h, inter, interleaved)
+        gate = gate.clamp(max=limit)
+        up = up.clamp(-limit, limit)
         return gate * torch.sigmoid(1.702 * gate) * (up + 1)
     if name not in ("silu", "gelu"):
         raise ValueError(f"activation must be silu, gelu or swiglu, got {name!r}")
-    gate = h[:, :inter] if g1u1 else h
+    gate, up = _gate_up(h, inter, interleaved) if g1u1 else (h, h)
     if name == "silu":
         activated = gate / (1 + torch.exp(-gate))
     else:
         activated = 0.5 * gate * (1 + torch.erf(gate / math.sqrt(2.0)))
-    return activated * h[:, inter:] if g1u1 else activated
+    return activated * up if g1u1 else activated
 
 
 def dense_moe_float64(
@@ -44,13 +54,18 @@ def dense_moe_float64(
     b2: torch.Tensor | None = None,
     swiglu_limit: float = 0.0,
     weight_in_stage1: bool = False,
+    gate_mode: str = "separated",
 ) -> torch.Tensor:
     """float64 `[M, H]` = sum over slots k of expert `topk_ids[t, k]`'s output, weighted.
 
     `w13 [E, 2I, H]` (gate then up) or `[E, I, H]`, `w2 [E, H, I]`, any float dtype (dequantize
     first). Ids index `w13`/`w2` directly; ids < 0 are skipped. `weight_in_stage1` multiplies the
-    stage-1 output by the weight (before `b13`) instead of the stage-2 output.
+    stage-1 output by the weight (before `b13`) instead of the stage-2 output. `gate_mode`
+    "interleave" reads w13's (and b13's) gate and up rows as alternating (row 2i gate i, row
+    2i + 1 up i) instead of gate rows then up rows ("separated").
     """
+    if gate_mode not in ("separated", "interleave"):
+        raise ValueError(f"gate_mode must be 'separated' or 'interleave', got {gate_mode!r}")
     x = hidden_states.double()
     experts, inter = w2.shape[0], w2.shape[2]
     g1u1 = w13.shape[1] == 2 * inter
@@ -67,7 +82,8 @@ def dense_moe_float64(
             h = h_e * w if weight_in_stage1 else h_e
             if b13 is not None:
                 h = h + b13[e].double()
-            y = _activation(activation, h, inter, g1u1, limit) @ w2[e].double().T
+            a = _activation(activation, h, inter, g1u1, limit, gate_mode == "interleave")
+            y = a @ w2[e].double().T
             if b2 is not None:
                 y = y + b2[e].double()
             if not weight_in_stage1:

@@ -12,6 +12,7 @@ import torch
 import generated
 from moe_runtime import emulate
 from moe_runtime import types as t
+from moe_runtime.enums import GateMode
 from moe_runtime.testing.dense import dense_moe_float64
 from moe_runtime.weights import dequantized_weights, make_expert_weights, slice_experts
 
@@ -100,10 +101,16 @@ def run_combination(
     intermediate: int = INTERMEDIATE,
     hidden_pad: int = 0,
     intermediate_pad: int = 0,
+    gate_mode: GateMode = GateMode.SEPARATED,
+    claimed_gate_mode: GateMode | None = None,
 ) -> Run:
     """Dispatch a batch (a random router-like one unless given), run the generated runner of `key`
     on every rank (with the bound kernel unless one is given), combine, and compute the dense
-    float64 reference over all experts."""
+    float64 reference over all experts.
+
+    `gate_mode` lays out w13's gate and up rows (the dense reference reads them that way);
+    `claimed_gate_mode`, for negative controls, is what the runners' weights say instead.
+    """
     _, quant, dispatch = key
     weights = make_expert_weights(
         quant,
@@ -114,6 +121,7 @@ def run_combination(
         device=device,
         hidden_pad=hidden_pad,
         intermediate_pad=intermediate_pad,
+        gate_mode=gate_mode,
     )
     if batch is None:
         batch = emulate.make_batch(
@@ -138,6 +146,8 @@ def run_combination(
             activation=layer_activation(quant),
         )
         rank_weights = slice_experts(weights, owner * local, (owner + 1) * local)
+        if claimed_gate_mode is not None:
+            rank_weights = dataclasses.replace(rank_weights, gate_mode=claimed_gate_mode)
         runner = runner_type(config, rank_weights, kernel=kernel)
         configs.append(config)
         rank_weights_list.append(rank_weights)
@@ -155,5 +165,6 @@ def run_combination(
         activation=layer_activation(quant),
         b13=weights.b13,
         b2=weights.b2,
+        gate_mode=gate_mode.value,
     )[:, :hidden]
     return Run(batch, dispatched, combine_inputs, runners, configs, rank_weights_list, expected)

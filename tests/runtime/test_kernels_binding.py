@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 import torch
 
-from moe_runtime import kernels
-from moe_runtime.enums import ActivationType, QuantType
+from moe_runtime import gate_up, kernels
+from moe_runtime.enums import ActivationType, GateMode, QuantType
 from moe_runtime.kernels import KernelBindingError, accepts_keyword, aiter_binding, choose_binding
 from moe_runtime.types import ExpertWeights
 
@@ -108,6 +108,18 @@ UPSCALE = "; wire upscale: " + (
     else "torch (moe_runtime.quant) on every device: Triton is not installed"
 )
 
+# What describe() says between the binding and the upscaler: the optional fused_moe keywords the
+# bound kernel takes (moe_runtime.kernels.keywords), declared by the reference, read from the
+# fake's v0.1.7.post2 signature for AITER.
+REFERENCE_KEYWORDS = (
+    "; fused_moe keywords moe_sorting_dispatch_policy, swiglu_limit, gate_mode; lacks beta, "
+    "linear_beta, output, no_combine, quant_dtype_a (declared by the reference)"
+)
+AITER_0_1_7_KEYWORDS = (
+    "; fused_moe keywords moe_sorting_dispatch_policy; lacks swiglu_limit, gate_mode, beta, "
+    "linear_beta, output, no_combine, quant_dtype_a (read from aiter.fused_moe's signature)"
+)
+
 # case -> (MOE_RUNTIME_KERNEL or None for unset, pretended HIP version, fake aiter on the path,
 #          block any real aiter)
 _CASES = {
@@ -153,7 +165,7 @@ def test_import_binds_reference_off_rocm(imported: dict[str, dict[str, Any]]) ->
     assert result["binding"] == "reference"
     assert result["describe"] == (
         "reference: MOE_RUNTIME_KERNEL unset and torch is not a ROCm build "
-        f"(torch {torch.__version__}){UPSCALE}"
+        f"(torch {torch.__version__}){REFERENCE_KEYWORDS}{UPSCALE}"
     )
     assert result["kernel_module"] == "moe_runtime.kernels.reference"
     assert result["quant_type"] == "moe_runtime.enums.QuantType"
@@ -166,7 +178,9 @@ def test_import_reference_override_ignores_an_importable_aiter(
 ) -> None:
     result = imported["reference"]
     assert result["binding"] == "reference"
-    assert result["describe"] == f"reference: MOE_RUNTIME_KERNEL=reference{UPSCALE}"
+    assert result["describe"] == (
+        f"reference: MOE_RUNTIME_KERNEL=reference{REFERENCE_KEYWORDS}{UPSCALE}"
+    )
     assert result["kernel_module"] == "moe_runtime.kernels.reference"
 
 
@@ -174,7 +188,8 @@ def test_import_aiter_override_binds_aiter(imported: dict[str, dict[str, Any]]) 
     result = imported["aiter"]
     assert result["binding"] == "aiter"
     assert result["describe"] == (
-        f"aiter 0.1.7.post2+fake from {FAKE_AITER / 'aiter'}: MOE_RUNTIME_KERNEL=aiter{UPSCALE}"
+        f"aiter 0.1.7.post2+fake from {FAKE_AITER / 'aiter'}: MOE_RUNTIME_KERNEL=aiter"
+        f"{AITER_0_1_7_KEYWORDS}{UPSCALE}"
     )
     assert result["kernel_module"] == "aiter.fused_moe"
     # AITER's own enum classes, not our mirrors.
@@ -188,7 +203,7 @@ def test_import_binds_aiter_on_rocm(imported: dict[str, dict[str, Any]]) -> None
     assert result["binding"] == "aiter"
     assert result["describe"].endswith(
         "MOE_RUNTIME_KERNEL unset and torch is a ROCm build "
-        f"(torch {torch.__version__}, HIP 6.3.42131){UPSCALE}"
+        f"(torch {torch.__version__}, HIP 6.3.42131){AITER_0_1_7_KEYWORDS}{UPSCALE}"
     )
 
 
@@ -539,3 +554,196 @@ class _CallableKernel:
 )
 def test_accepts_keyword(kernel: object, expected: bool) -> None:
     assert accepts_keyword(kernel, "swiglu_limit") is expected
+
+
+# --- optional keywords, read once at bind time --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("variant", "accepted"),
+    [
+        ("fused_moe", {"moe_sorting_dispatch_policy"}),  # v0.1.7.post2
+        ("fused_moe_v0_1_14", {"moe_sorting_dispatch_policy", "swiglu_limit", "gate_mode"}),
+        (
+            "fused_moe_v0_1_20",
+            {"moe_sorting_dispatch_policy", "swiglu_limit", "gate_mode", "beta", "linear_beta"},
+        ),
+    ],
+)
+def test_binding_reads_the_keywords_from_the_installed_signature(
+    fake_aiter: ModuleType, monkeypatch: pytest.MonkeyPatch, variant: str, accepted: set[str]
+) -> None:
+    import aiter.fused_moe as fake_module
+
+    monkeypatch.setattr(fake_module, "fused_moe", getattr(fake_module, variant))
+    binding = aiter_binding.load()
+    assert binding.keywords.accepted == accepted
+    assert binding.keywords.source == "read from aiter.fused_moe's signature"
+
+
+def test_reference_declares_exactly_the_keywords_its_signature_has() -> None:
+    from moe_runtime.kernels import keywords, reference
+
+    for kernel in (reference.fused_moe, reference.fused_moe_graph_safe):
+        assert keywords.of_signature(kernel, "").accepted == reference.KEYWORDS
+    assert kernels.BINDING == "reference" and kernels.KEYWORDS.accepted == reference.KEYWORDS
+    assert kernels.keywords_of(kernels.fused_moe) is kernels.KEYWORDS
+
+
+def test_describe_lists_taken_and_lacking_keywords_in_release_order() -> None:
+    from moe_runtime.kernels import keywords
+
+    text = keywords.KernelKeywords(frozenset({"gate_mode", "swiglu_limit"}), "a source").describe()
+    assert text == (
+        "fused_moe keywords swiglu_limit, gate_mode; lacks moe_sorting_dispatch_policy, beta, "
+        "linear_beta, output, no_combine, quant_dtype_a (a source)"
+    )
+    assert keywords.KernelKeywords(frozenset(keywords.ADDED_IN), "s").describe() == (
+        "fused_moe keywords " + ", ".join(keywords.ADDED_IN) + " (s)"
+    )
+    with pytest.raises(ValueError, match="unknown fused_moe keywords"):
+        keywords.declared(frozenset({"gate_mod"}), "typo")
+
+
+@pytest.mark.parametrize(
+    ("name", "release"),
+    [("swiglu_limit", "v0.1.14"), ("gate_mode", "v0.1.14"), ("beta", "v0.1.19"),
+     ("output", "a release after v0.1.20.post1")],
+)  # fmt: skip
+def test_a_missing_keyword_is_refused_with_the_release_that_added_it(
+    name: str, release: str
+) -> None:
+    from moe_runtime.kernels import keywords
+    from moe_runtime.types import ConfigError
+
+    old = keywords.KernelKeywords(frozenset({"moe_sorting_dispatch_policy"}), "old")
+    with pytest.raises(ConfigError) as raised:
+        old.require(name, "this layer", "aiter 0.1.7.post2")
+    assert str(raised.value) == (
+        f"this layer needs a kernel with a `{name}` keyword (AITER's fused_moe has it from "
+        f"{release}); the bound kernel (aiter 0.1.7.post2) has none"
+    )
+    keywords.KernelKeywords(frozenset({name}), "new").require(name, "this layer", "new")
+
+
+# --- gate modes in the AITER weight preparation -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("variant", "mode"),
+    [("fused_moe", GateMode.SEPARATED), ("fused_moe_v0_1_14", GateMode.INTERLEAVE)],
+)
+@pytest.mark.parametrize("given", [GateMode.SEPARATED, GateMode.INTERLEAVE])
+def test_a16w4_weights_say_interleave_where_fused_moe_takes_gate_mode(
+    fake_aiter: ModuleType,
+    monkeypatch: pytest.MonkeyPatch,
+    variant: str,
+    mode: GateMode,
+    given: GateMode,
+) -> None:
+    """shuffle_weight_a16w4(gate_up=True) is AITER's interleaved layout (SGLang 0.5.23 passes
+    GateMode.INTERLEAVE with it); before v0.1.14 there is no keyword and the kernel knows only
+    that layout. Interleaved logical rows are separated before the shuffle, so both inputs
+    give the same shuffle input."""
+    import aiter.fused_moe as fake_module
+
+    monkeypatch.setattr(fake_module, "fused_moe", getattr(fake_module, variant))
+    weights = _mxfp4_weights()
+    logical = gate_up.interleaved(weights) if given == GateMode.INTERLEAVE else weights
+    prepared = aiter_binding.load().prepare(logical, QuantType.per_1x32, ActivationType.Swiglu)
+
+    assert prepared.gate_mode == mode
+    w13_call, _, s13_call, _ = fake_aiter.CALLS
+    assert _same(w13_call.args[0], weights.w13_weight) and w13_call.args[1:] == (16, True)
+    assert _same(s13_call.args[0], weights.w13_scale.reshape(L * 2 * N, H // 32))  # type: ignore[union-attr]
+    assert torch.equal(prepared.b13, weights.b13)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("activation", [ActivationType.Silu, ActivationType.Gelu])
+def test_a4w4_and_other_layouts_stay_separated(
+    fake_aiter: ModuleType, monkeypatch: pytest.MonkeyPatch, activation: ActivationType
+) -> None:
+    import aiter.fused_moe as fake_module
+
+    monkeypatch.setattr(fake_module, "fused_moe", fake_module.fused_moe_v0_1_20)
+    weights = _mxfp4_weights()
+    prepared = aiter_binding.load().prepare(
+        gate_up.interleaved(weights), QuantType.per_1x32, activation
+    )
+    assert prepared.gate_mode == GateMode.SEPARATED
+    w13_call = next(call for call in fake_aiter.CALLS if call.name == "shuffle_weight")
+    assert _same(w13_call.args[0], weights.w13_weight)
+
+
+# --- a runner on the AITER binding, per installed signature (fresh interpreters) ---------------
+
+# argv[1]: the fake fused_moe to install (a name in aiter/fused_moe.py), argv[2]: swiglu_limit.
+# Builds the none/mxfp4/standard runner with the bound kernel and calls it once.
+_RUNNER_DRIVER = """
+import json, sys
+import aiter, aiter.fused_moe as fake
+fake.fused_moe = getattr(fake, sys.argv[1])
+import generated
+from moe_runtime import emulate, types as t
+from moe_runtime.weights import make_expert_weights
+config = t.MoeLayerConfig(num_experts=4, num_local_experts=4, ep_rank=0, ep_size=1, top_k=2,
+    hidden_size=64, intermediate_size=32, activation="swiglu", swiglu_limit=float(sys.argv[2]))
+weights = make_expert_weights("mxfp4", 4, 64, 32, seed=0)
+try:
+    runner = generated.select("none", "mxfp4", "standard")(config, weights)
+except Exception as error:
+    print(json.dumps({"error": type(error).__name__, "message": str(error)}))
+    raise SystemExit
+batch = emulate.make_batch(3, 64, 4, 2, ep_size=1, seed=1)
+runner(emulate.dispatch(batch, "standard").outputs[0])
+call = [c for c in aiter.CALLS if c.name == "fused_moe"][-1]
+print(json.dumps({k: v for k, v in call.kwargs.items() if k in ("gate_mode", "swiglu_limit")}))
+"""
+
+_RUNNER_CASES = {
+    "v0.1.7.post2": ("fused_moe", "0"),
+    "v0.1.7.post2_limit": ("fused_moe", "7.0"),
+    "v0.1.14": ("fused_moe_v0_1_14", "0"),
+    "v0.1.14_limit": ("fused_moe_v0_1_14", "7.0"),
+}
+
+
+@pytest.fixture(scope="module")
+def runner_calls() -> dict[str, dict[str, Any]]:
+    env = {k: v for k, v in os.environ.items() if k != "MOE_RUNTIME_KERNEL"}
+    env["MOE_RUNTIME_KERNEL"] = "aiter"
+    env["PYTHONPATH"] = os.pathsep.join([str(FAKE_AITER), str(REPO_ROOT)])
+    processes = {
+        case: subprocess.Popen(
+            [sys.executable, "-c", _RUNNER_DRIVER, *argv], cwd=REPO_ROOT, env=env,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for case, argv in _RUNNER_CASES.items()
+    }  # fmt: skip
+    results = {}
+    for case, process in processes.items():
+        stdout, stderr = process.communicate(timeout=180)
+        assert process.returncode == 0, f"{case}: {stderr}"
+        results[case] = json.loads(stdout.strip().splitlines()[-1])
+    return results
+
+
+def test_mxfp4_runner_passes_gate_mode_interleave_to_aiter_from_v0_1_14(
+    runner_calls: dict[str, dict[str, Any]],
+) -> None:
+    # Before v0.1.14 there is no keyword: the a16w4 kernel reads only the layout it gets.
+    assert runner_calls["v0.1.7.post2"] == {}
+    # From v0.1.14 the default is SEPARATED, which is not the a16w4 shuffle's layout.
+    assert runner_calls["v0.1.14"] == {"gate_mode": "interleave", "swiglu_limit": 0.0}
+    assert runner_calls["v0.1.14_limit"] == {"gate_mode": "interleave", "swiglu_limit": 7.0}
+
+
+def test_runner_needing_swiglu_limit_is_refused_at_load_on_aiter_before_v0_1_14(
+    runner_calls: dict[str, dict[str, Any]],
+) -> None:
+    result = runner_calls["v0.1.7.post2_limit"]
+    assert result["error"] == "ConfigError"
+    assert result["message"].startswith(
+        "swiglu_limit=7.0 needs a kernel with a `swiglu_limit` keyword (AITER's fused_moe has it "
+        "from v0.1.14); the bound kernel (aiter 0.1.7.post2+fake"
+    )

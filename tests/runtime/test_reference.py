@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from moe_runtime import quant
-from moe_runtime.enums import ActivationType, QuantType
+from moe_runtime.enums import ActivationType, GateMode, QuantType
 from moe_runtime.kernels.reference import ReferenceFusedMoe, fused_moe, fused_moe_graph_safe
 from moe_runtime.testing.dense import assert_moe_close, dense_moe_float64, moe_close
 from moe_runtime.weights import dequantized_weights, make_expert_weights
@@ -59,6 +59,7 @@ class Case:
     activation: str
     limit: float
     prequantized: bool
+    interleaved: bool = False  # gate_mode "interleave": w13's gate and up rows alternate
 
 
 # ---------------------------------------------------------------------------------------------
@@ -94,17 +95,21 @@ def _qdq(kind: str, v: torch.Tensor, static: torch.Tensor | None) -> torch.Tenso
     return v  # "no" and "a16w4" keep their activations
 
 
-def _act(name: str, h: torch.Tensor, inter: int, g1u1: bool, limit: float) -> torch.Tensor:
+def _act(
+    name: str, h: torch.Tensor, inter: int, g1u1: bool, limit: float, interleaved: bool = False
+) -> torch.Tensor:
+    # INTERLEAVE: gate row i is row 2i of w13, up row i is row 2i + 1.
+    gate_h, up_h = (h[0::2], h[1::2]) if interleaved else (h[:inter], h[inter:])
     if name == "swiglu":
-        g = torch.clamp(h[:inter], max=limit)
-        u = torch.clamp(h[inter:], min=-limit, max=limit)
+        g = torch.clamp(gate_h, max=limit)
+        u = torch.clamp(up_h, min=-limit, max=limit)
         return g * torch.sigmoid(1.702 * g) * (u + 1)
-    gate = h[:inter] if g1u1 else h
+    gate = gate_h if g1u1 else h
     if name == "silu":
         out = gate * torch.sigmoid(gate)
     else:
         out = gate * 0.5 * (1.0 + torch.erf(gate / math.sqrt(2.0)))
-    return out * h[inter:] if g1u1 else out
+    return out * up_h if g1u1 else out
 
 
 def _pair_oracle(case: Case) -> torch.Tensor:
@@ -138,7 +143,7 @@ def _pair_oracle(case: Case) -> torch.Tensor:
             h = h * weights[t, k]
         if b13 is not None:
             h = h + b13[e].double().cpu()
-        a = _act(case.activation, h, inter, g1u1, case.limit)
+        a = _act(case.activation, h, inter, g1u1, case.limit, case.interleaved)
         activated.append(a.to(out_dtype).double())  # rounding point 1
     out = torch.zeros(len(ids), hidden, dtype=torch.float64)
     if pairs:
@@ -207,23 +212,25 @@ def _prequantize(kind: str, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
 
 
 @st.composite
-def cases(draw: st.DrawFn, kind: str) -> Case:
+def cases(draw: st.DrawFn, kind: str, interleaved: bool = False) -> Case:
     """A random call of quant kind `kind`: shapes incl. L = K = M = 1, masks with holes or a
     sink, num_local_tokens < M with garbage rows, doweight_stage1, biases, g1u0, fp16 output,
-    pre-quantized activations."""
+    pre-quantized activations. `interleaved`: gated, with w13's gate and up rows interleaved
+    before quantization (as a checkpoint stores them) and gate_mode "interleave"; I >= 2, so
+    the two layouts differ."""
     qt, group = KINDS[kind]
     experts = draw(st.integers(1, 4))
     tokens = draw(st.integers(1, 6))
     top_k = draw(st.integers(1, 3))
     if group == 1:
-        hidden, inter = draw(st.integers(1, 24)), draw(st.integers(1, 24))
+        hidden, inter = draw(st.integers(1, 24)), draw(st.integers(2 if interleaved else 1, 24))
     else:
         hidden = group * draw(st.integers(1, 2))
         inter = group * draw(st.integers(1, 2))
     # per_1x32 with Swiglu is a16w4 (bf16 activations); a4w4 is every other activation.
     choices = {"a16w4": ["swiglu"], "a4w4": ["silu", "gelu"]}.get(kind, ["silu", "gelu", "swiglu"])
     activation = draw(st.sampled_from(choices))
-    g1u1 = activation == "swiglu" or draw(st.booleans())
+    g1u1 = activation == "swiglu" or interleaved or draw(st.booleans())
     seed = draw(st.integers(0, 2**16))
     g = torch.Generator().manual_seed(seed)
 
@@ -243,6 +250,8 @@ def cases(draw: st.DrawFn, kind: str) -> Case:
 
     n1 = 2 * inter if g1u1 else inter
     w13 = torch.randn(experts, n1, hidden, generator=g) / hidden**0.5
+    if interleaved:
+        w13 = w13[:, _interleaved_rows(inter)]
     w2 = torch.randn(experts, hidden, inter, generator=g) / inter**0.5
     fnuz = kind in ("per_token_fp8", "per_128x128") and draw(st.booleans())
     wkw, d13, d2 = _quantized_weights(kind, w13, w2, fnuz)
@@ -282,7 +291,16 @@ def cases(draw: st.DrawFn, kind: str) -> Case:
     limit = draw(st.sampled_from([0.0, 0.0, 0.5, 10.0])) if activation == "swiglu" else 0.0
     if limit:
         kwargs["swiglu_limit"] = limit
-    return Case(kind, kwargs, d13, d2, x64, mask, rows, activation, limit or 7.0, prequantized)
+    if interleaved:
+        kwargs["gate_mode"] = draw(st.sampled_from([GateMode.INTERLEAVE, "interleave"]))
+    return Case(
+        kind, kwargs, d13, d2, x64, mask, rows, activation, limit or 7.0, prequantized, interleaved
+    )
+
+
+def _interleaved_rows(inter: int) -> torch.Tensor:
+    """Row order of an interleaved w13: gate 0, up 0, gate 1, up 1, ..."""
+    return torch.stack([torch.arange(inter), torch.arange(inter) + inter], dim=1).reshape(-1)
 
 
 def _on(case: Case, device: str) -> Case:
@@ -331,6 +349,70 @@ def test_matches_pair_oracle(kind: str, device: str) -> None:
         _check_case(case, device)
 
     run()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_interleaved_gate_up_matches_pair_oracle(kind: str, device: str) -> None:
+    @settings(max_examples=10, deadline=None)
+    @given(case=cases(kind, interleaved=True))
+    def run(case: Case) -> None:
+        _check_case(case, device)
+        # Negative control: the same weights read as gate rows then up rows.
+        case = _on(case, device)
+        expected = _pair_oracle(case)
+        separated = _call(fused_moe, replace(case, kwargs={
+            k: v for k, v in case.kwargs.items() if k != "gate_mode"
+        }))  # fmt: skip
+        if case.rows and bool(expected[: case.rows].abs().sum() > 0):
+            assert not moe_close(separated.cpu(), expected, "unquant", rows=case.rows)
+
+    run()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_wrong_gate_mode_gives_a_large_error(kind: str, device: str) -> None:
+    """A fixed interleaved call with every pair routed: read in the wrong mode, the output is
+    far from the oracle (dissimilarity > 0.1, where the spec's bound is 1e-3)."""
+    qt, group = KINDS[kind]
+    size = max(group, 16)
+    g = torch.Generator().manual_seed(5)
+    activation = "swiglu" if kind == "a16w4" else "silu"
+    w13 = (torch.randn(3, 2 * size, size, generator=g) / size**0.5)[:, _interleaved_rows(size)]
+    w2 = torch.randn(3, size, size, generator=g) / size**0.5
+    wkw, d13, d2 = _quantized_weights(kind, w13, w2, fnuz=False)
+    ids = torch.tensor([[0, 1], [1, 2], [2, 0], [0, 2]], dtype=torch.int32)
+    kwargs: dict[str, Any] = {
+        "hidden_states": torch.randn(4, size, generator=g).bfloat16(),
+        **wkw,
+        "topk_weight": torch.rand(4, 2, generator=g) + 0.5,
+        "topk_ids": ids,
+        "activation": ACTIVATIONS[activation],
+        "quant_type": qt,
+        "gate_mode": "interleave",
+    }
+    x64 = kwargs["hidden_states"].double()
+    case = _on(Case(kind, kwargs, d13, d2, x64, None, 4, activation, 7.0, False, True), device)
+    expected = _pair_oracle(case).double()
+    right = _call(fused_moe, case).cpu().double()
+    wrong = _call(fused_moe, replace(case, kwargs={**case.kwargs, "gate_mode": "separated"}))
+    wrong = wrong.cpu().double()
+
+    def dissimilarity(a: torch.Tensor) -> float:
+        return float(((a - expected) ** 2).sum() / (a * a + expected * expected).sum())
+
+    assert dissimilarity(right) < 1e-3
+    assert dissimilarity(wrong) > 0.1
+
+
+def test_gate_mode_errors() -> None:
+    kw = _tiny()
+    with pytest.raises(ValueError, match="gate_mode must be one of 'separated', 'interleave'"):
+        _run(fused_moe, {**kw, "gate_mode": "gu_interleaved"})
+    ungated = {**kw, "w1": kw["w1"][:, : kw["w2"].shape[2]], "gate_mode": "interleave"}
+    with pytest.raises(ValueError, match="gate_mode 'interleave' needs gate and up rows"):
+        _run(fused_moe, ungated)
 
 
 # ---------------------------------------------------------------------------------------------

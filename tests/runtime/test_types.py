@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from moe_runtime import types
+from moe_runtime.enums import GateMode
 from moe_runtime.types import ConfigError, ExpertWeights, MoeLayerConfig
 
 _VALID: dict[str, Any] = {
@@ -218,6 +219,7 @@ def test_config_and_weights_fields_follow_design() -> None:
         ("doweight_stage1", False),
         ("hidden_pad", 0),
         ("intermediate_pad", 0),
+        ("gate_mode", GateMode.SEPARATED),
     ]
 
 

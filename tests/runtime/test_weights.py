@@ -5,7 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from moe_runtime import gate_up
+from moe_runtime.enums import GateMode
 from moe_runtime.testing.dense import dense_moe_float64
+from moe_runtime.types import ConfigError, ExpertWeights
 from moe_runtime.weights import (
     QUANT_METHODS,
     dequantized_weights,
@@ -153,3 +156,68 @@ def test_unit_activations_give_order_one_outputs(method: str) -> None:
     out = dense_moe_float64(x, ids, torch.full((16, 2), 0.5), w13, w2, activation=activation,
                             b13=weights.b13, b2=weights.b2)
     assert 0.1 < float(out.pow(2).mean().sqrt()) < 3.0
+
+
+# --- interleaved gate/up rows (moe_runtime.gate_up) -------------------------------------------
+
+INTERLEAVABLE = [m for m in QUANT_METHODS if m != "fp8_block"]
+
+
+@pytest.mark.parametrize("method", INTERLEAVABLE)
+def test_interleaved_weights_hold_the_same_experts_row_by_row(method: str) -> None:
+    separated = make_expert_weights(method, EXPERTS, HIDDEN, INTER, seed=4, hidden_pad=32)
+    interleaved = make_expert_weights(
+        method, EXPERTS, HIDDEN, INTER, seed=4, hidden_pad=32, gate_mode=GateMode.INTERLEAVE
+    )
+    assert separated.gate_mode == GateMode.SEPARATED
+    assert interleaved.gate_mode == GateMode.INTERLEAVE
+    rows = 2 * INTER
+    order = torch.stack([torch.arange(INTER), torch.arange(INTER) + INTER], dim=1).reshape(-1)
+    d13, d2 = dequantized_weights(separated, method)
+    i13, i2 = dequantized_weights(interleaved, method)
+    assert i13.shape == (EXPERTS, rows, HIDDEN + 32)
+    assert torch.equal(i13, d13[:, order]) and torch.equal(i2, d2)
+    assert not torch.equal(i13, d13)
+    if separated.b13 is not None:
+        assert torch.equal(interleaved.b13, separated.b13[:, order])  # type: ignore[index]
+    # Back to separated rows: the same bytes as built.
+    back = gate_up.separated(interleaved)
+    assert back.gate_mode == GateMode.SEPARATED
+    for name in ("w13_weight", "w13_scale", "b13", "w2_weight", "w2_scale"):
+        a, b = getattr(back, name), getattr(separated, name)
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert torch.equal(a.contiguous().view(torch.uint8), b.contiguous().view(torch.uint8))
+
+
+def test_the_dense_oracle_reads_interleaved_rows() -> None:
+    separated = make_expert_weights("mxfp4", EXPERTS, HIDDEN, INTER, seed=2)
+    interleaved = gate_up.interleaved(separated)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(5, HIDDEN, generator=g)
+    ids = torch.randint(0, EXPERTS, (5, 2), generator=g)
+    weights = torch.rand(5, 2, generator=g)
+
+    def dense(w: ExpertWeights, gate_mode: str) -> torch.Tensor:
+        w13, w2 = dequantized_weights(w, "mxfp4")
+        return dense_moe_float64(
+            x, ids, weights, w13, w2, activation="swiglu", b13=w.b13, b2=w.b2, gate_mode=gate_mode
+        )
+
+    truth = dense(separated, "separated")
+    assert torch.allclose(dense(interleaved, "interleave"), truth, rtol=1e-12, atol=1e-12)
+    # Negative control: interleaved rows read as separated ones.
+    assert not torch.allclose(dense(interleaved, "separated"), truth, rtol=1e-2, atol=1e-2)
+    with pytest.raises(ValueError, match="gate_mode must be 'separated' or 'interleave'"):
+        dense(separated, "gate_up")
+
+
+def test_gate_up_relayouts_refuse_what_they_cannot_follow() -> None:
+    block = make_expert_weights("fp8_block", EXPERTS, HIDDEN, INTER, seed=0)
+    with pytest.raises(ConfigError, match="block scales span gate and up rows together"):
+        gate_up.interleaved(block)
+    ungated = ExpertWeights(torch.zeros(1, 3, 8), torch.zeros(1, 8, 3))
+    with pytest.raises(ConfigError, match="needs gated w13 weights"):
+        gate_up.interleaved(ungated)
+    with pytest.raises(ConfigError, match=r"gate_mode must be a moe_runtime\.enums\.GateMode"):
+        ExpertWeights(torch.zeros(1, 4, 8), torch.zeros(1, 8, 2), gate_mode="interleave")  # type: ignore[arg-type]
