@@ -201,7 +201,7 @@ class DeepEPLowLatency:
     def dispatch(
         self, hidden_states: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor
     ) -> tuple[DeepEPLLDispatchOutput, Any]:
-        raw = self.buffer.low_latency_dispatch(
+        raw = self._buffer_dispatch(self.buffer)(
             hidden_states,
             topk_ids.long(),
             self.max_tokens_per_rank,
@@ -216,14 +216,26 @@ class DeepEPLowLatency:
             topk_weights=topk_weights,
             num_experts=self.num_experts,
             ep_size=self.ep_size,
+            source=self.source,
         )
 
     def combine(self, combine_input: DeepEPLLCombineInput, handle: Any) -> torch.Tensor:
         """The sender's `[T, H]`: DeepEP weights each slot by the sender's ids and weights."""
-        combined, _event, _hook = self.buffer.low_latency_combine(
+        combined, _event, _hook = self._buffer_combine(self.buffer)(
             combine_input.hidden_states,
             combine_input.topk_ids,
             combine_input.topk_weights,
             handle,
         )
         return combined  # type: ignore[no-any-return]
+
+    # The buffer's low-latency entry points; NIXL EP names the same calls differently.
+    source = "deep_ep Buffer.low_latency_dispatch"
+
+    @staticmethod
+    def _buffer_dispatch(buffer: Any) -> Any:
+        return buffer.low_latency_dispatch
+
+    @staticmethod
+    def _buffer_combine(buffer: Any) -> Any:
+        return buffer.low_latency_combine

@@ -13,11 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from moe_runtime.distributed.adapters._optional import require
-from moe_runtime.distributed.adapters.deepep import ll_dispatch_output
-from moe_runtime.types import DeepEPLLCombineInput, DeepEPLLDispatchOutput
+from moe_runtime.distributed.adapters.deepep import DeepEPLowLatency
 
 
 def open_buffer(**kwargs: Any) -> Any:
@@ -25,51 +22,16 @@ def open_buffer(**kwargs: Any) -> Any:
     return require("nixl_ep").Buffer(**kwargs)
 
 
-class NixlLowLatency:
-    """`deepep_ll` / `deepep_ll_fp8` through a NIXL EP buffer."""
+class NixlLowLatency(DeepEPLowLatency):
+    """`deepep_ll` / `deepep_ll_fp8` through a NIXL EP buffer: DeepEP's low-latency calls and
+    layouts under the names `dispatch` and `combine`."""
 
-    def __init__(
-        self,
-        buffer: Any,
-        *,
-        num_experts: int,
-        ep_size: int,
-        max_tokens_per_rank: int,
-        use_fp8: bool,
-        round_scale: bool = False,
-        use_ue8m0: bool = False,
-    ) -> None:
-        self.buffer = buffer
-        self.num_experts, self.ep_size = num_experts, ep_size
-        self.max_tokens_per_rank = max_tokens_per_rank
-        self.use_fp8, self.round_scale, self.use_ue8m0 = use_fp8, round_scale, use_ue8m0
+    source = "nixl_ep Buffer.dispatch"
 
-    def dispatch(
-        self, hidden_states: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor
-    ) -> tuple[DeepEPLLDispatchOutput, Any]:
-        raw = self.buffer.dispatch(
-            hidden_states,
-            topk_ids.long(),
-            self.max_tokens_per_rank,
-            self.num_experts,
-            use_fp8=self.use_fp8,
-            round_scale=self.round_scale,
-            use_ue8m0=self.use_ue8m0,
-        )
-        return ll_dispatch_output(
-            raw,
-            topk_ids=topk_ids,
-            topk_weights=topk_weights,
-            num_experts=self.num_experts,
-            ep_size=self.ep_size,
-            source="nixl_ep Buffer.dispatch",
-        )
+    @staticmethod
+    def _buffer_dispatch(buffer: Any) -> Any:
+        return buffer.dispatch
 
-    def combine(self, combine_input: DeepEPLLCombineInput, handle: Any) -> torch.Tensor:
-        combined, _event, _hook = self.buffer.combine(
-            combine_input.hidden_states,
-            combine_input.topk_ids,
-            combine_input.topk_weights,
-            handle,
-        )
-        return combined  # type: ignore[no-any-return]
+    @staticmethod
+    def _buffer_combine(buffer: Any) -> Any:
+        return buffer.combine
