@@ -70,6 +70,9 @@ NAME_PATTERN = r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$"
 _NAME = re.compile(NAME_PATTERN)
 # A real matrix is a few kB; past this it is not a matrix (or /dev/zero), and reading stops.
 MAX_MATRIX_BYTES = 32 * 1024 * 1024
+# A matrix nests a few levels (mappings of lists of mappings); past this it is not a matrix. The
+# limit is ours so that the refusal does not depend on libyaml's build or the recursion limit.
+MAX_NESTING = 64
 WILDCARD = "*"
 
 TOP_KEYS = ("a2a_backends", "dispatch_formats", "quant_methods", "exclusions")
@@ -247,9 +250,6 @@ def parse_matrix(path: str | os.PathLike[str], data: bytes) -> Matrix:
         return _Loader(shown).load(data)
     except MatrixError:
         raise
-    except RecursionError:
-        message = "the YAML is nested too deeply to load"
-        raise MatrixError([Diagnostic(shown, 1, 1, message)]) from None
     except Exception as exc:  # the promise is "only MatrixError": even a bug becomes a diagnostic
         message = f"internal error while loading the matrix: {type(exc).__name__}: {exc}"
         raise MatrixError([Diagnostic(shown, 1, 1, message)]) from exc
@@ -321,6 +321,11 @@ class _Loader:
             raise self.fail() from None
 
     def compose(self, text: str) -> Node:
+        deep = _too_deep(text)
+        if deep is not None:
+            message = f"the YAML is nested too deeply: more than {MAX_NESTING} lists or mappings"
+            self.error_at(deep.line + 1, deep.column + 1, f"{message} inside one another")
+            raise self.fail()
         root = _fast_compose(text)
         if root is not None:
             return root
@@ -677,6 +682,29 @@ class _Fields:
                     f"{self.what}.{rule.key}: '{value}' requires {rule.other} {allowed}, not "
                     f"'{other}' (line {_at(other_node).line}): {rule.why}",
                 )
+
+
+def _too_deep(text: str) -> yaml.Mark | None:
+    """Where the text opens a list or mapping nested deeper than MAX_NESTING, or None (also when
+    it is not valid YAML: the composer words that). Counted on the parser's event stream, which
+    neither libyaml nor PyYAML produces recursively, and stopped at the first one too deep."""
+    loaders = [yaml.SafeLoader]
+    if getattr(yaml, "CSafeLoader", None) and not yaml.reader.Reader.NON_PRINTABLE.search(text):
+        loaders.insert(0, yaml.CSafeLoader)
+    for loader in loaders:
+        depth = 0
+        try:
+            for event in yaml.parse(text, Loader=loader):
+                if isinstance(event, yaml.CollectionStartEvent):
+                    depth += 1
+                    if depth > MAX_NESTING:
+                        return event.start_mark
+                elif isinstance(event, yaml.CollectionEndEvent):
+                    depth -= 1
+        except yaml.YAMLError:
+            continue  # libyaml refuses what PyYAML may read: let the pure-Python parser count
+        return None
+    return None
 
 
 def _fast_compose(text: str) -> Node | None:

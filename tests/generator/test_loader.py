@@ -21,7 +21,14 @@ import generator.loader as loader_module
 import generator.model as model_module
 from generator.combinations import enumerate_combinations, excluded_combinations
 from generator.diagnostics import Diagnostic, MatrixError, closest
-from generator.loader import FORMAT_RULES, NAME_PATTERN, QUANT_RULES, Rule, load_matrix
+from generator.loader import (
+    FORMAT_RULES,
+    MAX_NESTING,
+    NAME_PATTERN,
+    QUANT_RULES,
+    Rule,
+    load_matrix,
+)
 from generator.model import (
     A2ABackend,
     Combination,
@@ -208,12 +215,28 @@ def test_unreadable_file_is_reported_at_line_one(
     assert "cannot read the matrix: Permission denied" in diagnostic.message
 
 
-def test_nesting_too_deep_for_the_parser_is_a_diagnostic(tmp_path: Path) -> None:
+@pytest.mark.parametrize("libyaml", [True, False], ids=["libyaml", "pure-python"])
+@pytest.mark.parametrize("depth", [65, 5000])
+def test_nesting_too_deep_is_a_diagnostic_at_the_first_level_too_many(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, libyaml: bool, depth: int
+) -> None:
+    # The same refusal, at the same place, whether libyaml reads 5000 levels (some builds do),
+    # refuses them, or is not there and the recursive pure-Python composer would overflow.
+    if not libyaml:
+        monkeypatch.delattr(yaml, "CSafeLoader", raising=False)
     path = tmp_path / "deep.yaml"
-    path.write_text("[" * 5000 + "]" * 5000 + "\n")
+    path.write_text("[" * depth + "]" * depth + "\n")
     (diagnostic,) = diagnostics_of(path)
-    assert (diagnostic.line, diagnostic.column) == (1, 1)
-    assert "nested too deeply" in diagnostic.message
+    assert (diagnostic.line, diagnostic.column) == (1, MAX_NESTING + 1)
+    assert f"nested too deeply: more than {MAX_NESTING}" in diagnostic.message
+
+
+def test_nesting_at_the_limit_reaches_the_matrix_checks(tmp_path: Path) -> None:
+    # Negative control: MAX_NESTING levels are read; the matrix is then refused for what it is.
+    path = tmp_path / "deep.yaml"
+    path.write_text("[" * MAX_NESTING + "]" * MAX_NESTING + "\n")
+    (diagnostic,) = diagnostics_of(path)
+    assert "the matrix must be a mapping" in diagnostic.message
 
 
 def test_an_internal_failure_still_leaves_as_matrix_error(monkeypatch: pytest.MonkeyPatch) -> None:
