@@ -29,6 +29,18 @@ def _groups() -> list[tuple[str, int]]:
 GROUPS = _groups()
 
 
+@pytest.fixture(autouse=True)
+def _one_thread_like_the_workers() -> Iterator[None]:
+    """The single-process emulation runs on one CPU thread, as every worker does: a float32 GEMM's
+    blocking (so its bits) depends on the thread count, and the comparison is bit for bit."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module", params=GROUPS, ids=[f"{b}{n}-{DEVICE}" for b, n in GROUPS])
 def pool(request: pytest.FixtureRequest) -> Iterator[Pool]:
     backend, world = request.param
