@@ -19,7 +19,7 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import Enum
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
@@ -324,7 +324,7 @@ class _Loader:
         deep = _too_deep(text)
         if deep is not None:
             message = f"the YAML is nested too deeply: more than {MAX_NESTING} lists or mappings"
-            self.error_at(deep.line + 1, deep.column + 1, f"{message} inside one another")
+            self.error_at(*deep, f"{message} inside one another")
             raise self.fail()
         root = _fast_compose(text)
         if root is not None:
@@ -684,11 +684,12 @@ class _Fields:
                 )
 
 
-def _too_deep(text: str) -> yaml.Mark | None:
-    """Where the text opens a list or mapping nested deeper than MAX_NESTING, or None (also when
-    it is not valid YAML: the composer words that). Counted on the parser's event stream, which
-    neither libyaml nor PyYAML produces recursively, and stopped at the first one too deep."""
-    loaders = [yaml.SafeLoader]
+def _too_deep(text: str) -> tuple[int, int] | None:
+    """The line and column (from 1) where the text opens a list or mapping nested deeper than
+    MAX_NESTING, or None (also when it is not valid YAML: the composer words that). Counted on
+    the parser's event stream, which neither libyaml nor PyYAML produces recursively, and stopped
+    at the first one too deep."""
+    loaders: list[Any] = [yaml.SafeLoader]  # CSafeLoader is not a SafeLoader to the stubs
     if getattr(yaml, "CSafeLoader", None) and not yaml.reader.Reader.NON_PRINTABLE.search(text):
         loaders.insert(0, yaml.CSafeLoader)
     for loader in loaders:
@@ -698,7 +699,8 @@ def _too_deep(text: str) -> yaml.Mark | None:
                 if isinstance(event, yaml.CollectionStartEvent):
                     depth += 1
                     if depth > MAX_NESTING:
-                        return event.start_mark
+                        mark = event.start_mark
+                        return (1, 1) if mark is None else (mark.line + 1, mark.column + 1)
                 elif isinstance(event, yaml.CollectionEndEvent):
                     depth -= 1
         except yaml.YAMLError:
