@@ -1,7 +1,7 @@
 """One benchmark case: a combination at one batch size, with its four callables around one stub.
 
-(a) the generated runner, (b) `moe_runtime.dynamic` on the same input, (c) the floor: the stub
-called with the generated runner's kernel arguments, prepared in advance, (d) the hand-written
+(a) the generated runner, (b) `moe_runtime.testing.dynamic` on the same input, (c) the floor: the
+stub called with the generated runner's kernel arguments, prepared in advance, (d) the hand-written
 runner of the format. All four call the same `StubKernel`, which returns one preallocated output.
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 import generated
 from benchmarks import handwritten
 from benchmarks.common import KernelCall, Key, RecordingKernel, StubKernel, Workload, same_call
-from moe_runtime.dynamic import DynamicRunner, known_wrong
+from moe_runtime.testing.dynamic import DynamicRunner, known_wrong
 from moe_runtime.types import DispatchOutput
 
 

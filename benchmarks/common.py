@@ -27,9 +27,9 @@ from typing import Any, NamedTuple
 import torch
 
 import generated
-from moe_runtime import emulate
+from moe_runtime.testing import emulate
+from moe_runtime.testing.weights import make_expert_weights
 from moe_runtime.types import DispatchOutput, ExpertWeights, MoeLayerConfig
-from moe_runtime.weights import make_expert_weights
 
 Key = tuple[str, str, str]
 

@@ -4,9 +4,10 @@ The kernel is registered as a `torch.library` custom op (`moe_bench::fused_moe`)
 implementation is the graph-safe reference and whose fake implementation only shapes the output,
 so Dynamo traces the code around the kernel and treats the kernel as one opaque node. For each
 combination: the graphs and graph breaks that `torch._dynamo.explain` finds in the generated
-runner and in `moe_runtime.dynamic` on the same input, whether `torch.compile(fullgraph=True)`
-accepts the generated runner, and whether its output equals eager. Tracing does not depend on the
-layer's size, so a small layer is used; the backend defaults to aot_eager (no C++ compiler).
+runner and in `moe_runtime.testing.dynamic` on the same input, whether
+`torch.compile(fullgraph=True)` accepts the generated runner, and whether its output equals eager.
+Tracing does not depend on the layer's size, so a small layer is used; the backend defaults to
+aot_eager (no C++ compiler).
 
     python -m benchmarks.compile_breaks                # one combination per hot path
     python -m benchmarks.compile_breaks --all
@@ -40,8 +41,8 @@ from benchmarks.common import (
     out_dtype_of,
     select_keys,
 )
-from moe_runtime.dynamic import DynamicRunner, known_wrong
 from moe_runtime.kernels.reference import ReferenceFusedMoe
+from moe_runtime.testing.dynamic import DynamicRunner, known_wrong
 
 MODULE = "benchmarks.compile_breaks"
 
@@ -149,7 +150,7 @@ class Row:
     matches_eager: bool | None  # None when fullgraph failed
     dynamic: Explained | None  # None where SGLang's path raises eagerly
     dynamic_error: str | None
-    dynamic_wrong: bool  # SGLang's result is wrong here (moe_runtime.dynamic.known_wrong)
+    dynamic_wrong: bool  # SGLang's result is wrong here (moe_runtime.testing.dynamic.known_wrong)
 
 
 def _short(text: str, limit: int = 110) -> str:

@@ -46,8 +46,8 @@ from benchmarks.common import (
     markdown_table,
     select_keys,
 )
-from moe_runtime.dynamic import DynamicRunner
 from moe_runtime.kernels.reference import ReferenceFusedMoe
+from moe_runtime.testing.dynamic import DynamicRunner
 
 MODULE = "benchmarks.cuda_graphs"
 

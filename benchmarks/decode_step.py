@@ -1,12 +1,12 @@
 """Host time of one DeepSeek-V3-shaped decode step: 61 MoE layers, eager and CUDA-graph replay.
 
 Per dispatch format (fp8_block weights, DeepSeek-V3's method), a step is 61 calls, one per layer,
-each layer its own runner (generated) or its own `moe_runtime.dynamic.DynamicRunner` (SGLang's
-path), around the stub kernel, which computes nothing: the times are the MoE layers' own host
-work (and the device work it queues), not AITER's. The floor is 61 stub calls with the generated
-runner's kernel arguments prepared. For every static-shape format the step is also captured in a
-CUDA graph and replayed. `T` is the decode batch per rank (the global batch is T * ep); launches
-per layer are counted with torch.profiler on one layer.
+each layer its own runner (generated) or its own `moe_runtime.testing.dynamic.DynamicRunner`
+(SGLang's path), around the stub kernel, which computes nothing: the times are the MoE layers' own
+host work (and the device work it queues), not AITER's. The floor is 61 stub calls with the
+generated runner's kernel arguments prepared. For every static-shape format the step is also
+captured in a CUDA graph and replayed. `T` is the decode batch per rank (the global batch is T *
+ep); launches per layer are counted with torch.profiler on one layer.
 
     python -m benchmarks.decode_step --device cuda --out-dir "$OUT"
 """
@@ -42,7 +42,7 @@ from benchmarks.common import (
     time_interleaved,
 )
 from benchmarks.cuda_graphs import capture
-from moe_runtime.dynamic import DynamicRunner, known_wrong
+from moe_runtime.testing.dynamic import DynamicRunner, known_wrong
 
 MODULE = "benchmarks.decode_step"
 LAYERS = 61

@@ -19,7 +19,8 @@ from typing import Any
 import torch
 
 from benchmarks.common import KernelCall
-from moe_runtime import emulate, loadtime
+from moe_runtime import loadtime
+from moe_runtime.testing import emulate
 from moe_runtime.types import (
     DeepEPLLCombineInput,
     DeepEPLLDispatchOutput,

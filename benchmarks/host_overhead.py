@@ -2,8 +2,8 @@
 
 For each combination and batch size, four variants call the same stub kernel (it returns one
 preallocated output and computes nothing), so the times isolate what surrounds the kernel:
-(a) the generated runner, (b) `moe_runtime.dynamic.DynamicRunner`, (c) the floor: the stub called
-with the generated runner's arguments prepared in advance, (d) the hand-written runner of the
+(a) the generated runner, (b) `moe_runtime.testing.dynamic.DynamicRunner`, (c) the floor: the stub
+called with the generated runner's arguments prepared in advance, (d) the hand-written runner of the
 format (benchmarks/handwritten.py). Overhead = time - floor. On CUDA every timed batch is
 bracketed by `torch.cuda.synchronize()`, so device work the runner queues is included.
 

@@ -41,10 +41,10 @@ from benchmarks.common import (  # noqa: E402
     synchronizer,
     time_interleaved,
 )
-from moe_runtime import emulate  # noqa: E402
 from moe_runtime import types as t  # noqa: E402
 from moe_runtime.integrations import sglang as integration  # noqa: E402
-from moe_runtime.weights import make_expert_weights, slice_experts  # noqa: E402
+from moe_runtime.testing import emulate  # noqa: E402
+from moe_runtime.testing.weights import make_expert_weights, slice_experts  # noqa: E402
 from tests.sglang import harness  # noqa: E402
 
 MODULE = "benchmarks.sglang_overhead"

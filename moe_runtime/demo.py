@@ -3,9 +3,9 @@
     python -m moe_runtime.demo --a2a deepep --quant fp8_block --dispatch deepep_normal --ep 2
 
 It builds random expert weights in the quant method's layout, a router-like batch, the per-rank
-dispatch outputs of the format (emulated in one process, as `moe_runtime.emulate` does for the
-tests), runs the selected generated runner on every rank with the bound kernel (the reference off
-ROCm), combines, and prints the error against dense float64 math over all experts and the time
+dispatch outputs of the format (emulated in one process, as `moe_runtime.testing.emulate` does for
+the tests), runs the selected generated runner on every rank with the bound kernel (the reference
+off ROCm), combines, and prints the error against dense float64 math over all experts and the time
 per runner call.
 """
 
@@ -21,10 +21,11 @@ from typing import Any
 import torch
 
 import generated
-from moe_runtime import emulate, kernels
+from moe_runtime import kernels
 from moe_runtime import types as t
+from moe_runtime.testing import emulate
 from moe_runtime.testing.dense import dense_moe_float64
-from moe_runtime.weights import dequantized_weights, make_expert_weights, slice_experts
+from moe_runtime.testing.weights import dequantized_weights, make_expert_weights, slice_experts
 
 # The quant methods whose weights only make sense under Swiglu (gpt-oss); the rest run silu.
 _SWIGLU_METHODS = frozenset({"mxfp4"})

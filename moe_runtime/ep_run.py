@@ -31,10 +31,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from moe_runtime import emulate
 from moe_runtime.distributed import combine, dispatch, oracle
+from moe_runtime.testing import emulate
+from moe_runtime.testing.weights import QUANT_METHODS, make_expert_weights
 from moe_runtime.types import ExpertWeights, MoeLayerConfig
-from moe_runtime.weights import QUANT_METHODS, make_expert_weights
 
 A2A_BACKENDS = ("none", "deepep", "mooncake", "nixl", "mori")
 # (hidden, intermediate per partition, routed experts, top-k) of public model configs.

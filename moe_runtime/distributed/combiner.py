@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import torch
 
-from moe_runtime import emulate
 from moe_runtime.distributed import wire
 from moe_runtime.distributed.dispatcher import LOW_LATENCY, DispatchError, DispatchHandle
+from moe_runtime.testing import emulate
 from moe_runtime.types import CombineInput, DeepEPLLCombineInput
 
 _OUTPUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from moe_runtime import emulate
 from moe_runtime.distributed import poison, wire
 from moe_runtime.quant import E8M0, FP4X2, FP8, quantize_fp8_1x128, quantize_mxfp4
+from moe_runtime.testing import emulate
 from moe_runtime.types import (
     DeepEPLLDispatchOutput,
     DeepEPNormalDispatchOutput,

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from moe_runtime.testing.weights import dequantized_weights, slice_experts
 from moe_runtime.types import ExpertWeights
-from moe_runtime.weights import dequantized_weights, slice_experts
 
 _SWIGLU_LIMIT = 7.0  # AITER's default when swiglu_limit is 0
 _SWIGLU_ALPHA = 1.702

@@ -15,7 +15,7 @@ import functools
 
 import torch
 
-from moe_runtime import emulate
+from moe_runtime.testing import emulate
 
 _CACHED = 8
 

@@ -8,11 +8,11 @@ from typing import Any
 import torch
 
 import generated
-from moe_runtime import emulate
 from moe_runtime import types as t
 from moe_runtime.distributed import combine, dispatch, wire
 from moe_runtime.distributed import dispatcher as dispatch_module
-from moe_runtime.weights import make_expert_weights, slice_experts
+from moe_runtime.testing import emulate
+from moe_runtime.testing.weights import make_expert_weights, slice_experts
 from tests.runners.harness import HIDDEN, INTERMEDIATE, NUM_EXPERTS, TOP_K, Run, layer_activation
 
 FAULTS = ("drop", "swap")

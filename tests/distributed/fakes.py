@@ -17,9 +17,9 @@ from typing import Any
 
 import torch
 
-from moe_runtime import emulate
 from moe_runtime import types as t
 from moe_runtime.quant import FP8
+from moe_runtime.testing import emulate
 
 _POISON = 1024.0
 

@@ -15,7 +15,6 @@ import pytest
 import torch
 
 import generated
-from moe_runtime import emulate
 from moe_runtime.distributed.adapters import (
     DeepEPLowLatency,
     DeepEPNormal,
@@ -28,6 +27,7 @@ from moe_runtime.distributed.adapters import (
     require,
 )
 from moe_runtime.distributed.adapters.deepep import AdapterError
+from moe_runtime.testing import emulate
 from tests.distributed.cases import identical
 from tests.distributed.fakes import (
     FakeDeepEPBuffer,

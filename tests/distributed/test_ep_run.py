@@ -6,10 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from moe_runtime import emulate, ep_run
+from moe_runtime import ep_run
 from moe_runtime.distributed import oracle
+from moe_runtime.testing import emulate
 from moe_runtime.testing.dense import dense_moe_float64
-from moe_runtime.weights import dequantized_weights, make_expert_weights, slice_experts
+from moe_runtime.testing.weights import dequantized_weights, make_expert_weights, slice_experts
 
 
 @pytest.mark.parametrize(("quant", "activation"), [("fp8_block", "silu"), ("mxfp4", "swiglu")])

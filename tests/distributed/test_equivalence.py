@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from moe_runtime import emulate
+from moe_runtime.testing import emulate
 from tests.distributed.cases import differences, run_layer
 from tests.distributed.pool import Pool, RemoteError
 from tests.runners.harness import activation_rounding, run_combination

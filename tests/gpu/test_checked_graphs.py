@@ -10,9 +10,9 @@ import pytest
 import torch
 
 import generated
-from moe_runtime import emulate
 from moe_runtime import types as t
-from moe_runtime.weights import make_expert_weights, slice_experts
+from moe_runtime.testing import emulate
+from moe_runtime.testing.weights import make_expert_weights, slice_experts
 from tests.gpu.test_cuda_graphs import (
     EP,
     GRAPH_SAFE,

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 import generated
-from moe_runtime import emulate
 from moe_runtime import types as t
 from moe_runtime.kernels.reference import ReferenceFusedMoe
-from moe_runtime.weights import make_expert_weights, slice_experts
+from moe_runtime.testing import emulate
+from moe_runtime.testing.weights import make_expert_weights, slice_experts
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 

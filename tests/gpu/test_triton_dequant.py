@@ -12,10 +12,11 @@ import pytest
 import torch
 
 import generated
-from moe_runtime import emulate, quant
+from moe_runtime import quant
 from moe_runtime.kernels import upscale
+from moe_runtime.testing import emulate
+from moe_runtime.testing.weights import make_expert_weights
 from moe_runtime.types import MoeLayerConfig
-from moe_runtime.weights import make_expert_weights
 from tests.recording import RecordingKernel
 from tests.runners.harness import layer_activation
 

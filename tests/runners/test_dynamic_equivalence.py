@@ -1,8 +1,9 @@
-"""Generated runners against SGLang's dynamic path (moe_runtime.dynamic), same inputs, same kernel.
+"""Generated runners against SGLang's dynamic path (moe_runtime.testing.dynamic), same inputs, same
+kernel.
 
 Where SGLang's path is right, the generated runner's combine input is bit-identical to it on every
-rank. Where it is wrong, `moe_runtime.dynamic.known_wrong` says why, and the test shows the flaw:
-the dynamic path raises, or its result leaves the dense MoE that the generated runner matches.
+rank. Where it is wrong, `moe_runtime.testing.dynamic.known_wrong` says why, and the test shows the
+flaw: the dynamic path raises, or its result leaves the dense MoE that the generated runner matches.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ import pytest
 import torch
 
 import generated
-from moe_runtime import emulate, kernels
-from moe_runtime.dynamic import DynamicRunner, known_wrong
+from moe_runtime import kernels
 from moe_runtime.kernels.reference import ReferenceFusedMoe
+from moe_runtime.testing import emulate
+from moe_runtime.testing.dynamic import DynamicRunner, known_wrong
 from tests.recording import RecordingKernel
 from tests.runners.harness import EP_SIZES, KEYS, dense_mismatch, run_combination
 

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 import generated
-from moe_runtime import emulate
 from moe_runtime import types as t
-from moe_runtime.weights import make_expert_weights
+from moe_runtime.testing import emulate
+from moe_runtime.testing.weights import make_expert_weights
 from tests.recording import RecordingKernel
 from tests.runners.harness import INTERMEDIATE
 

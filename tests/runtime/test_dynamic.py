@@ -1,7 +1,7 @@
-"""`moe_runtime.dynamic` is SGLang 0.5.13's path: on every vector recorded from SGLang's own code it
-makes exactly the recorded kernel call and returns exactly the recorded combine input. Then the
-per-call behaviours the vectors cannot show (mask rebuilds, the environment cap, the wire upscales,
-the broken paths) and `known_wrong`."""
+"""`moe_runtime.testing.dynamic` is SGLang 0.5.13's path: on every vector recorded from SGLang's own
+code it makes exactly the recorded kernel call and returns exactly the recorded combine input. Then
+the per-call behaviours the vectors cannot show (mask rebuilds, the environment cap, the wire
+upscales, the broken paths) and `known_wrong`."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from typing import Any, cast
 import pytest
 import torch
 
-from moe_runtime import dynamic, emulate
 from moe_runtime import types as t
 from moe_runtime.enums import ActivationType, QuantType
 from moe_runtime.quant import dequantize_fp8_1x128, dequantize_mxfp4
-from moe_runtime.weights import make_expert_weights, slice_experts
+from moe_runtime.testing import dynamic, emulate
+from moe_runtime.testing.weights import make_expert_weights, slice_experts
 from tests.recording import (
     KERNEL_DEFAULTS,
     RecordingKernel,

@@ -17,9 +17,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from moe_runtime import emulate
 from moe_runtime import types as t
 from moe_runtime.quant import quantize_fp8_1x128, quantize_mxfp4
+from moe_runtime.testing import emulate
 
 HIDDEN = 256
 NUM_EXPERTS = 8

@@ -684,8 +684,9 @@ import json, sys
 import aiter, aiter.fused_moe as fake
 fake.fused_moe = getattr(fake, sys.argv[1])
 import generated
-from moe_runtime import emulate, types as t
-from moe_runtime.weights import make_expert_weights
+from moe_runtime import types as t
+from moe_runtime.testing import emulate
+from moe_runtime.testing.weights import make_expert_weights
 config = t.MoeLayerConfig(num_experts=4, num_local_experts=4, ep_rank=0, ep_size=1, top_k=2,
     hidden_size=64, intermediate_size=32, activation="swiglu", swiglu_limit=float(sys.argv[2]))
 weights = make_expert_weights("mxfp4", 4, 64, 32, seed=0)

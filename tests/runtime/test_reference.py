@@ -23,7 +23,7 @@ from moe_runtime import quant
 from moe_runtime.enums import ActivationType, GateMode, QuantType
 from moe_runtime.kernels.reference import ReferenceFusedMoe, fused_moe, fused_moe_graph_safe
 from moe_runtime.testing.dense import assert_moe_close, dense_moe_float64, moe_close
-from moe_runtime.weights import dequantized_weights, make_expert_weights
+from moe_runtime.testing.weights import dequantized_weights, make_expert_weights
 from tests.runtime.sync_guard import HostSyncError, no_host_sync
 
 DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]

@@ -17,10 +17,11 @@ import pytest
 import torch
 
 import generated
-from moe_runtime import emulate, loadtime, quant
+from moe_runtime import loadtime, quant
 from moe_runtime.kernels import upscale
+from moe_runtime.testing import emulate
+from moe_runtime.testing.weights import make_expert_weights
 from moe_runtime.types import MoeLayerConfig
-from moe_runtime.weights import make_expert_weights
 from tests.recording import RecordingKernel
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -73,8 +74,8 @@ def test_describe_names_the_binding_by_device() -> None:
 _NO_TRITON_DRIVER = """
 import json, sys
 import generated
-from moe_runtime import emulate
-from moe_runtime.weights import make_expert_weights
+from moe_runtime.testing import emulate
+from moe_runtime.testing.weights import make_expert_weights
 from moe_runtime.types import MoeLayerConfig
 key = tuple(sys.argv[1].split("/"))
 weights = make_expert_weights(key[1], 4, 256, 128, seed=0)

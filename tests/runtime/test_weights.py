@@ -1,4 +1,5 @@
-"""moe_runtime.weights: layouts of every quant method, padding, seeding, slicing, dequantization."""
+"""moe_runtime.testing.weights: every quant method's layouts, padding, seeding, slicing,
+dequantization."""
 
 from __future__ import annotations
 
@@ -8,13 +9,13 @@ import torch
 from moe_runtime import gate_up
 from moe_runtime.enums import GateMode
 from moe_runtime.testing.dense import dense_moe_float64
-from moe_runtime.types import ConfigError, ExpertWeights
-from moe_runtime.weights import (
+from moe_runtime.testing.weights import (
     QUANT_METHODS,
     dequantized_weights,
     make_expert_weights,
     slice_experts,
 )
+from moe_runtime.types import ConfigError, ExpertWeights
 
 DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
 FP8, FP4X2, E8M0 = torch.float8_e4m3fn, torch.float4_e2m1fn_x2, torch.float8_e8m0fnu

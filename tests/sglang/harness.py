@@ -19,9 +19,9 @@ from sglang.srt.layers.moe.moe_runner.runner import MoeRunner
 from sglang.srt.layers.moe.token_dispatcher import deepep, moriep, standard
 from sglang.srt.layers.moe.topk import StandardTopKOutput
 
-from moe_runtime import emulate
 from moe_runtime import types as t
 from moe_runtime.integrations import sglang as integration
+from moe_runtime.testing import emulate
 
 RELEASE = importlib.metadata.version("sglang")
 MORI_HAS_RECV_CAP = "recv_cap" in moriep.MoriEPNormalDispatchOutput._fields
@@ -163,7 +163,7 @@ def sglang_dispatch_output(ours: Any) -> Any:
 
 
 def as_ours(combine_input: Any) -> Any:
-    """SGLang's combine input as this project's type, for `moe_runtime.emulate.combine`."""
+    """SGLang's combine input as this project's type, for `moe_runtime.testing.emulate.combine`."""
     return OUR_COMBINE[type(combine_input)](*combine_input)
 
 

@@ -22,11 +22,11 @@ from sglang.srt.layers.moe.token_dispatcher import deepep, mooncake, moriep, nix
 from sglang.srt.layers.quantization import fp8, unquant
 
 import generated
-from moe_runtime import emulate
 from moe_runtime import types as t
-from moe_runtime.dynamic import known_wrong
 from moe_runtime.integrations import sglang as integration
-from moe_runtime.weights import make_expert_weights, slice_experts
+from moe_runtime.testing import emulate
+from moe_runtime.testing.dynamic import known_wrong
+from moe_runtime.testing.weights import make_expert_weights, slice_experts
 from tests.sglang import compare, harness
 from tests.sglang.conftest import COUNTS
 from tests.sglang.paths import HIDDEN, INTERMEDIATE, NUM_EXPERTS, TOKENS, TOP_K

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import generated
-from moe_runtime.dynamic import known_wrong
+from moe_runtime.testing.dynamic import known_wrong
 from tests.runners.harness import dense_mismatch
 from tests.sglang import compare, harness
 from tests.sglang.conftest import COUNTS
