@@ -431,45 +431,13 @@ def _pre_permute_deepep_to_aiter(
     """DeepEP normal, DeepEP low latency (wrongly: see `known_wrong`) and both MORI outputs."""
     is_mori = _is_mori_dispatch_output(dispatch_output)
 
-    hidden_states = dispatch_output.hidden_states
     topk_ids = dispatch_output.topk_ids.to(torch.int32)
     topk_weights = dispatch_output.topk_weights.to(torch.float32)
-    a1_scale: torch.Tensor | None = None
-    num_local_tokens: torch.Tensor | None = None
-    output_dtype: torch.dtype | None = None
-    quant_type = quant_info.quant_type
 
     if is_mori:
-        a1_scale = dispatch_output.hidden_states_scale
-        num_local_tokens = dispatch_output.num_recv_tokens_per_expert
-        output_dtype = dispatch_output.out_dtype
-
-        # Truncate to the configured cap; MORI's combine only reads rows below total_recv.
-        mori_max = _get_int_env_var(MORI_MAX_INPUT_TOKENS_ENV, 0)
-        if mori_max > 0:
-            hidden_states = hidden_states[:mori_max]
-            if a1_scale is not None:
-                a1_scale = a1_scale[:mori_max]
-            topk_ids = topk_ids[:mori_max]
-            topk_weights = topk_weights[:mori_max]
-
-        # Upscale the wire when AITER has no kernel for the weight/activation dtype pair.
-        weight_quant = quant_info.quant_type
-        is_fp8_quant = weight_quant in (AiterQuantType.PER_128X128, AiterQuantType.PER_TOKEN)
-        is_w4a4 = weight_quant == AiterQuantType.PER_1X32
-        is_fp4_dispatch = hidden_states.dtype == torch.float4_e2m1fn_x2
-
-        if is_w4a4 and a1_scale is not None and not is_fp4_dispatch:
-            hidden_states = _upscale(hidden_states, a1_scale, output_dtype)
-            a1_scale = None
-        elif is_fp8_quant and is_fp4_dispatch and a1_scale is not None:
-            hidden_states = _upscale_mxfp4(hidden_states, a1_scale, output_dtype)
-            a1_scale = None
-
-        quant_type = _resolve_mori_quant_type(hidden_states.dtype, a1_scale, weight_quant)
-
-        running_state["aiter_combine_topk_ids"] = dispatch_output.origin_topk_ids
-        running_state["aiter_combine_topk_weights"] = dispatch_output.origin_topk_weights
+        runner_input = _pre_permute_mori(
+            dispatch_output, quant_info, topk_ids, topk_weights, running_state
+        )
     else:
         # AITER cannot take -1 ids: reroute them to the sink slot L, masked off by the [L+1] mask.
         topk_ids = torch.where(
@@ -479,16 +447,63 @@ def _pre_permute_deepep_to_aiter(
         )
         running_state["aiter_combine_topk_ids"] = dispatch_output.topk_ids
         running_state["aiter_combine_topk_weights"] = dispatch_output.topk_weights
+        runner_input = AiterRunnerInput(
+            hidden_states=dispatch_output.hidden_states,
+            topk_ids=topk_ids,
+            topk_weights=topk_weights,
+            quant_type=quant_info.quant_type,
+        )
 
     running_state["aiter_combine_is_mori"] = is_mori
+    return runner_input
 
+
+def _pre_permute_mori(
+    dispatch_output: Any,
+    quant_info: AiterMoeQuantInfo,
+    topk_ids: torch.Tensor,
+    topk_weights: torch.Tensor,
+    running_state: RunningState,
+) -> AiterRunnerInput:
+    """The MORI branch of the DeepEP pre-permute: the environment's row cap, the wire upscale,
+    the activation quant type, and the original routing for combine."""
+    hidden_states = dispatch_output.hidden_states
+    a1_scale = dispatch_output.hidden_states_scale
+    output_dtype = dispatch_output.out_dtype
+
+    # Truncate to the configured cap; MORI's combine only reads rows below total_recv.
+    mori_max = _get_int_env_var(MORI_MAX_INPUT_TOKENS_ENV, 0)
+    if mori_max > 0:
+        hidden_states = hidden_states[:mori_max]
+        if a1_scale is not None:
+            a1_scale = a1_scale[:mori_max]
+        topk_ids = topk_ids[:mori_max]
+        topk_weights = topk_weights[:mori_max]
+
+    # Upscale the wire when AITER has no kernel for the weight/activation dtype pair.
+    weight_quant = quant_info.quant_type
+    is_fp8_quant = weight_quant in (AiterQuantType.PER_128X128, AiterQuantType.PER_TOKEN)
+    is_w4a4 = weight_quant == AiterQuantType.PER_1X32
+    is_fp4_dispatch = hidden_states.dtype == torch.float4_e2m1fn_x2
+
+    if is_w4a4 and a1_scale is not None and not is_fp4_dispatch:
+        hidden_states = _upscale(hidden_states, a1_scale, output_dtype)
+        a1_scale = None
+    elif is_fp8_quant and is_fp4_dispatch and a1_scale is not None:
+        hidden_states = _upscale_mxfp4(hidden_states, a1_scale, output_dtype)
+        a1_scale = None
+
+    quant_type = _resolve_mori_quant_type(hidden_states.dtype, a1_scale, weight_quant)
+
+    running_state["aiter_combine_topk_ids"] = dispatch_output.origin_topk_ids
+    running_state["aiter_combine_topk_weights"] = dispatch_output.origin_topk_weights
     return AiterRunnerInput(
         hidden_states=hidden_states,
         topk_ids=topk_ids,
         topk_weights=topk_weights,
         quant_type=quant_type,
         a1_scale=a1_scale,
-        num_local_tokens=num_local_tokens,
+        num_local_tokens=dispatch_output.num_recv_tokens_per_expert,
         output_dtype=output_dtype,
     )
 
@@ -571,40 +586,12 @@ class _AiterRunnerCore:
         if runner_input.hidden_states.shape[0] == 0:
             return AiterRunnerOutput(hidden_states=runner_input.hidden_states)
 
-        fused_moe: FusedMoeKernel
-        quant_enum: Any
-        activation_enum: Any
-        if self._kernel is None:
-            from moe_runtime import kernels
-
-            fused_moe = kernels.fused_moe
-            quant_enum = kernels.QuantType
-            activation_enum = kernels.ActivationType
-        else:
-            fused_moe = self._kernel
-            quant_enum = enums.QuantType
-            activation_enum = enums.ActivationType
+        fused_moe, quant_enum, activation_enum = self._kernel_and_enums()
 
         a1_scale = (
             runner_input.a1_scale if runner_input.a1_scale is not None else quant_info.a13_scale
         )
-
-        extra: dict[str, Any] = {}
-        if quant_info.fused_moe_kwargs:
-            extra.update(quant_info.fused_moe_kwargs)
-        if runner_input.num_local_tokens is not None:
-            extra["num_local_tokens"] = runner_input.num_local_tokens
-        if runner_input.output_dtype is not None:
-            extra["dtype"] = runner_input.output_dtype
-        if quant_info.swiglu_limit > 0:
-            gate_mode = (
-                _GATE_MODE_INTERLEAVE
-                if _get_bool_env(GATE_UP_INTERLEAVE_ENV, True)
-                else _GATE_MODE_SEPARATED
-            )
-            if self._accepts_gate_mode(fused_moe):
-                extra["gate_mode"] = gate_mode
-            extra["swiglu_limit"] = quant_info.swiglu_limit
+        extra = self._extra_keywords(fused_moe, runner_input, quant_info)
 
         output = fused_moe(
             hidden_states=runner_input.hidden_states,
@@ -629,6 +616,41 @@ class _AiterRunnerCore:
             **extra,
         )
         return AiterRunnerOutput(hidden_states=output)
+
+    def _kernel_and_enums(self) -> tuple[FusedMoeKernel, Any, Any]:
+        """The kernel with its QuantType and ActivationType: AITER's, imported on every call
+        (SGLang imports inside the call), or the injected kernel with moe_runtime's enums."""
+        if self._kernel is None:
+            from moe_runtime import kernels
+
+            return kernels.fused_moe, kernels.QuantType, kernels.ActivationType
+        return self._kernel, enums.QuantType, enums.ActivationType
+
+    def _extra_keywords(
+        self,
+        fused_moe: FusedMoeKernel,
+        runner_input: AiterRunnerInput,
+        quant_info: AiterMoeQuantInfo,
+    ) -> dict[str, Any]:
+        """The keywords passed only when set: the quant method's, MORI's token counts and output
+        dtype, and swiglu_limit with the gate mode (probed on the kernel)."""
+        extra: dict[str, Any] = {}
+        if quant_info.fused_moe_kwargs:
+            extra.update(quant_info.fused_moe_kwargs)
+        if runner_input.num_local_tokens is not None:
+            extra["num_local_tokens"] = runner_input.num_local_tokens
+        if runner_input.output_dtype is not None:
+            extra["dtype"] = runner_input.output_dtype
+        if quant_info.swiglu_limit > 0:
+            gate_mode = (
+                _GATE_MODE_INTERLEAVE
+                if _get_bool_env(GATE_UP_INTERLEAVE_ENV, True)
+                else _GATE_MODE_SEPARATED
+            )
+            if self._accepts_gate_mode(fused_moe):
+                extra["gate_mode"] = gate_mode
+            extra["swiglu_limit"] = quant_info.swiglu_limit
+        return extra
 
     def _accepts_gate_mode(self, kernel: FusedMoeKernel) -> bool:
         key = id(kernel)

@@ -120,6 +120,37 @@ def _padded_biases(
     return b13 * _BIAS_STD, b2 * _BIAS_STD
 
 
+def _check_sizes(
+    quant_method: str,
+    num_experts: int,
+    hidden_size: int,
+    intermediate_size: int,
+    hidden_pad: int,
+    intermediate_pad: int,
+) -> None:
+    """A known method, positive sizes, non-negative pads, padded sizes its quant groups divide."""
+    _check_method(quant_method)
+    sizes_ok = min(num_experts, hidden_size, intermediate_size) >= 1
+    if not sizes_ok or min(hidden_pad, intermediate_pad) < 0:
+        raise ValueError(
+            "num_experts, hidden_size and intermediate_size must be >= 1 and pads >= 0, got "
+            f"{num_experts}, {hidden_size}, {intermediate_size}, pads {hidden_pad}, "
+            f"{intermediate_pad}"
+        )
+    h, i = hidden_size + hidden_pad, intermediate_size + intermediate_pad
+    if quant_method == "fp8_block":
+        _check_divisible(quant_method, quant.FP8_GROUP, {"H": h, "I": i})
+    if quant_method in ("mxfp4", "quark_w4a4_mxfp4"):
+        _check_divisible(quant_method, quant.MXFP4_GROUP, {"H": h, "I": i})
+
+
+def _stored(quant_method: str, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One fp32 weight matrix as `quant_method` stores it, with its scales (bf16, none: unquant)."""
+    if quant_method == "unquant":
+        return weight.bfloat16(), None
+    return _QUANTIZERS[quant_method](weight)
+
+
 def make_expert_weights(
     quant_method: str,
     num_experts: int,
@@ -137,19 +168,9 @@ def make_expert_weights(
     Deterministic for a given seed (drawn on the CPU, then moved to `device`); the same seed gives
     the same experts in either gate mode, only the rows of w13 are ordered differently.
     """
-    _check_method(quant_method)
-    sizes_ok = min(num_experts, hidden_size, intermediate_size) >= 1
-    if not sizes_ok or min(hidden_pad, intermediate_pad) < 0:
-        raise ValueError(
-            "num_experts, hidden_size and intermediate_size must be >= 1 and pads >= 0, got "
-            f"{num_experts}, {hidden_size}, {intermediate_size}, pads {hidden_pad}, "
-            f"{intermediate_pad}"
-        )
-    h, i = hidden_size + hidden_pad, intermediate_size + intermediate_pad
-    if quant_method == "fp8_block":
-        _check_divisible(quant_method, quant.FP8_GROUP, {"H": h, "I": i})
-    if quant_method in ("mxfp4", "quark_w4a4_mxfp4"):
-        _check_divisible(quant_method, quant.MXFP4_GROUP, {"H": h, "I": i})
+    _check_sizes(
+        quant_method, num_experts, hidden_size, intermediate_size, hidden_pad, intermediate_pad
+    )
     generator = torch.Generator().manual_seed(seed)
     w13, w2 = _padded_dense(num_experts, hidden_size, intermediate_size, hidden_pad,
                             intermediate_pad, generator)
@@ -157,14 +178,8 @@ def make_expert_weights(
     b2: torch.Tensor | None = None
     a13_scale: torch.Tensor | None = None
     a2_scale: torch.Tensor | None = None
-    if quant_method == "unquant":
-        w13_weight, w2_weight = w13.bfloat16(), w2.bfloat16()
-        w13_scale: torch.Tensor | None = None
-        w2_scale: torch.Tensor | None = None
-    else:
-        quantize = _QUANTIZERS[quant_method]
-        w13_weight, w13_scale = quantize(w13)
-        w2_weight, w2_scale = quantize(w2)
+    w13_weight, w13_scale = _stored(quant_method, w13)
+    w2_weight, w2_scale = _stored(quant_method, w2)
     if quant_method == "mxfp4":
         b13, b2 = _padded_biases(num_experts, hidden_size, intermediate_size, hidden_pad,
                                  intermediate_pad, generator)
