@@ -13,8 +13,14 @@ from typing import Any
 
 import generated
 from benchmarks import handwritten
-from benchmarks.common import KernelCall, Key, RecordingKernel, StubKernel, Workload, same_call
+from benchmarks.common import (
+    Key,
+    StubKernel,
+    Workload,
+    same_call,
+)
 from moe_runtime.testing.dynamic import DynamicRunner, known_wrong
+from moe_runtime.testing.recording import KernelCall, RecordingKernel
 from moe_runtime.types import DispatchOutput
 
 
@@ -61,13 +67,13 @@ def build_case(workload: Workload, key: Key, tokens: int) -> Case:
     weights = workload.weights(quant)
     runner_class = generated.select(*key)
 
-    recorder = RecordingKernel()
+    recorder = RecordingKernel(respond=KernelCall.output_like)
     runner_class(config, weights, kernel=recorder)(d)
     reference_call = recorder.only_call()
     stub = StubKernel(reference_call.output_like())
 
     hand_written = handwritten.build(dispatch_format, stub, reference_call, config, weights)
-    hand_recorder = RecordingKernel()
+    hand_recorder = RecordingKernel(respond=KernelCall.output_like)
     handwritten.build(dispatch_format, hand_recorder, reference_call, config, weights)(d)
     differences = same_call(reference_call, hand_recorder.only_call())
     if differences:

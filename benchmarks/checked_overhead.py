@@ -22,7 +22,6 @@ import generated
 from benchmarks.common import (
     QUICK_SHAPE,
     Key,
-    RecordingKernel,
     Shape,
     StubKernel,
     Workload,
@@ -38,6 +37,7 @@ from benchmarks.common import (
     synchronizer,
     time_interleaved,
 )
+from moe_runtime.testing.recording import KernelCall, RecordingKernel
 
 MODULE = "benchmarks.checked_overhead"
 
@@ -48,7 +48,7 @@ def _time_case(
     """Median µs per call of the plain and the checked runner of `key`, on the same input."""
     placed = workload.dispatched(key[2], tokens)
     config, weights = workload.config(placed.rank), workload.weights(key[1])
-    recorder = RecordingKernel()
+    recorder = RecordingKernel(respond=KernelCall.output_like)
     generated.select(*key)(config, weights, kernel=recorder)(placed.dispatch_output)
     stub = StubKernel(recorder.only_call().output_like())
     plain = generated.select(*key)(config, weights, kernel=stub)

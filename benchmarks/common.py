@@ -20,7 +20,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -28,6 +28,7 @@ import torch
 
 import generated
 from moe_runtime.testing import emulate
+from moe_runtime.testing.recording import KernelCall, value_difference
 from moe_runtime.testing.weights import make_expert_weights
 from moe_runtime.types import DispatchOutput, ExpertWeights, MoeLayerConfig
 
@@ -134,119 +135,23 @@ def select_keys(
     return representative_keys(wanted)
 
 
-def out_dtype_of(hidden_states: torch.Tensor, dtype: torch.dtype | None) -> torch.dtype:
-    """fused_moe's output dtype: `dtype`, else the activations' when they are 16-bit floats."""
-    if dtype is not None:
-        return dtype
-    if hidden_states.dtype in (torch.bfloat16, torch.float16):
-        return hidden_states.dtype
-    return torch.bfloat16
-
-
 class StubKernel:
-    """fused_moe's signature; returns one preallocated output and computes nothing."""
+    """Takes any fused_moe call (it is only ever called with one a runner made); returns one
+    preallocated output and computes nothing."""
 
     def __init__(self, out: torch.Tensor) -> None:
         self.out = out
 
-    def __call__(
-        self,
-        hidden_states: torch.Tensor,
-        w1: torch.Tensor,
-        w2: torch.Tensor,
-        topk_weight: torch.Tensor,
-        topk_ids: torch.Tensor,
-        expert_mask: torch.Tensor | None = None,
-        activation: int = 0,
-        quant_type: int = 0,
-        doweight_stage1: bool = False,
-        w1_scale: torch.Tensor | None = None,
-        w2_scale: torch.Tensor | None = None,
-        a1_scale: torch.Tensor | None = None,
-        a2_scale: torch.Tensor | None = None,
-        block_size_M: int | None = None,
-        num_local_tokens: torch.Tensor | None = None,
-        moe_sorting_dispatch_policy: int = 0,
-        dtype: torch.dtype | None = None,
-        hidden_pad: int = 0,
-        intermediate_pad: int = 0,
-        bias1: torch.Tensor | None = None,
-        bias2: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    def __call__(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         return self.out
 
 
-@dataclass
-class KernelCall:
-    """The arguments of one kernel call, as passed."""
-
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
-
-    @property
-    def hidden_states(self) -> torch.Tensor:
-        return self._named(0, "hidden_states")
-
-    @property
-    def w2(self) -> torch.Tensor:
-        return self._named(2, "w2")
-
-    def _named(self, position: int, name: str) -> torch.Tensor:
-        value = self.args[position] if len(self.args) > position else self.kwargs[name]
-        if not isinstance(value, torch.Tensor):
-            raise TypeError(f"kernel argument {name} is {type(value).__name__}, not a tensor")
-        return value
-
-    def output_like(self) -> torch.Tensor:
-        """An uninitialised tensor shaped and typed like fused_moe's output for this call."""
-        hidden_states = self.hidden_states
-        return torch.empty(
-            (hidden_states.shape[0], self.w2.shape[1]),
-            dtype=out_dtype_of(hidden_states, self.kwargs.get("dtype")),
-            device=hidden_states.device,
-        )
-
-
-@dataclass
-class RecordingKernel:
-    """Records every call; returns an uninitialised output of the right shape."""
-
-    calls: list[KernelCall] = field(default_factory=list)
-
-    def __call__(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-        call = KernelCall(args, kwargs)
-        self.calls.append(call)
-        return call.output_like()
-
-    def only_call(self) -> KernelCall:
-        if len(self.calls) != 1:
-            raise RuntimeError(f"expected exactly one kernel call, got {len(self.calls)}")
-        return self.calls[0]
-
-
-def same_value(a: object, b: object) -> bool:
-    """Equal tensors (dtype, shape, values) or equal plain values."""
-    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
-        if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)):
-            return False
-        if a.dtype != b.dtype or a.shape != b.shape:
-            return False
-        if a.element_size() == 1 and a.dtype not in (torch.int8, torch.uint8, torch.bool):
-            # CPU kernels lack equality for one-byte floats: compare the bytes.
-            return torch.equal(a.view(torch.uint8), b.view(torch.uint8))
-        return torch.equal(a, b)
-    return a == b
-
-
 def same_call(a: KernelCall, b: KernelCall) -> list[str]:
-    """Names of the arguments in which two kernel calls differ (positional 0..4 by name)."""
-    names = ("hidden_states", "w1", "w2", "topk_weight", "topk_ids")
-    left = {**dict(zip(names, a.args, strict=False)), **a.kwargs}
-    right = {**dict(zip(names, b.args, strict=False)), **b.kwargs}
+    """Names of the arguments in which two kernel calls differ, however each was passed."""
     return sorted(
         name
-        for name in left.keys() | right.keys()
-        if not same_value(left.get(name), right.get(name))
+        for name in a.keys() | b.keys()
+        if value_difference(name, a.get(name), b.get(name)) is not None
     )
 
 

@@ -30,9 +30,7 @@ import generated
 from benchmarks.common import (
     QUICK_SHAPE,
     STATIC_SHAPE_FORMATS,
-    KernelCall,
     Key,
-    RecordingKernel,
     Shape,
     StubKernel,
     Workload,
@@ -48,6 +46,7 @@ from benchmarks.common import (
 )
 from moe_runtime.kernels.reference import ReferenceFusedMoe
 from moe_runtime.testing.dynamic import DynamicRunner
+from moe_runtime.testing.recording import KernelCall, RecordingKernel
 
 MODULE = "benchmarks.cuda_graphs"
 
@@ -171,7 +170,7 @@ def run_case(workload: Workload, key: Key, tokens: int, repeats: int) -> GraphRo
 
     runner(static_input)  # first-call work (cuBLAS handles, lazy init) is not per-call work
     syncs_reference = sync_free(lambda: runner(static_input))
-    recorder = RecordingKernel()
+    recorder = RecordingKernel(respond=KernelCall.output_like)
     runner_class(config, weights, kernel=recorder)(static_input)
     call: KernelCall = recorder.only_call()
     stub = StubKernel(call.output_like())

@@ -27,7 +27,6 @@ from benchmarks import launches
 from benchmarks.common import (
     STATIC_SHAPE_FORMATS,
     Key,
-    RecordingKernel,
     Shape,
     StubKernel,
     Workload,
@@ -43,6 +42,7 @@ from benchmarks.common import (
 )
 from benchmarks.cuda_graphs import capture
 from moe_runtime.testing.dynamic import DynamicRunner, known_wrong
+from moe_runtime.testing.recording import KernelCall, RecordingKernel
 
 MODULE = "benchmarks.decode_step"
 LAYERS = 61
@@ -105,7 +105,7 @@ def measure(workload: Workload, key: Key, tokens_per_rank: int, budget: float) -
     config = workload.config(placed.rank)
     weights = workload.weights(quant)
     runner_type = generated.select(*key)
-    recorder = RecordingKernel()
+    recorder = RecordingKernel(respond=KernelCall.output_like)
     runner_type(config, weights, kernel=recorder)(d)
     call = recorder.only_call()
     stub = StubKernel(call.output_like())

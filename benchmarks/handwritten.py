@@ -18,9 +18,9 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import KernelCall
 from moe_runtime import loadtime
 from moe_runtime.testing import emulate
+from moe_runtime.testing.recording import KernelCall
 from moe_runtime.types import (
     DeepEPLLCombineInput,
     DeepEPLLDispatchOutput,
@@ -61,7 +61,7 @@ def build(
             f"hidden_pad={weights.hidden_pad}"
         )
     quantized_wire = dispatch_format in _FP8_WIRES | _FP4_WIRES
-    upscale = quantized_wire and reference_call.hidden_states.dtype in (
+    upscale = quantized_wire and reference_call.tensor("hidden_states").dtype in (
         torch.bfloat16,
         torch.float16,
     )
@@ -69,8 +69,8 @@ def build(
     if quantized_wire and not upscale:
         per_call.add("a1_scale")
     static = {k: v for k, v in reference_call.kwargs.items() if k not in per_call}
-    w13, w2 = reference_call.args[1], reference_call.args[2]
-    rows = reference_call.hidden_states.shape[0]
+    w13, w2 = reference_call.tensor("w1"), reference_call.tensor("w2")
+    rows = reference_call.tensor("hidden_states").shape[0]
     if dispatch_format == emulate.STANDARD:
         return standard(kernel, w13, w2, static)
     if dispatch_format == emulate.DEEPEP_NORMAL:

@@ -17,10 +17,10 @@ import generated
 from benchmarks import compile_breaks, cuda_graphs, host_overhead, launches
 from benchmarks.common import (
     STATIC_SHAPE_FORMATS,
-    KernelCall,
     representative_keys,
     same_call,
 )
+from moe_runtime.testing.recording import KernelCall
 
 # Cover the four kinds of hot path: id conversion, slab flattening with an fp8 wire, a MORI
 # upscale, and the standard format; plus a combination whose dynamic path raises.

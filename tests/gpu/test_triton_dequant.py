@@ -15,9 +15,9 @@ import generated
 from moe_runtime import quant
 from moe_runtime.kernels import upscale
 from moe_runtime.testing import emulate
+from moe_runtime.testing.recording import RecordingKernel
 from moe_runtime.testing.weights import make_expert_weights
 from moe_runtime.types import MoeLayerConfig
-from tests.recording import RecordingKernel
 from tests.runners.harness import layer_activation
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton path needs a GPU")

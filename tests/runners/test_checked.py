@@ -17,8 +17,8 @@ import generated
 from moe_runtime import types as t
 from moe_runtime.checks import DispatchOutputError
 from moe_runtime.testing import emulate
+from moe_runtime.testing.recording import RecordingKernel
 from moe_runtime.testing.weights import make_expert_weights
-from tests.recording import RecordingKernel
 from tests.runners.harness import HIDDEN, INTERMEDIATE, layer_activation
 from tests.runtime.sync_guard import no_host_sync
 

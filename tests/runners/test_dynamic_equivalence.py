@@ -18,7 +18,7 @@ from moe_runtime import kernels
 from moe_runtime.kernels.reference import ReferenceFusedMoe
 from moe_runtime.testing import emulate
 from moe_runtime.testing.dynamic import DynamicRunner, known_wrong
-from tests.recording import RecordingKernel
+from moe_runtime.testing.recording import RecordingKernel
 from tests.runners.harness import EP_SIZES, KEYS, dense_mismatch, run_combination
 
 # The harness's weights are unpadded (hidden_pad 0).

@@ -9,8 +9,8 @@ import torch
 import generated
 from moe_runtime import types as t
 from moe_runtime.testing import emulate
+from moe_runtime.testing.recording import RecordingKernel
 from moe_runtime.testing.weights import make_expert_weights
-from tests.recording import RecordingKernel
 from tests.runners.harness import HIDDEN, INTERMEDIATE, NUM_EXPERTS, Run, run_combination
 
 ONE_PER_FORMAT = [

@@ -16,8 +16,8 @@ from moe_runtime import kernels
 from moe_runtime import types as t
 from moe_runtime.enums import GateMode
 from moe_runtime.testing import emulate
+from moe_runtime.testing.recording import RecordingKernel
 from moe_runtime.testing.weights import make_expert_weights
-from tests.recording import RecordingKernel
 from tests.runners.harness import DEVICES, EP_SIZES, HIDDEN, INTERMEDIATE, run_combination
 
 # mxfp4 (gpt-oss: interleaved checkpoints) and quark_w4a4_mxfp4, on the standard format and on an
@@ -98,19 +98,14 @@ def test_fp8_block_weights_have_no_interleaved_form() -> None:
 class GateModeRecorder(RecordingKernel):
     """A recording kernel that also takes AITER's `gate_mode` (v0.1.14) by name."""
 
-    def __call__(  # type: ignore[override]
+    def __call__(
         self,
-        hidden_states: torch.Tensor,
-        w1: torch.Tensor,
-        w2: torch.Tensor,
-        topk_weight: torch.Tensor,
-        topk_ids: torch.Tensor,
-        *,
+        *args: Any,
         gate_mode: str | None = None,  # None: not passed (AITER's default is "separated")
         **kwargs: Any,
     ) -> torch.Tensor:
         passed = {} if gate_mode is None else {"gate_mode": gate_mode}
-        return super().__call__(hidden_states, w1, w2, topk_weight, topk_ids, **passed, **kwargs)
+        return super().__call__(*args, **passed, **kwargs)
 
 
 @pytest.mark.parametrize("quant", ["mxfp4", "quark_w4a4_mxfp4"])

@@ -14,8 +14,8 @@ import torch
 import generated
 from moe_runtime import types as t
 from moe_runtime.testing import emulate
+from moe_runtime.testing.recording import RecordingKernel
 from moe_runtime.testing.weights import make_expert_weights
-from tests.recording import RecordingKernel
 from tests.runners.harness import INTERMEDIATE
 
 E = 8

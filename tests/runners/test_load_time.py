@@ -12,8 +12,8 @@ import generated
 from moe_runtime import types as t
 from moe_runtime.testing import emulate
 from moe_runtime.testing.dense import dense_moe_float64
+from moe_runtime.testing.recording import RecordingKernel
 from moe_runtime.testing.weights import dequantized_weights, make_expert_weights
-from tests.recording import RecordingKernel
 from tests.runners.harness import HIDDEN, INTERMEDIATE, dense_mismatch
 
 E = 8

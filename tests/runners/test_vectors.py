@@ -11,32 +11,17 @@ import torch
 
 import generated
 from moe_runtime import types as t
+from moe_runtime.testing.recording import RecordingKernel
 from tests.recording import (
-    RecordingKernel,
     build_dispatch_output,
     build_weights,
     call_differences,
+    combine_differences,
     load_vector,
     vector_paths,
 )
 
 VECTOR_PATHS = vector_paths()
-
-
-def combine_differences(actual: Any, expected: dict[str, Any]) -> list[str]:
-    problems = []
-    for name, want in expected.items():
-        got = getattr(actual, name, None)
-        if want is None:
-            if got is not None:
-                problems.append(f"{name}: expected None")
-        elif (
-            not isinstance(got, torch.Tensor)
-            or got.dtype != want.dtype
-            or not torch.equal(got, want)
-        ):
-            problems.append(f"{name}: differs")
-    return problems
 
 
 def run_vector(path: Path) -> tuple[dict[str, Any], RecordingKernel, Any]:

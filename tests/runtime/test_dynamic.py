@@ -15,13 +15,13 @@ from moe_runtime import types as t
 from moe_runtime.enums import ActivationType, QuantType
 from moe_runtime.quant import dequantize_fp8_1x128, dequantize_mxfp4
 from moe_runtime.testing import dynamic, emulate
+from moe_runtime.testing.recording import KernelCall, RecordingKernel, as_dtype
 from moe_runtime.testing.weights import make_expert_weights, slice_experts
 from tests.recording import (
-    KERNEL_DEFAULTS,
-    RecordingKernel,
-    as_dtype,
     build_dispatch_output,
     build_weights,
+    call_differences,
+    combine_differences,
     load_vector,
     vector_paths,
 )
@@ -49,71 +49,16 @@ class WeightRecordingKernel(RecordingKernel):
         return super().__call__(*args, **kwargs)
 
 
-class ZerosKernel:
-    """Records its keyword arguments and returns zeros [M, H] in bf16: works for every wire dtype
-    (the vectors' recording kernel cannot sum fp4x2 activations)."""
-
-    def __init__(self) -> None:
-        self.calls: list[dict[str, Any]] = []
-
-    def __call__(self, **kwargs: Any) -> torch.Tensor:
-        self.calls.append(kwargs)
-        rows, hidden = kwargs["hidden_states"].shape[0], kwargs["w2"].shape[1]
-        return torch.zeros(rows, hidden, dtype=torch.bfloat16)
+def zeros_output(call: KernelCall) -> torch.Tensor:
+    """Zeros [M, H] in bf16: works for every wire dtype (the vectors' recording kernel cannot sum
+    fp4x2 activations)."""
+    return torch.zeros(call["hidden_states"].shape[0], call["w2"].shape[1], dtype=torch.bfloat16)
 
 
 def injected(kernel: object) -> t.FusedMoeKernel:
     """The recorders take fused_moe's keywords through **kwargs, which mypy cannot match to the
     FusedMoeKernel protocol; at run time any such callable is a valid injected kernel."""
     return cast(t.FusedMoeKernel, kernel)
-
-
-def bits(tensor: torch.Tensor) -> torch.Tensor:
-    """The bytes of a tensor: exact equality for every dtype, fp8 and fp4 included."""
-    return tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
-
-
-def value_difference(key: str, actual: Any, expected: Any) -> str | None:
-    if isinstance(expected, torch.Tensor) or isinstance(actual, torch.Tensor):
-        if not (isinstance(actual, torch.Tensor) and isinstance(expected, torch.Tensor)):
-            return f"{key}: {type(actual).__name__} vs {type(expected).__name__}"
-        if actual.dtype != expected.dtype or actual.shape != expected.shape:
-            got, want = (f"{x.dtype}{tuple(x.shape)}" for x in (actual, expected))
-            return f"{key}: {got} vs {want}"
-        return None if torch.equal(bits(actual), bits(expected)) else f"{key}: values differ"
-    if key == "dtype":
-        return None if as_dtype(actual) == as_dtype(expected) else f"dtype: {actual} vs {expected}"
-    if expected is None or actual is None:
-        return None if actual is expected else f"{key}: {actual!r} vs {expected!r}"
-    if isinstance(expected, bool) or isinstance(actual, bool):
-        return None if actual is expected else f"{key}: {actual!r} vs {expected!r}"
-    return None if int(actual) == int(expected) else f"{key}: {actual!r} vs {expected!r}"
-
-
-def call_differences(passed: dict[str, Any], expected: dict[str, Any]) -> list[str]:
-    """Every keyword where a call differs from a vector's `kernel_call` (a keyword not passed is
-    the kernel's default; a keyword the recording lacks is a difference)."""
-    actual = {**KERNEL_DEFAULTS, **passed}
-    problems = []
-    for key in sorted(set(expected) | set(actual)):
-        if key not in expected:
-            problems.append(f"{key}: passed {actual[key]!r}, not in the recorded call")
-        elif key not in actual:
-            problems.append(f"{key}: recorded, never passed and without a default")
-        else:
-            problem = value_difference(key, actual[key], expected[key])
-            if problem:
-                problems.append(problem)
-    return problems
-
-
-def combine_differences(actual: Any, expected: dict[str, Any]) -> list[str]:
-    problems = []
-    for name, want in expected.items():
-        problem = value_difference(name, getattr(actual, name, None), want)
-        if problem:
-            problems.append(problem)
-    return problems
 
 
 def run_vector(path: Path) -> tuple[dict[str, Any], WeightRecordingKernel, Any]:
@@ -326,7 +271,7 @@ def test_bf16_weights_lift_to_the_wire_quant_type() -> None:
         ("mori_normal", QuantType.No),
     ):
         output = output_of(format, 0)
-        kernel = ZerosKernel()
+        kernel = RecordingKernel(respond=zeros_output)
         runner_of("unquant", kernel)(output)
         assert kernel.calls[0]["quant_type"] == quant_type
         assert kernel.calls[0]["a1_scale"] is output.hidden_states_scale

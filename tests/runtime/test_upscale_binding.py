@@ -20,9 +20,9 @@ import generated
 from moe_runtime import loadtime, quant
 from moe_runtime.kernels import upscale
 from moe_runtime.testing import emulate
+from moe_runtime.testing.recording import RecordingKernel
 from moe_runtime.testing.weights import make_expert_weights
 from moe_runtime.types import MoeLayerConfig
-from tests.recording import RecordingKernel
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIG = MoeLayerConfig(
