@@ -47,22 +47,8 @@ def test_oracle_is_the_dense_moe(quant: str, activation: str) -> None:
 
 def test_launcher_runs_a_layer_on_every_rank(capfd: pytest.CaptureFixture[str]) -> None:
     code = ep_run.main(
-        [
-            "--nproc",
-            "2",
-            "--a2a",
-            "mori",
-            "--quant",
-            "fp8_block",
-            "--dispatch",
-            "mori_ll_fp8",
-            "--tokens",
-            "8",
-            "--iters",
-            "1",
-            "--warmup",
-            "0",
-        ]
+        "--nproc 2 --a2a mori --quant fp8_block --dispatch mori_ll_fp8 "
+        "--tokens 8 --iters 1 --warmup 0".split()
     )
     out = capfd.readouterr().out
     assert code == 0, out
@@ -78,24 +64,8 @@ def test_launcher_survives_forking_a_threaded_parent(capfd: pytest.CaptureFixtur
     a = torch.randn(1024, 1024)
     assert float((a @ a).abs().sum()) > 0
     code = ep_run.main(
-        [
-            "--nproc",
-            "1",
-            "--a2a",
-            "deepep",
-            "--quant",
-            "unquant",
-            "--dispatch",
-            "deepep_normal",
-            "--tokens",
-            "256",
-            "--iters",
-            "1",
-            "--warmup",
-            "0",
-            "--timeout",
-            "20",
-        ]
+        "--nproc 1 --a2a deepep --quant unquant --dispatch deepep_normal "
+        "--tokens 256 --iters 1 --warmup 0 --timeout 20".split()
     )
     assert code == 0, capfd.readouterr()
 
@@ -107,22 +77,8 @@ def test_launcher_fails_when_a_rank_is_wrong(
     real = ep_run.combine
     monkeypatch.setattr(ep_run, "combine", lambda h, ci: torch.zeros_like(real(h, ci)))
     code = ep_run.main(
-        [
-            "--nproc",
-            "2",
-            "--a2a",
-            "deepep",
-            "--quant",
-            "unquant",
-            "--dispatch",
-            "deepep_normal",
-            "--tokens",
-            "4",
-            "--iters",
-            "1",
-            "--warmup",
-            "0",
-        ]
+        "--nproc 2 --a2a deepep --quant unquant --dispatch deepep_normal "
+        "--tokens 4 --iters 1 --warmup 0".split()
     )
     captured = capfd.readouterr()
     assert code == 1

@@ -8,19 +8,12 @@ from __future__ import annotations
 import pytest
 
 from moe_runtime.testing import emulate
+from moe_runtime.testing.weights import QUANT_METHODS
 from tests.distributed.cases import differences, run_layer
 from tests.distributed.pool import Pool, RemoteError
 from tests.runners.harness import activation_rounding, run_combination
 
-_QUANTS = (
-    "unquant",
-    "fp8_block",
-    "fp8_channel",
-    "mxfp4",
-    "quark_w4a4_mxfp4",
-    "quark_int4fp8",
-    "ct_w8a8_fp8",
-)
+_QUANTS = QUANT_METHODS
 _A2A = {
     "standard": "none",
     "deepep_normal": "deepep",

@@ -15,7 +15,7 @@ import generated
 from moe_runtime import types as t
 from moe_runtime.testing import emulate
 from moe_runtime.testing.recording import RecordingKernel
-from moe_runtime.testing.weights import make_expert_weights
+from moe_runtime.testing.weights import QUANT_METHODS, make_expert_weights
 from tests.runners.harness import INTERMEDIATE
 
 E = 8
@@ -43,15 +43,7 @@ STANDARD = ("none", "unquant", "standard")
 
 def test_well_formed_weights_of_every_method_load() -> None:
     """Negative control for every refusal below: the weights they start from are accepted."""
-    for quant in (
-        "unquant",
-        "fp8_block",
-        "fp8_channel",
-        "mxfp4",
-        "quark_w4a4_mxfp4",
-        "quark_int4fp8",
-        "ct_w8a8_fp8",
-    ):
+    for quant in QUANT_METHODS:
         build(("none", quant, "standard"), weights(quant))
 
 

@@ -186,22 +186,23 @@ def output_of(format: str, rank: int, **options: Any) -> Any:
     return emulate.dispatch(batch(), format, **options).outputs[rank]
 
 
-def test_standard_mask_is_rebuilt_every_call_and_the_others_are_not() -> None:
+def expert_masks_of_two_calls(format: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The expert masks the kernel gets on two calls of one runner with rank 1's output."""
     kernel = RecordingKernel()
     runner = runner_of("unquant", kernel)
-    output = output_of("standard", 1)
+    output = output_of(format, 1)
     runner(output)
     runner(output)
     first, second = (call["expert_mask"] for call in kernel.calls)
+    return first, second
+
+
+def test_standard_mask_is_rebuilt_every_call_and_the_others_are_not() -> None:
+    first, second = expert_masks_of_two_calls("standard")
     assert first is not second and torch.equal(first, second)
     assert first.tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
 
-    kernel = RecordingKernel()
-    runner = runner_of("unquant", kernel)
-    output = output_of("deepep_normal", 1)
-    runner(output)
-    runner(output)
-    first, second = (call["expert_mask"] for call in kernel.calls)
+    first, second = expert_masks_of_two_calls("deepep_normal")
     assert first is second and first.tolist() == [1, 1, 1, 1, 0]
 
 

@@ -139,6 +139,18 @@ def test_weights_pads_not_negative(hidden_pad: int, intermediate_pad: int) -> No
 
 # --- field names and order, as DESIGN.md lists them (SGLang's) --------------------------------
 
+# Both MORI outputs carry the same fields: the mode changes the layout, not the contents.
+_MORI_DISPATCH_FIELDS = (
+    "hidden_states",
+    "hidden_states_scale",
+    "topk_ids",
+    "topk_weights",
+    "num_recv_tokens_per_expert",
+    "origin_topk_ids",
+    "origin_topk_weights",
+    "out_dtype",
+    "recv_cap",
+)
 _DESIGN_FIELDS: dict[str, tuple[str, ...]] = {
     "TopKOutput": ("topk_weights", "topk_ids", "router_logits"),
     "StandardDispatchOutput": ("hidden_states", "hidden_states_scale", "topk_output"),
@@ -157,28 +169,8 @@ _DESIGN_FIELDS: dict[str, tuple[str, ...]] = {
         "masked_m",
         "expected_m",
     ),
-    "MoriEPNormalDispatchOutput": (
-        "hidden_states",
-        "hidden_states_scale",
-        "topk_ids",
-        "topk_weights",
-        "num_recv_tokens_per_expert",
-        "origin_topk_ids",
-        "origin_topk_weights",
-        "out_dtype",
-        "recv_cap",
-    ),
-    "MoriEPLLDispatchOutput": (
-        "hidden_states",
-        "hidden_states_scale",
-        "topk_ids",
-        "topk_weights",
-        "num_recv_tokens_per_expert",
-        "origin_topk_ids",
-        "origin_topk_weights",
-        "out_dtype",
-        "recv_cap",
-    ),
+    "MoriEPNormalDispatchOutput": _MORI_DISPATCH_FIELDS,
+    "MoriEPLLDispatchOutput": _MORI_DISPATCH_FIELDS,
     "StandardCombineInput": ("hidden_states",),
     "DeepEPNormalCombineInput": ("hidden_states", "topk_ids", "topk_weights"),
     "DeepEPLLCombineInput": ("hidden_states", "topk_ids", "topk_weights"),
