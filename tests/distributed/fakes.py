@@ -292,43 +292,14 @@ class FakeMooncakeBuffer:
 
 
 class FakeNixlBuffer:
-    """`nixl_ep.Buffer` of one rank."""
+    """`nixl_ep.Buffer` of one rank: DeepEP's low-latency calls under NIXL's names (NIXL EP is
+    DeepEP's low-latency API), so the fake is DeepEP's."""
 
     def __init__(self, world: FakeWorld, rank: int) -> None:
         self.world, self.rank = world, rank
 
-    def dispatch(
-        self,
-        x: torch.Tensor,
-        topk_idx: torch.Tensor,
-        num_max_dispatch_tokens_per_rank: int,
-        num_experts: int,
-        cumulative_local_expert_recv_stats: torch.Tensor | None = None,
-        dispatch_wait_recv_cost_stats: torch.Tensor | None = None,
-        use_fp8: bool = True,
-        round_scale: bool = False,
-        use_ue8m0: bool = False,
-        async_finish: bool = False,
-        return_recv_hook: bool = False,
-    ) -> tuple[Any, ...]:
-        return _low_latency(
-            self.world, self.rank, x, topk_idx, num_max_dispatch_tokens_per_rank, use_fp8, use_ue8m0
-        )
-
-    def combine(
-        self,
-        x: torch.Tensor,
-        topk_idx: torch.Tensor,
-        topk_weights: torch.Tensor,
-        handle: tuple[Any, ...],
-        use_logfmt: bool = False,
-        zero_copy: bool = False,
-        async_finish: bool = False,
-        return_recv_hook: bool = False,
-        out: torch.Tensor | None = None,
-        combine_wait_recv_cost_stats: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, FakeEvent, Any]:
-        return _ll_combine(self.world, self.rank, x, topk_idx, topk_weights, handle)
+    dispatch = FakeDeepEPBuffer.low_latency_dispatch
+    combine = FakeDeepEPBuffer.low_latency_combine
 
 
 class FakeMoriOp:
