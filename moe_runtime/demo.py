@@ -24,8 +24,8 @@ import generated
 from moe_runtime import kernels
 from moe_runtime import types as t
 from moe_runtime.testing import emulate
-from moe_runtime.testing.dense import dense_moe_float64
-from moe_runtime.testing.weights import dequantized_weights, make_expert_weights, slice_experts
+from moe_runtime.testing.dense import dense_layer
+from moe_runtime.testing.weights import make_expert_weights, slice_experts
 
 # The quant methods whose weights only make sense under Swiglu (gpt-oss); the rest run silu.
 _SWIGLU_METHODS = frozenset({"mxfp4"})
@@ -89,16 +89,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             runner(dispatch_output)
             seconds.append(time.perf_counter() - start)
     output = emulate.combine(dispatched, combine_inputs).double()
-    w13, w2 = dequantized_weights(weights, args.quant)
-    expected = dense_moe_float64(
+    expected = dense_layer(
         batch.hidden_states,
         batch.topk_ids,
         batch.topk_weights,
-        w13,
-        w2,
+        weights,
+        args.quant,
         activation=activation,
-        b13=weights.b13,
-        b2=weights.b2,
     )[:, : args.hidden]
     error = float((output - expected).abs().max())
     rms_error = float((output - expected).norm() / expected.norm().clamp(min=1e-30))

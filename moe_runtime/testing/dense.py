@@ -12,6 +12,9 @@ from dataclasses import dataclass
 
 import torch
 
+from moe_runtime.testing.weights import dequantized_weights
+from moe_runtime.types import ExpertWeights
+
 _SWIGLU_DEFAULT_LIMIT = 7.0
 
 
@@ -90,6 +93,32 @@ def dense_moe_float64(
                 y = y * w
             out = out + torch.where(routed, y, torch.zeros_like(y))
     return out
+
+
+def dense_layer(
+    hidden_states: torch.Tensor,
+    topk_ids: torch.Tensor,
+    topk_weights: torch.Tensor,
+    weights: ExpertWeights,
+    quant_method: str,
+    *,
+    activation: str,
+    gate_mode: str = "separated",
+) -> torch.Tensor:
+    """`dense_moe_float64` of `weights` as built in `quant_method`'s layout: dequantized, with
+    their biases."""
+    w13, w2 = dequantized_weights(weights, quant_method)
+    return dense_moe_float64(
+        hidden_states,
+        topk_ids,
+        topk_weights,
+        w13,
+        w2,
+        activation=activation,
+        b13=weights.b13,
+        b2=weights.b2,
+        gate_mode=gate_mode,
+    )
 
 
 @dataclass(frozen=True, slots=True)

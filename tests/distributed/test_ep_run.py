@@ -9,24 +9,21 @@ import torch
 from moe_runtime import ep_run
 from moe_runtime.distributed import oracle
 from moe_runtime.testing import emulate
-from moe_runtime.testing.dense import dense_moe_float64
-from moe_runtime.testing.weights import dequantized_weights, make_expert_weights, slice_experts
+from moe_runtime.testing.dense import dense_layer
+from moe_runtime.testing.weights import make_expert_weights, slice_experts
 
 
 @pytest.mark.parametrize(("quant", "activation"), [("fp8_block", "silu"), ("mxfp4", "swiglu")])
 def test_oracle_is_the_dense_moe(quant: str, activation: str) -> None:
     weights = make_expert_weights(quant, 8, 256, 128, seed=3)
     batch = emulate.make_batch(11, 256, 8, 3, ep_size=2, seed=4)
-    w13, w2 = dequantized_weights(weights, quant)
-    expected = dense_moe_float64(
+    expected = dense_layer(
         batch.hidden_states,
         batch.topk_ids,
         batch.topk_weights,
-        w13,
-        w2,
+        weights,
+        quant,
         activation=activation,
-        b13=weights.b13,
-        b2=weights.b2,
     )
     shares = [
         oracle.expert_share(

@@ -13,8 +13,8 @@ import generated
 from moe_runtime import types as t
 from moe_runtime.enums import GateMode
 from moe_runtime.testing import emulate
-from moe_runtime.testing.dense import dense_moe_float64
-from moe_runtime.testing.weights import dequantized_weights, make_expert_weights, slice_experts
+from moe_runtime.testing.dense import dense_layer
+from moe_runtime.testing.weights import make_expert_weights, slice_experts
 
 NUM_EXPERTS, HIDDEN, INTERMEDIATE, TOP_K, TOKENS = 8, 256, 128, 3, 13
 EP_SIZES = (1, 2, 4)
@@ -153,18 +153,15 @@ def run_combination(
         rank_weights_list.append(rank_weights)
         runners.append(runner)
         combine_inputs.append(runner(dispatch_output))
-    w13, w2 = dequantized_weights(weights, quant)
     # Padded weights (zero rows and columns) see the activations padded with zeros.
     padded_input = torch.nn.functional.pad(batch.hidden_states, (0, hidden_pad))
-    expected = dense_moe_float64(
+    expected = dense_layer(
         padded_input,
         batch.topk_ids,
         batch.topk_weights,
-        w13,
-        w2,
+        weights,
+        quant,
         activation=layer_activation(quant),
-        b13=weights.b13,
-        b2=weights.b2,
         gate_mode=gate_mode.value,
     )[:, :hidden]
     return Run(batch, dispatched, combine_inputs, runners, configs, rank_weights_list, expected)

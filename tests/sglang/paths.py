@@ -10,8 +10,8 @@ import torch
 
 from moe_runtime import types as t
 from moe_runtime.testing import emulate
-from moe_runtime.testing.dense import dense_moe_float64
-from moe_runtime.testing.weights import dequantized_weights, make_expert_weights, slice_experts
+from moe_runtime.testing.dense import dense_layer
+from moe_runtime.testing.weights import make_expert_weights, slice_experts
 from tests.sglang import harness
 
 NUM_EXPERTS, HIDDEN, INTERMEDIATE, TOP_K, TOKENS = 8, 256, 128, 3, 13
@@ -80,15 +80,12 @@ def run_paths(key: tuple[str, str, str], ep_size: int, *, seed: int = 0) -> Path
         harness.install(runner, key, config, info)
         installed, installed_call = _run(runner, dispatch_output, info)
         ranks.append(Rank(dispatch_output, native, native_call, installed, installed_call))
-    w13, w2 = dequantized_weights(weights, quant)
-    expected = dense_moe_float64(
+    expected = dense_layer(
         batch.hidden_states,
         batch.topk_ids,
         batch.topk_weights,
-        w13,
-        w2,
+        weights,
+        quant,
         activation=layer_activation(quant),
-        b13=weights.b13,
-        b2=weights.b2,
     )
     return Paths(dispatched, ranks, expected)
