@@ -89,14 +89,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             runner(dispatch_output)
             seconds.append(time.perf_counter() - start)
     output = emulate.combine(dispatched, combine_inputs).double()
-    expected = dense_layer(
-        batch.hidden_states,
-        batch.topk_ids,
-        batch.topk_weights,
-        weights,
-        args.quant,
-        activation=activation,
-    )[:, : args.hidden]
+    expected = dense_layer(batch, weights, args.quant, activation=activation)
     error = float((output - expected).abs().max())
     rms_error = float((output - expected).norm() / expected.norm().clamp(min=1e-30))
     return {

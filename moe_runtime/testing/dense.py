@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from moe_runtime.testing.emulate import GlobalBatch
 from moe_runtime.testing.weights import dequantized_weights
 from moe_runtime.types import ExpertWeights
 
@@ -96,29 +97,29 @@ def dense_moe_float64(
 
 
 def dense_layer(
-    hidden_states: torch.Tensor,
-    topk_ids: torch.Tensor,
-    topk_weights: torch.Tensor,
+    batch: GlobalBatch,
     weights: ExpertWeights,
     quant_method: str,
     *,
     activation: str,
     gate_mode: str = "separated",
 ) -> torch.Tensor:
-    """`dense_moe_float64` of `weights` as built in `quant_method`'s layout: dequantized, with
-    their biases."""
+    """`dense_moe_float64` of the whole batch through `weights` as built in `quant_method`'s
+    layout: dequantized, with their biases; padded weights (zero rows and columns) see the
+    activations padded with zeros, and the result is cropped back to the batch's H."""
     w13, w2 = dequantized_weights(weights, quant_method)
+    hidden = batch.hidden_states.shape[1]
     return dense_moe_float64(
-        hidden_states,
-        topk_ids,
-        topk_weights,
+        torch.nn.functional.pad(batch.hidden_states, (0, weights.hidden_pad)),
+        batch.topk_ids,
+        batch.topk_weights,
         w13,
         w2,
         activation=activation,
         b13=weights.b13,
         b2=weights.b2,
         gate_mode=gate_mode,
-    )
+    )[:, :hidden]
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,14 +17,7 @@ from moe_runtime.testing.weights import make_expert_weights, slice_experts
 def test_oracle_is_the_dense_moe(quant: str, activation: str) -> None:
     weights = make_expert_weights(quant, 8, 256, 128, seed=3)
     batch = emulate.make_batch(11, 256, 8, 3, ep_size=2, seed=4)
-    expected = dense_layer(
-        batch.hidden_states,
-        batch.topk_ids,
-        batch.topk_weights,
-        weights,
-        quant,
-        activation=activation,
-    )
+    expected = dense_layer(batch, weights, quant, activation=activation)
     shares = [
         oracle.expert_share(
             batch.hidden_states,

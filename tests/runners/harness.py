@@ -153,15 +153,7 @@ def run_combination(
         rank_weights_list.append(rank_weights)
         runners.append(runner)
         combine_inputs.append(runner(dispatch_output))
-    # Padded weights (zero rows and columns) see the activations padded with zeros.
-    padded_input = torch.nn.functional.pad(batch.hidden_states, (0, hidden_pad))
     expected = dense_layer(
-        padded_input,
-        batch.topk_ids,
-        batch.topk_weights,
-        weights,
-        quant,
-        activation=layer_activation(quant),
-        gate_mode=gate_mode.value,
-    )[:, :hidden]
+        batch, weights, quant, activation=layer_activation(quant), gate_mode=gate_mode.value
+    )
     return Run(batch, dispatched, combine_inputs, runners, configs, rank_weights_list, expected)

@@ -80,12 +80,5 @@ def run_paths(key: tuple[str, str, str], ep_size: int, *, seed: int = 0) -> Path
         harness.install(runner, key, config, info)
         installed, installed_call = _run(runner, dispatch_output, info)
         ranks.append(Rank(dispatch_output, native, native_call, installed, installed_call))
-    expected = dense_layer(
-        batch.hidden_states,
-        batch.topk_ids,
-        batch.topk_weights,
-        weights,
-        quant,
-        activation=layer_activation(quant),
-    )
+    expected = dense_layer(batch, weights, quant, activation=layer_activation(quant))
     return Paths(dispatched, ranks, expected)
