@@ -24,7 +24,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -229,10 +229,7 @@ def run_rank(layer: Layer, rank: int, world: int, iters: int, warmup: int) -> bo
     """One rank's layer; prints its row and returns whether it is within tolerance."""
     import generated
 
-    device = torch.device("cpu")
-    if dist.get_backend() == "nccl" or os.environ.get("_MOE_EP_DEVICE") == "cuda":
-        device = torch.device("cuda", rank % torch.cuda.device_count())
-        torch.cuda.set_device(device)
+    device = _rank_device(rank)
     local = layer.experts // world
     batch = emulate.make_batch(
         layer.tokens * world,
@@ -257,6 +254,46 @@ def run_rank(layer: Layer, rank: int, world: int, iters: int, warmup: int) -> bo
         activation=activation,
     )
     runner = generated.select(layer.a2a, layer.quant, layer.dispatch)(config, weights)
+    combined, received, phases = _timed_layers(layer, runner, batch, rows, device, iters, warmup)
+    # The dense layer: each rank's experts' share of every token, summed over ranks.
+    share = oracle.expert_share(
+        batch.hidden_states,
+        batch.topk_ids,
+        batch.topk_weights,
+        weights,
+        layer.quant,
+        first_expert=rank * local,
+        activation=activation,
+    )
+    dist.all_reduce(share)
+    ok, row = _verdict(layer, rank, world, rows, received, combined, share[rows], phases)
+    for r in range(world):  # one row at a time, in rank order
+        dist.barrier()
+        if r == rank:
+            print(row, flush=True)
+    return ok
+
+
+def _rank_device(rank: int) -> torch.device:
+    """NCCL (or --device cuda under gloo): rank r's GPU, r modulo the visible GPUs; else the CPU."""
+    device = torch.device("cpu")
+    if dist.get_backend() == "nccl" or os.environ.get("_MOE_EP_DEVICE") == "cuda":
+        device = torch.device("cuda", rank % torch.cuda.device_count())
+        torch.cuda.set_device(device)
+    return device
+
+
+def _timed_layers(
+    layer: Layer,
+    runner: Callable[[Any], Any],
+    batch: emulate.GlobalBatch,
+    rows: slice,
+    device: torch.device,
+    iters: int,
+    warmup: int,
+) -> tuple[torch.Tensor, int, list[tuple[float, float, float]]]:
+    """The last layer's combined rows, rows received, and each timed layer's (dispatch, experts,
+    combine) seconds."""
     phases: list[tuple[float, float, float]] = []
     received = 0
     combined = torch.empty(0)
@@ -282,18 +319,20 @@ def run_rank(layer: Layer, rank: int, world: int, iters: int, warmup: int) -> bo
         received = _received(output)
         if step >= warmup:
             phases.append((dispatched - start, computed - dispatched, done - computed))
-    # The dense layer: each rank's experts' share of every token, summed over ranks.
-    share = oracle.expert_share(
-        batch.hidden_states,
-        batch.topk_ids,
-        batch.topk_weights,
-        weights,
-        layer.quant,
-        first_expert=rank * local,
-        activation=activation,
-    )
-    dist.all_reduce(share)
-    expected = share[rows]
+    return combined, received, phases
+
+
+def _verdict(
+    layer: Layer,
+    rank: int,
+    world: int,
+    rows: slice,
+    received: int,
+    combined: torch.Tensor,
+    expected: torch.Tensor,
+    phases: list[tuple[float, float, float]],
+) -> tuple[bool, str]:
+    """Whether this rank is within the path's tolerance, and the row it prints."""
     error = (combined.double() - expected).abs()
     rms = float(expected.pow(2).mean().sqrt())
     relative = float((combined.double() - expected).norm() / expected.norm().clamp(min=1e-30))
@@ -307,11 +346,7 @@ def run_rank(layer: Layer, rank: int, world: int, iters: int, warmup: int) -> bo
         f"(bound {bound:g}) {'ok' if ok else 'FAIL'}; layer {statistics.median(total):.2f} ms "
         f"median of {len(total)} (dispatch {d:.2f}, experts {c:.2f}, combine {k:.2f})"
     )
-    for r in range(world):  # one row at a time, in rank order
-        dist.barrier()
-        if r == rank:
-            print(row, flush=True)
-    return ok
+    return ok, row
 
 
 def _worker(

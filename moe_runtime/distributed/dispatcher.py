@@ -93,6 +93,25 @@ class SendPlan:
     experts: torch.Tensor | None  # LL: global expert of each pair
 
 
+@dataclass(frozen=True)
+class _Call:
+    """One rank's dispatch past the agreement check: what each format's builder reads."""
+
+    format: str
+    hidden: torch.Tensor
+    ids: torch.Tensor
+    weights: torch.Tensor
+    plan: SendPlan
+    recv_rows: tuple[int, ...]  # rows arriving from each rank
+    table: list[list[int]]  # every rank's header, rank order
+    num_experts: int
+    max_tokens_per_rank: int
+    recv_cap: int
+    rank: int
+    world: int
+    group: dist.ProcessGroup | None
+
+
 def dispatch(
     format: str,
     hidden_states: torch.Tensor,
@@ -124,42 +143,17 @@ def dispatch(
     if max_tokens_per_rank is None:
         max_tokens_per_rank = most_sent
     recv_rows = tuple(row[_FIXED + rank] for row in table)
-    if format == emulate.STANDARD:
-        return _standard(hidden_states, topk_ids, topk_weights, plan, recv_rows, rank, world, group)
-    if format == emulate.DEEPEP_NORMAL:
-        return _deepep_normal(
-            hidden_states, topk_ids, topk_weights, plan, recv_rows, num_experts, rank, world, group
-        )
-    if format in LOW_LATENCY:
-        return _deepep_ll(
-            format,
-            hidden_states,
-            topk_ids,
-            topk_weights,
-            plan,
-            recv_rows,
-            table,
-            num_experts,
-            max_tokens_per_rank,
-            rank,
-            world,
-            group,
-        )
-    return _mori(
-        format,
-        hidden_states,
-        topk_ids,
-        topk_weights,
-        plan,
-        recv_rows,
-        table,
-        num_experts,
-        max_tokens_per_rank,
-        recv_cap,
-        rank,
-        world,
-        group,
+    call = _Call(
+        format, hidden_states, topk_ids, topk_weights, plan, recv_rows, table, num_experts,
+        max_tokens_per_rank, recv_cap, rank, world, group,
     )
+    if format == emulate.STANDARD:
+        return _standard(call)
+    if format == emulate.DEEPEP_NORMAL:
+        return _deepep_normal(call)
+    if format in LOW_LATENCY:
+        return _deepep_ll(call)
+    return _mori(call)
 
 
 def _local_problems(
@@ -293,27 +287,20 @@ def _check_agreement(table: list[list[int]], rank: int, problems: list[str]) -> 
         raise DispatchError(f"recv_cap must be >= 0 (0 = no cap), got {fixed[7]}")
 
 
-def _exchange_rows(
-    parts: list[torch.Tensor],
-    plan: SendPlan,
-    recv_rows: tuple[int, ...],
-    group: dist.ProcessGroup | None,
-) -> list[torch.Tensor]:
+def _exchange_rows(call: _Call, parts: list[torch.Tensor]) -> list[torch.Tensor]:
     """Send `parts[i][plan.tokens]` (row-wise), return the received parts, rank-major."""
-    layout = [(p.dtype, tuple(p.shape[1:])) for p in parts]
-    payload = wire.pack([p[plan.tokens] for p in parts])
-    received = wire.exchange(payload, plan.rows, recv_rows, group)
+    return _exchange(call, [p[call.plan.tokens] for p in parts])
+
+
+def _exchange(call: _Call, rows: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Send the parts' rows in `plan` order (already one row per sent row), return the received."""
+    layout = [(p.dtype, tuple(p.shape[1:])) for p in rows]
+    received = wire.exchange(wire.pack(rows), call.plan.rows, call.recv_rows, call.group)
     return wire.unpack(received, layout)
 
 
 def _handle(
-    format: str,
-    hidden: torch.Tensor,
-    plan: SendPlan,
-    recv_rows: tuple[int, ...],
-    rank: int,
-    world: int,
-    group: dist.ProcessGroup | None,
+    call: _Call,
     *,
     back_rows: tuple[int, ...] | None = None,
     return_rows: tuple[int, ...] | None = None,
@@ -324,17 +311,17 @@ def _handle(
 ) -> DispatchHandle:
     """The combine goes back the way the rows came unless the format says otherwise."""
     return DispatchHandle(
-        format=format,
-        group=group,
-        rank=rank,
-        world=world,
-        num_tokens=int(hidden.shape[0]),
-        hidden_size=int(hidden.shape[1]),
-        send_rows=plan.rows,
-        send_tokens=plan.tokens,
-        recv_rows=recv_rows,
-        back_rows=plan.rows if back_rows is None else back_rows,
-        return_rows=recv_rows if return_rows is None else return_rows,
+        format=call.format,
+        group=call.group,
+        rank=call.rank,
+        world=call.world,
+        num_tokens=int(call.hidden.shape[0]),
+        hidden_size=int(call.hidden.shape[1]),
+        send_rows=call.plan.rows,
+        send_tokens=call.plan.tokens,
+        recv_rows=call.recv_rows,
+        back_rows=call.plan.rows if back_rows is None else back_rows,
+        return_rows=call.recv_rows if return_rows is None else return_rows,
         send_k=send_k,
         recv_experts=recv_experts,
         recv_slots=recv_slots,
@@ -342,55 +329,25 @@ def _handle(
     )
 
 
-def _standard(
-    hidden: torch.Tensor,
-    ids: torch.Tensor,
-    weights: torch.Tensor,
-    plan: SendPlan,
-    recv_rows: tuple[int, ...],
-    rank: int,
-    world: int,
-    group: dist.ProcessGroup | None,
-) -> tuple[DispatchOutput, DispatchHandle]:
+def _standard(call: _Call) -> tuple[DispatchOutput, DispatchHandle]:
     # Every rank gets the whole batch (an all-gather by all-to-all, uneven sizes allowed).
-    all_hidden, all_ids, all_weights = _exchange_rows(
-        [hidden, ids, weights], plan, recv_rows, group
-    )
+    all_hidden, all_ids, all_weights = _exchange_rows(call, [call.hidden, call.ids, call.weights])
     output = StandardDispatchOutput(
         hidden_states=all_hidden,
         hidden_states_scale=None,
         topk_output=TopKOutput(topk_weights=all_weights, topk_ids=all_ids, router_logits=None),
     )
     # Combine sends each rank's slice of the [T, H] output back to its sender.
-    return output, _handle(
-        emulate.STANDARD,
-        hidden,
-        plan,
-        recv_rows,
-        rank,
-        world,
-        group,
-        back_rows=tuple([hidden.shape[0]] * world),
-        return_rows=recv_rows,
-    )
+    back_rows = tuple([call.hidden.shape[0]] * call.world)
+    return output, _handle(call, back_rows=back_rows, return_rows=call.recv_rows)
 
 
-def _deepep_normal(
-    hidden: torch.Tensor,
-    ids: torch.Tensor,
-    weights: torch.Tensor,
-    plan: SendPlan,
-    recv_rows: tuple[int, ...],
-    num_experts: int,
-    rank: int,
-    world: int,
-    group: dist.ProcessGroup | None,
-) -> tuple[DispatchOutput, DispatchHandle]:
+def _deepep_normal(call: _Call) -> tuple[DispatchOutput, DispatchHandle]:
     recv_hidden, recv_ids, recv_weights = _exchange_rows(
-        [hidden, ids, weights], plan, recv_rows, group
+        call, [call.hidden, call.ids, call.weights]
     )
     # The same steps as the emulation, on the rows that arrived.
-    local_count = num_experts // world
+    rank, local_count = call.rank, call.num_experts // call.world
     wide = recv_ids.long()
     on_rank = (wide >= 0) & (wide // local_count == rank)
     local_ids = torch.where(on_rank, wide - rank * local_count, -1)
@@ -402,112 +359,102 @@ def _deepep_normal(
         topk_weights=torch.where(on_rank, recv_weights, 0.0),
         num_recv_tokens_per_expert=[int(n) for n in per_expert.tolist()],
     )
-    return output, _handle(emulate.DEEPEP_NORMAL, hidden, plan, recv_rows, rank, world, group)
+    return output, _handle(call)
 
 
-def _deepep_ll(
-    format: str,
-    hidden: torch.Tensor,
-    ids: torch.Tensor,
-    weights: torch.Tensor,
-    plan: SendPlan,
-    recv_rows: tuple[int, ...],
-    table: list[list[int]],
-    num_experts: int,
-    max_tokens_per_rank: int,
-    rank: int,
-    world: int,
-    group: dist.ProcessGroup | None,
-) -> tuple[DispatchOutput, DispatchHandle]:
-    capacity = max_tokens_per_rank * world
-    expert_counts = [sum(row[_FIXED + world + e] for row in table) for e in range(num_experts)]
-    if expert_counts and max(expert_counts) > capacity:
-        raise DispatchError(
-            f"an expert receives {max(expert_counts)} tokens, more than the slab capacity "
-            f"{capacity} (max_tokens_per_rank * ep_size)"
-        )
-    local_count = num_experts // world
-    hidden_size = int(hidden.shape[1])
-    device = hidden.device
+def _deepep_ll(call: _Call) -> tuple[DispatchOutput, DispatchHandle]:
+    capacity = _ll_capacity(call)
+    local_count = call.num_experts // call.world
+    hidden, plan = call.hidden, call.plan
     assert plan.experts is not None
-    fp8_wire = format == emulate.DEEPEP_LL_FP8
+    fp8_wire = call.format == emulate.DEEPEP_LL_FP8
     if fp8_wire:
         wire_hidden, wire_scale = quantize_fp8_1x128(hidden)
         parts = [_bytes(wire_hidden), wire_scale]
     else:
         parts = [hidden]
     # Each pair carries its row and its expert, made local on arrival.
-    pair_parts = [p[plan.tokens] for p in parts] + [plan.experts.unsqueeze(1)]
-    layout = [(p.dtype, tuple(p.shape[1:])) for p in pair_parts]
-    received = wire.unpack(
-        wire.exchange(wire.pack(pair_parts), plan.rows, recv_rows, group), layout
+    received = _exchange(call, [p[plan.tokens] for p in parts] + [plan.experts.unsqueeze(1)])
+    experts = received[-1].squeeze(1) - call.rank * local_count
+    counts, slots = _slab_slots(experts, local_count, hidden.device)
+    slab, scale = _ll_slabs(call, received, experts, slots, local_count, capacity, fp8_wire)
+    sent = int(hidden.shape[0])
+    top_k = int(call.ids.shape[1])
+    output = DeepEPLLDispatchOutput(
+        hidden_states=slab,
+        hidden_states_scale=scale,
+        topk_ids=call.ids.long(),
+        topk_weights=call.weights,
+        masked_m=counts.to(torch.int32),
+        # SGLang's DeepEP dispatcher: (T_r * group_size * K + E) // E.
+        expected_m=(sent * call.world * top_k + call.num_experts) // call.num_experts,
     )
-    experts = received[-1].squeeze(1) - rank * local_count
-    # Slot within each expert's slab in arrival order (sender rank, then token, then k).
+    return output, _handle(
+        call, send_k=plan.ks, recv_experts=experts, recv_slots=slots, topk_ids=call.ids.long()
+    )
+
+
+def _ll_capacity(call: _Call) -> int:
+    """Rows of each expert's slab; raises on every rank alike if an expert receives more."""
+    capacity = call.max_tokens_per_rank * call.world
+    expert_counts = [
+        sum(row[_FIXED + call.world + e] for row in call.table) for e in range(call.num_experts)
+    ]
+    if expert_counts and max(expert_counts) > capacity:
+        raise DispatchError(
+            f"an expert receives {max(expert_counts)} tokens, more than the slab capacity "
+            f"{capacity} (max_tokens_per_rank * ep_size)"
+        )
+    return capacity
+
+
+def _slab_slots(
+    experts: torch.Tensor, local_count: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pairs per local expert, and each pair's slot within its expert's slab in arrival order
+    (sender rank, then token, then k)."""
     order = torch.argsort(experts, stable=True)
     counts = torch.bincount(experts, minlength=local_count)
     starts = torch.cumsum(counts, 0) - counts
     slots = torch.empty_like(experts)
     slots[order] = torch.arange(experts.numel(), device=device) - starts[experts[order]]
+    return counts, slots
+
+
+def _ll_slabs(
+    call: _Call,
+    received: list[torch.Tensor],
+    experts: torch.Tensor,
+    slots: torch.Tensor,
+    local_count: int,
+    capacity: int,
+    fp8_wire: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The [local experts, capacity, H] slab (and fp8 scales) with the received rows in place."""
+    hidden_size = int(call.hidden.shape[1])
+    device = call.hidden.device
     shape = (local_count, capacity, hidden_size)
-    scale: torch.Tensor | None = None
     if fp8_wire:
         slab = poison.fp8(shape, device)
         slab.view(torch.uint8)[experts, slots] = received[0]
         # DeepEP stores the scales column-major in the last two dims.
         scale = poison.ll_scales(local_count, hidden_size // 128, capacity, device)
         scale[experts, slots] = received[1]
-    else:
-        slab = poison.bf16(shape, hidden.dtype, device)
-        slab[experts, slots] = received[0]
-    sent = int(hidden.shape[0])
-    top_k = int(ids.shape[1])
-    output = DeepEPLLDispatchOutput(
-        hidden_states=slab,
-        hidden_states_scale=scale,
-        topk_ids=ids.long(),
-        topk_weights=weights,
-        masked_m=counts.to(torch.int32),
-        # SGLang's DeepEP dispatcher: (T_r * group_size * K + E) // E.
-        expected_m=(sent * world * top_k + num_experts) // num_experts,
-    )
-    return output, _handle(
-        format,
-        hidden,
-        plan,
-        recv_rows,
-        rank,
-        world,
-        group,
-        send_k=plan.ks,
-        recv_experts=experts,
-        recv_slots=slots,
-        topk_ids=ids.long(),
-    )
+        return slab, scale
+    slab = poison.bf16(shape, call.hidden.dtype, device)
+    slab[experts, slots] = received[0]
+    return slab, None
 
 
-def _mori(
-    format: str,
-    hidden: torch.Tensor,
-    ids: torch.Tensor,
-    weights: torch.Tensor,
-    plan: SendPlan,
-    recv_rows: tuple[int, ...],
-    table: list[list[int]],
-    num_experts: int,
-    max_tokens_per_rank: int,
-    recv_cap: int,
-    rank: int,
-    world: int,
-    group: dist.ProcessGroup | None,
-) -> tuple[DispatchOutput, DispatchHandle]:
-    capacity = max_tokens_per_rank * world
-    wire_kind = _MORI_WIRE[format]
+def _mori(call: _Call) -> tuple[DispatchOutput, DispatchHandle]:
+    hidden, ids, weights, rank, world = call.hidden, call.ids, call.weights, call.rank, call.world
+    capacity = call.max_tokens_per_rank * world
+    wire_kind = _MORI_WIRE[call.format]
     wire_hidden, wire_scale = _mori_wire(hidden, wire_kind)
     # Quantized wires travel as bytes: CPU indexing and gloo lack fp8/fp4/e8m0 kernels.
     parts = [_bytes(wire_hidden)] + ([] if wire_scale is None else [_bytes(wire_scale)])
-    received = _exchange_rows([*parts, ids, weights], plan, recv_rows, group)
-    total_recv = sum(recv_rows)
+    received = _exchange_rows(call, [*parts, ids, weights])
+    total_recv = sum(call.recv_rows)
     stale_hidden, stale_scale = poison.mori_buffers(
         wire_kind, capacity, wire_hidden, wire_scale, hidden.device
     )
@@ -515,11 +462,11 @@ def _mori(
     if stale_scale is not None:
         _bytes(stale_scale)[:total_recv] = received[1]
     stale_ids, stale_weights = poison.mori_routing(
-        rank, capacity, ids.shape[1], num_experts, hidden.device
+        rank, capacity, ids.shape[1], call.num_experts, hidden.device
     )
     stale_ids[:total_recv] = received[-2]
     stale_weights[:total_recv] = received[-1]
-    output_type = MoriEPLLDispatchOutput if format in _MORI_LL else MoriEPNormalDispatchOutput
+    output_type = MoriEPLLDispatchOutput if call.format in _MORI_LL else MoriEPNormalDispatchOutput
     output = output_type(
         hidden_states=stale_hidden,
         hidden_states_scale=stale_scale,
@@ -531,15 +478,14 @@ def _mori(
         origin_topk_ids=ids,
         origin_topk_weights=weights,
         out_dtype=hidden.dtype,
-        recv_cap=recv_cap,
+        recv_cap=call.recv_cap,
     )
     # MORI's combine reads only rows below total_recv (and a positive recv_cap): rows that
     # arrived past the cap never go back, on any rank.
+    table, recv_cap = call.table, call.recv_cap
     back = tuple(_returned(table, d, rank, world, capacity, recv_cap) for d in range(world))
     ret = tuple(_returned(table, rank, s, world, capacity, recv_cap) for s in range(world))
-    return output, _handle(
-        format, hidden, plan, recv_rows, rank, world, group, back_rows=back, return_rows=ret
-    )
+    return output, _handle(call, back_rows=back, return_rows=ret)
 
 
 def _returned(

@@ -66,6 +66,34 @@ class _Problem:
     interleaved: bool  # gate_mode INTERLEAVE: w1's gate and up rows alternate
 
 
+@dataclass(frozen=True, slots=True)
+class _Pairs:
+    """The (token, slot) pairs of one call, flattened to P = M * K rows in token-major order."""
+
+    weights: torch.Tensor  # [P, 1] fp32 router weight
+    token: torch.Tensor  # [P] row of the activations
+    expert: torch.Tensor  # [P] local expert, clamped into [0, L)
+    valid: torch.Tensor  # [P, 1] bool: the pair computes
+    flat_valid: torch.Tensor  # [P] the same
+
+    @staticmethod
+    def of(
+        problem: _Problem,
+        topk_weight: torch.Tensor,
+        local: torch.Tensor,
+        pair_valid: torch.Tensor,
+        device: torch.device,
+    ) -> _Pairs:
+        tokens = torch.arange(problem.tokens, device=device)
+        return _Pairs(
+            weights=topk_weight.float().reshape(-1, 1),
+            token=_per_pair(tokens, problem.top_k),
+            expert=local.reshape(-1),
+            valid=pair_valid.reshape(-1, 1),
+            flat_valid=pair_valid.reshape(-1),
+        )
+
+
 def _logical_width(t: torch.Tensor) -> int:
     """Last-dim size in elements: fp4x2 packs two elements per byte."""
     return int(t.shape[-1]) * (2 if t.dtype == quant.FP4X2 else 1)
@@ -124,41 +152,60 @@ class ReferenceFusedMoe:
         device = hidden_states.device
         row_valid = _row_valid(problem, num_local_tokens, device)
         local, pair_valid = _route(problem, topk_ids, expert_mask, row_valid)
-
         x = _stage1_input(problem, hidden_states, a1_scale, row_valid)
-        weights = topk_weight.float().reshape(-1, 1)  # [P, 1]
-        token_of_pair = _per_pair(torch.arange(problem.tokens, device=device), problem.top_k)
-        expert_of_pair = local.reshape(-1)
-        valid = pair_valid.reshape(-1, 1)
+        pairs = _Pairs.of(problem, topk_weight, local, pair_valid, device)
         limit = swiglu_limit if swiglu_limit > 0 else _DEFAULT_SWIGLU_LIMIT
+        a = self._stage1(problem, pairs, x, w1, w1_scale, bias1, doweight_stage1, limit)
+        # Rounding point 2: the stage-2 kernel reads it quantized per quant type.
+        a = _stage2_input(problem, a, a2_scale)
+        return self._stage2(problem, pairs, a, w2, w2_scale, bias2, doweight_stage1)
 
-        # Stage 1: h = x @ W1[e].T per pair, then weighting, bias, activation.
+    def _stage1(
+        self,
+        problem: _Problem,
+        pairs: _Pairs,
+        x: torch.Tensor,
+        w1: torch.Tensor,
+        w1_scale: torch.Tensor | None,
+        bias1: torch.Tensor | None,
+        doweight_stage1: bool,
+        limit: float,
+    ) -> torch.Tensor:
+        """h = x @ W1[e].T per pair, then weighting, bias, activation; fp32 [P, I] rounded once."""
         h = self._expert_gemm(
-            problem, x, token_of_pair, expert_of_pair, pair_valid.reshape(-1), w1, w1_scale,
+            problem, x, pairs.token, pairs.expert, pairs.flat_valid, w1, w1_scale,
             rows_are_tokens=True,
         )
         if doweight_stage1:
-            h = h * weights
+            h = h * pairs.weights
         if bias1 is not None:
-            h = h + bias1.float()[expert_of_pair]
+            h = h + bias1.float()[pairs.expert]
         a = _activate(problem, h, limit)
         # Pairs that are not computed must not move a per-tensor amax: zero them.
-        a = torch.where(valid, a, torch.zeros_like(a))
+        a = torch.where(pairs.valid, a, torch.zeros_like(a))
         # Rounding point 1: the stage-1 kernel writes its output in the output dtype.
-        a = a.to(problem.out_dtype).float()
-        # Rounding point 2: the stage-2 kernel reads it quantized per quant type.
-        a = _stage2_input(problem, a, a2_scale)
+        return a.to(problem.out_dtype).float()
 
-        # Stage 2: y = a @ W2[e].T per pair, bias, weighting; pairs summed per token in fp32.
+    def _stage2(
+        self,
+        problem: _Problem,
+        pairs: _Pairs,
+        a: torch.Tensor,
+        w2: torch.Tensor,
+        w2_scale: torch.Tensor | None,
+        bias2: torch.Tensor | None,
+        doweight_stage1: bool,
+    ) -> torch.Tensor:
+        """y = a @ W2[e].T per pair, bias, weighting; pairs summed per token in fp32, cast once."""
         y = self._expert_gemm(
-            problem, a, torch.arange(a.shape[0], device=device), expert_of_pair,
-            pair_valid.reshape(-1), w2, w2_scale, rows_are_tokens=False,
+            problem, a, torch.arange(a.shape[0], device=a.device), pairs.expert,
+            pairs.flat_valid, w2, w2_scale, rows_are_tokens=False,
         )
         if bias2 is not None:
-            y = y + bias2.float()[expert_of_pair]
+            y = y + bias2.float()[pairs.expert]
         if not doweight_stage1:
-            y = y * weights
-        y = torch.where(valid, y, torch.zeros_like(y))
+            y = y * pairs.weights
+        y = torch.where(pairs.valid, y, torch.zeros_like(y))
         out = y.reshape(problem.tokens, problem.top_k, problem.hidden).sum(dim=1)
         return out.to(problem.out_dtype)
 
@@ -217,7 +264,34 @@ def _check_call(
     swiglu_limit: float,
     gate_mode: GateMode | str,
 ) -> _Problem:
-    """Every check that needs only shapes and dtypes (no host sync); returns the call's sizes."""
+    """Every check that needs only shapes and dtypes (no host sync); returns the call's sizes.
+
+    The checks run in a fixed order (switches, routing, weights, dtypes, optional tensors, scales):
+    the first problem found is the one raised.
+    """
+    act, qt, mode = _check_switches(activation, quant_type, swiglu_limit, gate_mode)
+    tokens, top_k = _check_routing(hidden_states, topk_weight, topk_ids)
+    experts, hidden, inter, g1u1 = _check_weights(w1, w2, act, mode)
+    out_dtype = _output_dtype(hidden_states, dtype)
+    prequantized = _check_hidden_states(hidden_states, hidden, w2)
+    a16w4 = qt == QuantType.per_1x32 and act == ActivationType.Swiglu
+    problem = _Problem(tokens, top_k, hidden, inter, experts, g1u1, out_dtype, act, qt,
+                       prequantized, a16w4, mode == GateMode.INTERLEAVE)
+    _check_mask_and_rows(problem, expert_mask, num_local_tokens)
+    _check_biases(problem, w1, bias1, bias2)
+    _check_weight_quant(problem, "w1", w1, w1_scale)
+    _check_weight_quant(problem, "w2", w2, w2_scale)
+    _check_activation_quant(problem, hidden_states, a1_scale, a2_scale)
+    return problem
+
+
+def _check_switches(
+    activation: ActivationType | int,
+    quant_type: QuantType | int,
+    swiglu_limit: float,
+    gate_mode: GateMode | str,
+) -> tuple[ActivationType, QuantType, GateMode]:
+    """The enum-valued arguments, parsed from their ints or strings."""
     try:
         act = ActivationType(int(activation))
     except ValueError:
@@ -238,8 +312,13 @@ def _check_call(
     except ValueError:
         valid = ", ".join(repr(m.value) for m in GateMode)
         raise ValueError(f"gate_mode must be one of {valid}, got {gate_mode!r}") from None
+    return act, qt, mode
 
-    # Routing tensors.
+
+def _check_routing(
+    hidden_states: torch.Tensor, topk_weight: torch.Tensor, topk_ids: torch.Tensor
+) -> tuple[int, int]:
+    """The routing tensors against each other and the activations; returns (M, K)."""
     if topk_ids.dtype != torch.int32:
         raise TypeError(f"topk_ids must be int32, got {_dtype_name(topk_ids.dtype)}")
     if topk_weight.dtype != torch.float32:
@@ -263,8 +342,13 @@ def _check_call(
         )
     if tokens == 0:
         raise ValueError("M == 0: fused_moe rejects an empty batch (callers skip the call)")
+    return tokens, top_k
 
-    # Weights.
+
+def _check_weights(
+    w1: torch.Tensor, w2: torch.Tensor, act: ActivationType, mode: GateMode
+) -> tuple[int, int, int, bool]:
+    """The weights' shapes against each other; returns (L, H, I, g1u1)."""
     if w1.dim() != 3 or w2.dim() != 3:
         raise ValueError(
             f"w1 and w2 must be 3-D [experts, rows, cols], got {tuple(w1.shape)} and "
@@ -292,8 +376,11 @@ def _check_call(
         raise ValueError(
             "gate_mode 'interleave' needs gate and up rows (w1 [L, 2I, H]); got w1 [L, I, H]"
         )
+    return experts, hidden, inter, g1u1
 
-    # Output dtype.
+
+def _output_dtype(hidden_states: torch.Tensor, dtype: torch.dtype | None) -> torch.dtype:
+    """`dtype`, else the activations' own float dtype, else bf16; only bf16 and fp16 are kept."""
     if dtype is not None:
         out_dtype = dtype
     elif hidden_states.dtype in _OUT_DTYPES:
@@ -302,8 +389,14 @@ def _check_call(
         out_dtype = torch.bfloat16
     if out_dtype not in _OUT_DTYPES:
         raise TypeError(f"output dtype must be bfloat16 or float16, got {_dtype_name(out_dtype)}")
+    return out_dtype
 
-    # Activations: already quantized, or bf16/fp16 that the kernel quantizes per quant type.
+
+def _check_hidden_states(hidden_states: torch.Tensor, hidden: int, w2: torch.Tensor) -> bool:
+    """Activations: already quantized, or bf16/fp16 that the kernel quantizes per quant type.
+
+    Returns whether they arrive quantized.
+    """
     prequantized = hidden_states.dtype in (*quant.FP8_DTYPES, quant.FP4X2)
     if not prequantized and hidden_states.dtype not in _FLOAT_INPUT_DTYPES:
         raise TypeError(
@@ -315,10 +408,13 @@ def _check_call(
             f"hidden_states has {_logical_width(hidden_states)} columns but the weights expect "
             f"H = {hidden} (w2 {tuple(w2.shape)})"
         )
-    a16w4 = qt == QuantType.per_1x32 and act == ActivationType.Swiglu
-    problem = _Problem(tokens, top_k, hidden, inter, experts, g1u1, out_dtype, act, qt,
-                       prequantized, a16w4, mode == GateMode.INTERLEAVE)
+    return prequantized
 
+
+def _check_mask_and_rows(
+    problem: _Problem, expert_mask: torch.Tensor | None, num_local_tokens: torch.Tensor | None
+) -> None:
+    """The optional routing tensors' dtypes and shapes (their values need a host sync)."""
     if expert_mask is not None:
         if expert_mask.dtype != torch.int32:
             raise TypeError(f"expert_mask must be int32, got {_dtype_name(expert_mask.dtype)}")
@@ -326,10 +422,10 @@ def _check_call(
             raise ValueError(
                 f"expert_mask must be 1-D over every id, got shape {tuple(expert_mask.shape)}"
             )
-        if expert_mask.numel() < experts:
+        if expert_mask.numel() < problem.experts:
             raise ValueError(
-                f"expert_mask has {expert_mask.numel()} entries, fewer than the {experts} local "
-                "experts it must select"
+                f"expert_mask has {expert_mask.numel()} entries, fewer than the {problem.experts} "
+                "local experts it must select"
             )
     if num_local_tokens is not None and (
         num_local_tokens.dtype != torch.int32 or num_local_tokens.numel() != 1
@@ -338,16 +434,16 @@ def _check_call(
             "num_local_tokens must be an int32 tensor of one element, got "
             f"{_dtype_name(num_local_tokens.dtype)} of shape {tuple(num_local_tokens.shape)}"
         )
-    n_gate_up = int(w1.shape[1])
+
+
+def _check_biases(
+    problem: _Problem, w1: torch.Tensor, bias1: torch.Tensor | None, bias2: torch.Tensor | None
+) -> None:
+    experts, n_gate_up = problem.experts, int(w1.shape[1])
     if bias1 is not None and tuple(bias1.shape) != (experts, n_gate_up):
         raise ValueError(f"bias1 must be [{experts}, {n_gate_up}], got {tuple(bias1.shape)}")
-    if bias2 is not None and tuple(bias2.shape) != (experts, hidden):
-        raise ValueError(f"bias2 must be [{experts}, {hidden}], got {tuple(bias2.shape)}")
-
-    _check_weight_quant(problem, "w1", w1, w1_scale)
-    _check_weight_quant(problem, "w2", w2, w2_scale)
-    _check_activation_quant(problem, hidden_states, a1_scale, a2_scale)
-    return problem
+    if bias2 is not None and tuple(bias2.shape) != (experts, problem.hidden):
+        raise ValueError(f"bias2 must be [{experts}, {problem.hidden}], got {tuple(bias2.shape)}")
 
 
 def _check_weight_quant(
