@@ -1,9 +1,9 @@
 """Combine across real processes: each rank's combine input back to `[T_r, H]` on its sender.
 
-The inverse route of `dispatch`: every destination sends each sender the expert outputs of the
-rows it got from it (one `all_to_all_single`), and the sender folds them as the format's combine
-does, in the order `moe_runtime.emulate.combine` uses (destination rank, then row), so the result
-is that of the emulation's `[T, H]` float32 output for this rank's tokens, bit for bit on the CPU:
+The inverse route of `dispatch`: every destination sends each sender the expert outputs of the rows
+it got from it (one `all_to_all_single`), and the sender folds them as the format's combine does, in
+the order `moe_runtime.testing.emulate.combine` uses (destination rank, then row), so the result is
+that of the emulation's `[T, H]` float32 output for this rank's tokens, bit for bit on the CPU:
 - standard: the sum over ranks of every rank's output rows for this rank's tokens (all-reduce);
 - DeepEP normal and MORI: per token, the unweighted sum of its row from each destination rank
   (MORI: only rows below `total_recv` and a positive `recv_cap`);

@@ -1,10 +1,11 @@
 """Dispatch across real processes: every format's per-rank dispatch output, over torch.distributed.
 
 Each rank calls `dispatch` with its own tokens (`hidden_states [T_r, H]`, int32 global
-`topk_ids [T_r, K]`, fp32 `topk_weights`) and receives exactly what `moe_runtime.emulate.dispatch`
-builds for that rank from the batch of all ranks' tokens in rank order (same values, dtypes,
-shapes, strides of the column-major LL scales, and the same poison in the rows a real dispatcher
-leaves undefined), so a runner cannot tell the two apart and the tests compare them bit for bit.
+`topk_ids [T_r, K]`, fp32 `topk_weights`) and receives exactly what
+`moe_runtime.testing.emulate.dispatch` builds for that rank from the batch of all ranks' tokens in
+rank order (same values, dtypes, shapes, strides of the column-major LL scales, and the same poison
+in the rows a real dispatcher leaves undefined), so a runner cannot tell the two apart and the tests
+compare them bit for bit.
 
 Two collectives per dispatch: a routing header that every rank sends to every rank (sizes, the
 per-destination token counts and the per-expert pair counts, plus a flag for invalid input so

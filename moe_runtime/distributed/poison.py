@@ -1,13 +1,14 @@
 """What the rows a real dispatcher leaves undefined hold here: the emulation's poison, exactly.
 
 Slab rows past `masked_m` and MORI rows past `total_recv` are undefined on a real transport. This
-dispatcher fills them with `moe_runtime.emulate`'s large finite values (seeded, so identical on
-every rank and in the emulation): a runner or combine that reads them is visibly wrong, and the
-per-rank outputs compare bit for bit with the emulation's. The values come from the emulation's
-own helpers so that the two can never drift apart. They are drawn on the CPU (half a second for
-a model-sized slab, measured on an H200 host), so each shape is drawn once per process and
-cloned on the device after that.
+dispatcher fills them with `moe_runtime.testing.emulate`'s large finite values (seeded, so identical
+on every rank and in the emulation): a runner or combine that reads them is visibly wrong, and the
+per-rank outputs compare bit for bit with the emulation's. The values come from the emulation's own
+helpers so that the two can never drift apart. They are drawn on the CPU (half a second for a
+model-sized slab, measured on an H200 host), so each shape is drawn once per process and cloned on
+the device after that.
 """
+
 
 from __future__ import annotations
 
