@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, get_type_hints
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from generator.combinations import enumeration_problems
+from generator.combinations import Enumeration, enumerate_matrix
 from generator.diagnostics import Diagnostic, MatrixError, closest
 from generator.model import (
     COMBINE_INPUTS,
@@ -191,6 +191,11 @@ def read_matrix(path: str | os.PathLike[str]) -> bytes:
 
 def parse_matrix(path: str | os.PathLike[str], data: bytes) -> Matrix:
     """Validate the bytes `read_matrix` returned for `path`; raises MatrixError, nothing else."""
+    return parse_enumerated(path, data)[0]
+
+
+def parse_enumerated(path: str | os.PathLike[str], data: bytes) -> tuple[Matrix, Enumeration]:
+    """`parse_matrix`, with the enumeration that validating the exclusions produced."""
     shown = _display(path)
     try:
         return _Loader(shown).load(data)
@@ -227,16 +232,16 @@ class _Loader:
 
     # -- reading -------------------------------------------------------------------------------
 
-    def load(self, data: bytes) -> Matrix:
+    def load(self, data: bytes) -> tuple[Matrix, Enumeration]:
         root = self.compose(self.decode(data))
         if not isinstance(root, MappingNode) or root.tag != _MAP:
             expected = f"a mapping with the keys {', '.join(TOP_KEYS)}"
             self.error(root, f"the matrix must be {expected}, got {_kind(root)}")
             raise self.fail()
-        matrix = self.matrix(root)
-        if self.diagnostics:
+        matrix, enumeration = self.matrix(root)
+        if self.diagnostics or enumeration is None:
             raise self.fail()
-        return matrix
+        return matrix, enumeration
 
     def read(self, path: str | os.PathLike[str]) -> bytes:
         tried = f" (tried {os.path.abspath(path)})"
@@ -310,8 +315,9 @@ class _Loader:
 
     # -- the file ------------------------------------------------------------------------------
 
-    def matrix(self, root: MappingNode) -> Matrix:
-        """The model, with placeholders where something was wrong (then diagnostics say what)."""
+    def matrix(self, root: MappingNode) -> tuple[Matrix, Enumeration | None]:
+        """The model, with placeholders where something was wrong (then diagnostics say what),
+        and its enumeration when the axes are valid enough to enumerate."""
         top = _Fields(self, root, root, "top level", TOP_KEYS)
         backends_node = top.section("a2a_backends")
         formats_node = top.section("dispatch_formats")
@@ -334,9 +340,11 @@ class _Loader:
         }
         exclusions = self.exclusions(top.pop("exclusions"), names)
         matrix = Matrix(self.path, backends, formats, quants, exclusions)
-        if axes_valid:
-            self.diagnostics.extend(enumeration_problems(matrix))
-        return matrix
+        if not axes_valid:
+            return matrix, None
+        enumeration = enumerate_matrix(matrix)
+        self.diagnostics.extend(enumeration.problems)
+        return matrix, enumeration
 
     def entries(
         self,
