@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, get_type_hints
@@ -39,6 +40,25 @@ _RULES: dict[type[DataclassInstance], tuple[Rule, ...]] = {
     DispatchFormat: FORMAT_RULES,
     QuantMethod: QUANT_RULES,
 }
+
+
+def is_current(path: Path) -> bool:
+    """Whether `path` holds exactly the schema the model states (a missing file is not)."""
+    try:
+        return path.read_text(encoding="utf-8") == schema_text()
+    except FileNotFoundError:
+        return False
+
+
+def write(path: Path) -> bool:
+    """Replace `path` with the current schema unless it already is; whether it was written.
+    The new text is renamed over the old, so a reader never sees half a file."""
+    if is_current(path):
+        return False
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(schema_text(), encoding="utf-8")
+    os.replace(partial, path)
+    return True
 
 
 def schema_text() -> str:
