@@ -87,9 +87,9 @@ def scale_matrix(formats: int, duplicates: int = 0) -> str:
 
 
 def _write_unverified(matrix: Path, out: Path) -> None:
-    from generator.pipeline import display_path
     from generator.combinations import enumerate_combinations, excluded_combinations
     from generator.loader import load_matrix
+    from generator.pipeline import display_path
     from generator.plan import plan_combination
     from generator.render import Inputs, render_all
     from generator.writer import write_tree

@@ -1,10 +1,11 @@
 """Command line: `python -m generator --matrix PATH [--out DIR] [--check] [--list] [--explain K]`.
 
-Exit codes (DESIGN.md): 0 written or up to date; 1 `--check` found stale, missing or orphaned
-files; 2 invalid matrix, usage or environment (an unusable --out or cache directory, any OS error:
-one line naming the path and the cause); 3 rendered code failed verification (nothing under --out
-changed). An interrupt (SIGINT, SIGTERM) exits 128 + the signal's number with a line saying
-whether --out is as it was or holds the complete new tree.
+It parses the arguments, calls generator/pipeline.py and prints the result. Exit codes
+(DESIGN.md): 0 written or up to date; 1 `--check` found stale, missing or orphaned files, or a
+stale schema/matrix.schema.json; 2 invalid matrix, usage or environment (an unusable --out or
+cache directory, any OS error: one line naming the path and the cause); 3 rendered code failed
+verification (nothing under --out changed). An interrupt (SIGINT, SIGTERM) exits 128 + the
+signal's number with a line saying whether --out is as it was or holds the complete new tree.
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ PROBLEM_LIMIT = 50
 _EPILOG = """\
 exit codes:
   0  written, or up to date under --check
-  1  --check found stale, missing or orphaned files (a capped diff and the fixing command follow)
+  1  --check found stale, missing or orphaned files (a capped diff and the fixing command follow),
+     or a schema/matrix.schema.json that differs from the one the model states (it is generated)
   2  invalid matrix or usage (path:line:col: error: ... on stderr), or an environment
      problem: an --out that is no directory, not writable, no importable package name, a
      name that shadows an installed module, a directory holding files this generator did
@@ -109,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Generate one specialized, branch-free AITER fused_moe runner module per "
             "(a2a backend, quant method, dispatch format) of a backend matrix, plus the "
-            "dispatch table generated/__init__.py. Files are written only after every module "
+            "dispatch table generated/__init__.py, and schema/matrix.schema.json from the "
+            "matrix model. Files are written only after every module "
             "compiled and passed the LibCST branch-free check and mypy --strict, and the staged "
             "package imported; the new tree then replaces the old one at once."
         ),
