@@ -73,6 +73,8 @@ class Rendered:
 
 @dataclass(frozen=True, slots=True)
 class Checked:
+    """CHECK: how `out` and the schema file differ from what WRITE would write."""
+
     files: Mapping[str, str]
     report: CheckReport
     schema_current: bool
@@ -84,6 +86,8 @@ class Checked:
 
 @dataclass(frozen=True, slots=True)
 class Written:
+    """WRITE: what changed under `out`, and whether the schema file was rewritten."""
+
     files: Mapping[str, str]
     modules: int
     changes: tuple[Change, ...]
@@ -113,12 +117,14 @@ class CacheUnusable(Exception):
 
 
 def load(path: str | os.PathLike[str]) -> Loaded:
+    """Read and validate a matrix file; raises MatrixError listing every problem."""
     data = read_matrix(path)  # once: a FIFO can be read only once
     matrix, enumeration = parse_enumerated(path, data)
     return Loaded(matrix, enumeration, Inputs(display_path(path), data))
 
 
 def generate(loaded: Loaded, out: Path, mode: Mode, options: Options | None = None) -> Result:
+    """Plan and render every combination of `loaded`, then write, check or only return them."""
     options = options or Options()
     plans = [plan_combination(loaded.matrix, c) for c in loaded.enumeration.generated]
     files = render_all(plans, loaded.enumeration.excluded, loaded.inputs)
