@@ -87,16 +87,16 @@ def scale_matrix(formats: int, duplicates: int = 0) -> str:
 
 
 def _write_unverified(matrix: Path, out: Path) -> None:
-    from generator.cli import _display_path
     from generator.combinations import enumerate_combinations, excluded_combinations
     from generator.loader import load_matrix
+    from generator.pipeline import display_path
     from generator.plan import plan_combination
     from generator.render import Inputs, render_all
     from generator.writer import write_tree
 
     model = load_matrix(matrix)
     plans = [plan_combination(model, c) for c in enumerate_combinations(model)]
-    inputs = Inputs(_display_path(str(matrix)), matrix.read_bytes())
+    inputs = Inputs(display_path(matrix), matrix.read_bytes())
     write_tree(out, render_all(plans, excluded_combinations(model), inputs))
 
 

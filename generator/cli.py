@@ -1,56 +1,58 @@
 """Command line: `python -m generator --matrix PATH [--out DIR] [--check] [--list] [--explain K]`.
 
-Exit codes (DESIGN.md): 0 written or up to date; 1 `--check` found stale, missing or orphaned
-files; 2 invalid matrix, usage or environment (an unusable --out or cache directory, any OS error:
-one line naming the path and the cause); 3 rendered code failed verification (nothing under --out
-changed). An interrupt (SIGINT, SIGTERM) exits 128 + the signal's number with a line saying
-whether --out is as it was or holds the complete new tree.
+It parses the arguments, calls generator/pipeline.py and prints the result. Exit codes
+(DESIGN.md): 0 written or up to date; 1 `--check` found stale, missing or orphaned files, or a
+stale schema/matrix.schema.json; 2 invalid matrix, usage or environment (an unusable --out or
+cache directory, any OS error: one line naming the path and the cause); 3 rendered code failed
+verification (nothing under --out changed). An interrupt (SIGINT, SIGTERM) exits 128 + the
+signal's number with a line saying whether --out is as it was or holds the complete new tree.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib.util
 import keyword
 import os
 import signal
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from generator.combinations import enumerate_combinations, excluded_combinations
 from generator.diagnostics import MatrixError, closest
 from generator.explain import explain_plan, list_combinations
-from generator.loader import parse_matrix, read_matrix
-from generator.model import Combination, Exclusion, Matrix
+from generator.json_schema import SCHEMA_PATH
+from generator.model import Combination
 from generator.naming import module_name
-from generator.plan import Plan, plan_combination
-from generator.render import Inputs, TemplateProblem, render_all
-from generator.writer import (
-    MANIFEST_NAME,
-    NotOurs,
-    Phase,
-    check_tree,
-    generator_lock,
-    signal_pending,
-    write_tree,
+from generator.pipeline import (
+    DEFAULT_CACHE_DIR,
+    REPO_ROOT,
+    CacheUnusable,
+    Checked,
+    Loaded,
+    Mode,
+    Options,
+    Rendered,
+    Unverified,
+    Written,
+    generate,
+    load,
 )
+from generator.plan import plan_combination
+from generator.render import TemplateProblem
+from generator.writer import MANIFEST_NAME, NotOurs, Phase
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO_ROOT / "generated"
 EXIT_OK, EXIT_STALE, EXIT_INVALID, EXIT_UNVERIFIED = 0, 1, 2, 3
 # Past this many problems (diagnostics, verification errors, changed files) only a count is shown.
 PROBLEM_LIMIT = 50
-# Test hook: pause at this write phase (staging, staged, committed) until a signal arrives.
-PAUSE_ENV = "GENERATOR_TEST_PAUSE_AT"
 
 _EPILOG = """\
 exit codes:
   0  written, or up to date under --check
-  1  --check found stale, missing or orphaned files (a capped diff and the fixing command follow)
+  1  --check found stale, missing or orphaned files (a capped diff and the fixing command follow),
+     or a schema/matrix.schema.json that differs from the one the model states (it is generated)
   2  invalid matrix or usage (path:line:col: error: ... on stderr), or an environment
      problem: an --out that is no directory, not writable, no importable package name, a
      name that shadows an installed module, a directory holding files this generator did
@@ -84,7 +86,7 @@ class Interrupted(KeyboardInterrupt):
 
 
 class _Progress:
-    """Where a write stands, for the message after an interrupt; pauses for the tests' hook."""
+    """Where a write stands, for the message after an interrupt."""
 
     def __init__(self) -> None:
         self.out_dir: Path | None = None
@@ -93,11 +95,6 @@ class _Progress:
     def __call__(self, phase: Phase) -> None:
         if phase == "committed":
             self.committed = True
-        if os.environ.get(PAUSE_ENV) == phase:
-            print(f"paused at {phase}", file=sys.stderr, flush=True)
-            deadline = time.monotonic() + 60
-            while not signal_pending() and time.monotonic() < deadline:
-                time.sleep(0.02)
 
     def interrupted(self) -> str:
         if self.out_dir is None or not self.committed:
@@ -114,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Generate one specialized, branch-free AITER fused_moe runner module per "
             "(a2a backend, quant method, dispatch format) of a backend matrix, plus the "
-            "dispatch table generated/__init__.py. Files are written only after every module "
+            "dispatch table generated/__init__.py, and schema/matrix.schema.json from the "
+            "matrix model. Files are written only after every module "
             "compiled and passed the LibCST branch-free check and mypy --strict, and the staged "
             "package imported; the new tree then replaces the old one at once."
         ),
@@ -165,6 +163,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, NotOurs) as error:
         print(f"python -m generator: error: {error}", file=sys.stderr)
         return EXIT_INVALID
+    except CacheUnusable as unusable:
+        print(
+            f"python -m generator: error: cannot use the cache directory {unusable.cache_dir} "
+            f"(GENERATOR_CACHE_DIR): {_os_error(unusable.error)}",
+            file=sys.stderr,
+        )
+        return EXIT_INVALID
     except OSError as error:
         print(f"python -m generator: error: {_os_error(error)}", file=sys.stderr)
         return EXIT_INVALID
@@ -205,30 +210,37 @@ def _print_capped(problems: Sequence[str], noun: str) -> None:
 
 
 def _run(args: argparse.Namespace, progress: _Progress) -> int:
-    data = read_matrix(args.matrix)  # once: a FIFO can be read only once
-    matrix = parse_matrix(args.matrix, data)
-    combinations = enumerate_combinations(matrix)
-    excluded = excluded_combinations(matrix)
+    loaded = load(args.matrix)
     if args.list:
-        print(list_combinations(combinations, excluded), end="")
+        enumeration = loaded.enumeration
+        print(list_combinations(enumeration.generated, enumeration.excluded), end="")
         return EXIT_OK
     if args.explain is not None:
-        combination = _parse_key(args.explain, matrix, combinations, excluded)
-        print(explain_plan(plan_combination(matrix, combination)), end="")
+        combination = _parse_key(args.explain, loaded)
+        print(explain_plan(plan_combination(loaded.matrix, combination)), end="")
         return EXIT_OK
-
     out_dir = _out_dir(args.out)
-    plans = [plan_combination(matrix, combination) for combination in combinations]
-    inputs = Inputs(_display_path(args.matrix), data)
+    progress.out_dir = out_dir
+    options = Options(
+        typecheck=not args.no_typecheck,
+        cache_dir=Path(os.environ.get("GENERATOR_CACHE_DIR", DEFAULT_CACHE_DIR)),
+        schema=SCHEMA_PATH,
+        on_phase=progress,
+    )
     try:
-        files = render_all(plans, excluded, inputs)
+        result = generate(loaded, out_dir, Mode.CHECK if args.check else Mode.WRITE, options)
     except TemplateProblem as error:
         print(f"error: {error}\nnothing under {out_dir} changed", file=sys.stderr)
         return EXIT_UNVERIFIED
-    if args.check:
-        return _check(out_dir, files, args)
-    progress.out_dir = out_dir
-    return _write(out_dir, files, plans, progress, typecheck=not args.no_typecheck)
+    match result:
+        case Checked():
+            return _report_check(out_dir, result, args)
+        case Written():
+            return _report_write(out_dir, result)
+        case Unverified():
+            return _report_unverified(out_dir, result)
+        case Rendered():
+            raise AssertionError("the CLI never asks for a dry run")
 
 
 # Names the generated package must not take: importing it would hide these.
@@ -291,21 +303,27 @@ def _installed_location(name: str, out_dir: Path) -> str | None:
     return spec.origin or next(iter(spec.submodule_search_locations or ()), name)
 
 
-def _check(out_dir: Path, files: dict[str, str], args: argparse.Namespace) -> int:
-    report = check_tree(out_dir, files)
+def _report_check(out_dir: Path, result: Checked, args: argparse.Namespace) -> int:
+    report = result.report
     for name in report.foreign:
         print(
             f"foreign: {_shown(out_dir / name)} (not written by this generator; left alone)",
             file=sys.stderr,
         )
-    if not report.changes:
-        print(f"{_shown(out_dir)}: up to date ({len(files)} files and {MANIFEST_NAME})")
-        return EXIT_OK
-    sys.stdout.write(report.diff)
-    _print_capped([f"{c.kind}: {_shown(out_dir / c.path)}" for c in report.changes], "files")
     fix = f"python -m generator --matrix {args.matrix}"
     if args.out is not None:
         fix += f" --out {args.out}"
+    if not result.schema_current:
+        print(
+            f"{_shown(SCHEMA_PATH)} is out of date: it is generated from generator/model.py, not "
+            f"edited by hand; to fix, run:\n  {fix}",
+            file=sys.stderr,
+        )
+    if not report.changes:
+        print(f"{_shown(out_dir)}: up to date ({len(result.files)} files and {MANIFEST_NAME})")
+        return EXIT_OK if result.up_to_date else EXIT_STALE
+    sys.stdout.write(report.diff)
+    _print_capped([f"{c.kind}: {_shown(out_dir / c.path)}" for c in report.changes], "files")
     print(
         f"{_shown(out_dir)} is out of date ({len(report.changes)} files); to fix, run:\n  {fix}",
         file=sys.stderr,
@@ -313,119 +331,49 @@ def _check(out_dir: Path, files: dict[str, str], args: argparse.Namespace) -> in
     return EXIT_STALE
 
 
-def _write(
-    out_dir: Path,
-    files: dict[str, str],
-    plans: list[Plan],
-    progress: _Progress,
-    *,
-    typecheck: bool,
-) -> int:
-    # LibCST takes a third of a second to import: only writing needs it, --check stays fast.
-    from generator.verify import (
-        ImportCheckError,
-        MypyError,
-        check_branch_free,
-        check_import,
-        compile_errors,
-        run_mypy,
-    )
-
-    started = time.monotonic()
-    syntax = [e for name, text in files.items() for e in compile_errors(out_dir.name, name, text)]
-    if syntax:
-        return _unverified("compile", syntax, out_dir)
-    violations = [
-        str(violation)
-        for plan in plans
-        for violation in check_branch_free(
-            f"{out_dir.name}.{plan.module_name}", files[f"{plan.module_name}.py"]
-        )
-    ]
-    if violations:
-        return _unverified("LibCST branch-free check", violations, out_dir)
-    cache_dir = Path(os.environ.get("GENERATOR_CACHE_DIR", REPO_ROOT / ".generator-cache"))
-    lock = contextlib.ExitStack()
-    try:
-        lock.enter_context(generator_lock(cache_dir))
-    except OSError as error:
-        raise UsageError(
-            f"cannot use the cache directory {cache_dir} (GENERATOR_CACHE_DIR): {_os_error(error)}"
-        ) from None
-    with lock:
-        if typecheck:
-            staging = cache_dir / "staging" / out_dir.name
-            write_tree(staging, files)
-            try:
-                errors = run_mypy(
-                    staging.parent,
-                    [out_dir.name],
-                    cache_dir=cache_dir / "mypy",
-                    extra_paths=[REPO_ROOT],
-                )
-            except MypyError as error:
-                errors = [f"mypy could not run: {error}"]
-            if errors:
-                return _unverified("mypy --strict", errors, out_dir)
-            try:
-                errors = check_import(staging.parent, out_dir.name, extra_paths=[REPO_ROOT])
-            except ImportCheckError as error:
-                errors = [f"the import check could not run: {error}"]
-            if errors:
-                return _unverified("import of the staged package", errors, out_dir)
-        changes = write_tree(out_dir, files, phase=progress)
-    elapsed = time.monotonic() - started
+def _report_write(out_dir: Path, result: Written) -> int:
     counts = {
-        kind: sum(c.kind == kind for c in changes) for kind in ("missing", "stale", "orphaned")
+        kind: sum(c.kind == kind for c in result.changes)
+        for kind in ("missing", "stale", "orphaned")
     }
-    unchanged = len(files) + 1 - counts["missing"] - counts["stale"]
+    unchanged = len(result.files) + 1 - counts["missing"] - counts["stale"]
     print(
-        f"{_shown(out_dir)}: {len(plans)} runner modules, __init__.py, py.typed and "
+        f"{_shown(out_dir)}: {result.modules} runner modules, __init__.py, py.typed and "
         f"{MANIFEST_NAME}: {counts['missing']} added, {counts['stale']} updated, "
         f"{unchanged} unchanged, {counts['orphaned']} removed; "
-        f"verified{'' if typecheck else ' (compiled and LibCST only, not imported)'} "
-        f"in {elapsed:.1f}s"
+        f"verified{'' if result.typechecked else ' (compiled and LibCST only, not imported)'} "
+        f"in {result.seconds:.1f}s"
     )
+    if result.schema_written:
+        print(f"{_shown(SCHEMA_PATH)}: regenerated from generator/model.py")
     return EXIT_OK
 
 
-def _unverified(check: str, problems: list[str], out_dir: Path) -> int:
-    _print_capped(problems, "problems")
+def _report_unverified(out_dir: Path, result: Unverified) -> int:
+    _print_capped(result.problems, "problems")
     print(
-        f"{check} failed ({len(problems)} problems); nothing under {_shown(out_dir)} changed",
+        f"{result.check} failed ({len(result.problems)} problems); nothing under "
+        f"{_shown(out_dir)} changed",
         file=sys.stderr,
     )
     return EXIT_UNVERIFIED
 
 
-def _parse_key(
-    text: str,
-    matrix: Matrix,
-    combinations: Sequence[Combination],
-    excluded: Sequence[tuple[Combination, Exclusion]],
-) -> Combination:
+def _parse_key(text: str, loaded: Loaded) -> Combination:
     parts = text.split("/")
     if len(parts) != 3:
         raise UsageError(f"--explain takes A2A/QUANT/DISPATCH, got {text!r}")
     combination = Combination(*parts)
+    combinations = loaded.enumeration.generated
     if combination in combinations:
         return combination
-    for excluded_combination, exclusion in excluded:
+    for excluded_combination, exclusion in loaded.enumeration.excluded:
         if excluded_combination == combination:
-            raise UsageError(f"{text} is excluded by {matrix.path}: {exclusion.reason}")
+            raise UsageError(f"{text} is excluded by {loaded.matrix.path}: {exclusion.reason}")
     names = [module_name(c) for c in combinations]
     match = closest(module_name(combination), names)
     hint = f"; did you mean {match.replace('__', '/')!r}?" if match else ""
-    raise UsageError(f"{text} is not a combination of {matrix.path}{hint}")
-
-
-def _display_path(path: str) -> str:
-    """The matrix path as headers show it: relative to the repository, never absolute."""
-    resolved = Path(path).resolve()
-    try:
-        return resolved.relative_to(REPO_ROOT).as_posix()
-    except ValueError:
-        return Path(os.path.relpath(resolved, Path.cwd())).as_posix()
+    raise UsageError(f"{text} is not a combination of {loaded.matrix.path}{hint}")
 
 
 def _shown(path: Path) -> str:

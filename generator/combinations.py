@@ -6,31 +6,51 @@ is a matrix that leaves nothing to generate: both are reported at the exclusion'
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from generator.diagnostics import Diagnostic, MatrixError
 from generator.model import Combination, Exclusion, Matrix
 
 WILDCARD = "*"
 
 
+@dataclass(frozen=True, slots=True)
+class Enumeration:
+    """One pass over a matrix: what is generated, what is excluded (with the first exclusion, in
+    file order, that matches), both sorted by combination, and what is wrong with the exclusions."""
+
+    generated: tuple[Combination, ...]
+    excluded: tuple[tuple[Combination, Exclusion], ...]
+    problems: tuple[Diagnostic, ...]
+
+
+def enumerate_matrix(matrix: Matrix) -> Enumeration:
+    """The product, the exclusion index and the problems, each computed once."""
+    product = _product(matrix)
+    index = _Index(matrix, product)
+    first = index.first
+    return Enumeration(
+        generated=tuple(c for c in product if c not in first),
+        excluded=tuple((c, matrix.exclusions[first[c]]) for c in product if c in first),
+        problems=_problems(matrix, product, index),
+    )
+
+
 def enumerate_combinations(matrix: Matrix) -> tuple[Combination, ...]:
     """The combinations to generate, sorted by (a2a, quant, dispatch); raises MatrixError."""
-    _raise_on_problems(matrix)
-    first = _Index(matrix).first
-    return tuple(c for c in _product(matrix) if c not in first)
+    return _valid(matrix).generated
 
 
 def excluded_combinations(matrix: Matrix) -> tuple[tuple[Combination, Exclusion], ...]:
     """Each excluded combination with the first exclusion (in file order) that matches it, sorted
     by combination; raises MatrixError like `enumerate_combinations`."""
-    _raise_on_problems(matrix)
-    first = _Index(matrix).first
-    return tuple((c, matrix.exclusions[first[c]]) for c in _product(matrix) if c in first)
+    return _valid(matrix).excluded
 
 
-def enumeration_problems(matrix: Matrix) -> tuple[Diagnostic, ...]:
+def _problems(
+    matrix: Matrix, product: tuple[Combination, ...], index: _Index
+) -> tuple[Diagnostic, ...]:
     """Stale or shadowed exclusions, and an empty result, as diagnostics (empty when fine)."""
-    product = _product(matrix)
-    index = _Index(matrix)
     used = set(index.first.values())
     problems: list[Diagnostic] = []
     for position, exclusion in enumerate(matrix.exclusions):
@@ -64,10 +84,11 @@ def enumeration_problems(matrix: Matrix) -> tuple[Diagnostic, ...]:
     return tuple(problems)
 
 
-def _raise_on_problems(matrix: Matrix) -> None:
-    problems = enumeration_problems(matrix)
-    if problems:
-        raise MatrixError(problems)
+def _valid(matrix: Matrix) -> Enumeration:
+    enumeration = enumerate_matrix(matrix)
+    if enumeration.problems:
+        raise MatrixError(enumeration.problems)
+    return enumeration
 
 
 def _product(matrix: Matrix) -> tuple[Combination, ...]:
@@ -95,7 +116,7 @@ class _Index:
     so each combination looks up its eight patterns instead of scanning every exclusion.
     """
 
-    def __init__(self, matrix: Matrix) -> None:
+    def __init__(self, matrix: Matrix, product: tuple[Combination, ...]) -> None:
         by_pattern: dict[_Key, int] = {}  # pattern -> position of its first exclusion
         for position, exclusion in enumerate(matrix.exclusions):
             by_pattern.setdefault(_key(exclusion), position)
@@ -104,7 +125,7 @@ class _Index:
         # Per pattern that matches something: the first exclusions of the combinations it
         # matches (a later exclusion with that pattern is shadowed by exactly these).
         self.shadowing: dict[_Key, set[int]] = {}
-        for combination in _product(matrix):
+        for combination in product:
             patterns = [p for p in _patterns(combination.key) if p in by_pattern]
             if not patterns:
                 continue

@@ -19,30 +19,28 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, get_type_hints
 
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from generator.combinations import enumeration_problems
+from generator.combinations import Enumeration, enumerate_matrix
 from generator.diagnostics import Diagnostic, MatrixError, closest
 from generator.model import (
+    COMBINE_INPUTS,
+    DISPATCH_OUTPUTS,
     A2ABackend,
-    ActivationRule,
     DispatchFormat,
     Exclusion,
-    IdSpace,
-    KernelQuant,
-    Layout,
     Location,
     Matrix,
     QuantMethod,
-    RowCount,
-    Sink,
-    Weighting,
-    WeightKind,
-    Wire,
+    key_names,
+    matrix_keys,
 )
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 E = TypeVar("E", bound=Enum)
 # Defined names in file order, with constant-time membership (a matrix may have 10,000 formats).
@@ -75,69 +73,17 @@ MAX_MATRIX_BYTES = 32 * 1024 * 1024
 MAX_NESTING = 64
 WILDCARD = "*"
 
-TOP_KEYS = ("a2a_backends", "dispatch_formats", "quant_methods", "exclusions")
-BACKEND_KEYS = ("description", "formats")
-FORMAT_KEYS = (
-    "description",
-    "dispatch_output",
-    "combine_input",
-    "layout",
-    "id_space",
-    "sink",
-    "row_count",
-    "wire",
-    "weighting",
-    "truncate_to_recv_cap",
-)
-QUANT_KEYS = (
-    "description",
-    "kernel_quant",
-    "activation",
-    "weight_kind",
-    "weight_dtype",
-    "has_weight_scales",
-    "has_biases",
-    "static_input_scales",
-    "pads_hidden",
-    "router_weight_in_stage1",
-)
-EXCLUSION_KEYS = ("a2a", "quant", "dispatch", "reason")
+TOP_KEYS = key_names(Matrix)
+BACKEND_KEYS = key_names(A2ABackend)
+FORMAT_KEYS = key_names(DispatchFormat)
+QUANT_KEYS = key_names(QuantMethod)
+EXCLUSION_KEYS = key_names(Exclusion)
 _NOUNS = {
     "a2a_backends": "a2a backend",
     "dispatch_formats": "dispatch format",
     "quant_methods": "quant method",
 }
 _SECTION_OF = {noun: section for section, noun in _NOUNS.items()}
-
-# Class names in moe_runtime.types (the generator never imports it: that would import torch).
-DISPATCH_OUTPUTS = (
-    "StandardDispatchOutput",
-    "DeepEPNormalDispatchOutput",
-    "DeepEPLLDispatchOutput",
-    "MoriEPNormalDispatchOutput",
-    "MoriEPLLDispatchOutput",
-)
-COMBINE_INPUTS = (
-    "StandardCombineInput",
-    "DeepEPNormalCombineInput",
-    "DeepEPLLCombineInput",
-    "MoriEPNormalCombineInput",
-    "MoriEPLLCombineInput",
-)
-# torch dtype names that expert weights can be stored in.
-WEIGHT_DTYPES = (
-    "bfloat16",
-    "float16",
-    "float32",
-    "float8_e4m3fn",
-    "float8_e4m3fnuz",
-    "float8_e5m2",
-    "float8_e5m2fnuz",
-    "float4_e2m1fn_x2",
-    "int8",
-    "uint8",
-    "int32",
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,6 +191,11 @@ def read_matrix(path: str | os.PathLike[str]) -> bytes:
 
 def parse_matrix(path: str | os.PathLike[str], data: bytes) -> Matrix:
     """Validate the bytes `read_matrix` returned for `path`; raises MatrixError, nothing else."""
+    return parse_enumerated(path, data)[0]
+
+
+def parse_enumerated(path: str | os.PathLike[str], data: bytes) -> tuple[Matrix, Enumeration]:
+    """`parse_matrix`, with the enumeration that validating the exclusions produced."""
     shown = _display(path)
     try:
         return _Loader(shown).load(data)
@@ -281,16 +232,16 @@ class _Loader:
 
     # -- reading -------------------------------------------------------------------------------
 
-    def load(self, data: bytes) -> Matrix:
+    def load(self, data: bytes) -> tuple[Matrix, Enumeration]:
         root = self.compose(self.decode(data))
         if not isinstance(root, MappingNode) or root.tag != _MAP:
             expected = f"a mapping with the keys {', '.join(TOP_KEYS)}"
             self.error(root, f"the matrix must be {expected}, got {_kind(root)}")
             raise self.fail()
-        matrix = self.matrix(root)
-        if self.diagnostics:
+        matrix, enumeration = self.matrix(root)
+        if self.diagnostics or enumeration is None:
             raise self.fail()
-        return matrix
+        return matrix, enumeration
 
     def read(self, path: str | os.PathLike[str]) -> bytes:
         tried = f" (tried {os.path.abspath(path)})"
@@ -364,8 +315,9 @@ class _Loader:
 
     # -- the file ------------------------------------------------------------------------------
 
-    def matrix(self, root: MappingNode) -> Matrix:
-        """The model, with placeholders where something was wrong (then diagnostics say what)."""
+    def matrix(self, root: MappingNode) -> tuple[Matrix, Enumeration | None]:
+        """The model, with placeholders where something was wrong (then diagnostics say what),
+        and its enumeration when the axes are valid enough to enumerate."""
         top = _Fields(self, root, root, "top level", TOP_KEYS)
         backends_node = top.section("a2a_backends")
         formats_node = top.section("dispatch_formats")
@@ -388,9 +340,11 @@ class _Loader:
         }
         exclusions = self.exclusions(top.pop("exclusions"), names)
         matrix = Matrix(self.path, backends, formats, quants, exclusions)
-        if axes_valid:
-            self.diagnostics.extend(enumeration_problems(matrix))
-        return matrix
+        if not axes_valid:
+            return matrix, None
+        enumeration = enumerate_matrix(matrix)
+        self.diagnostics.extend(enumeration.problems)
+        return matrix, enumeration
 
     def entries(
         self,
@@ -416,38 +370,14 @@ class _Loader:
     def dispatch_format(self, what: str, key: ScalarNode, node: MappingNode) -> DispatchFormat:
         props = _Fields(self, node, key, what, FORMAT_KEYS)
         built = DispatchFormat(
-            name=key.value,
-            description=props.text("description"),
-            dispatch_output=props.one_of("dispatch_output", DISPATCH_OUTPUTS),
-            combine_input=props.one_of("combine_input", COMBINE_INPUTS),
-            layout=props.enum("layout", Layout),
-            id_space=props.enum("id_space", IdSpace),
-            sink=props.enum("sink", Sink),
-            row_count=props.enum("row_count", RowCount),
-            wire=props.enum("wire", Wire),
-            weighting=props.enum("weighting", Weighting),
-            truncate_to_recv_cap=props.flag("truncate_to_recv_cap"),
-            location=_at(key),
+            name=key.value, location=_at(key), **props.properties(DispatchFormat)
         )
         props.check(FORMAT_RULES)
         return built
 
     def quant_method(self, what: str, key: ScalarNode, node: MappingNode) -> QuantMethod:
         props = _Fields(self, node, key, what, QUANT_KEYS)
-        built = QuantMethod(
-            name=key.value,
-            description=props.text("description"),
-            kernel_quant=props.enum("kernel_quant", KernelQuant),
-            activation=props.enum("activation", ActivationRule),
-            weight_kind=props.enum("weight_kind", WeightKind),
-            weight_dtype=props.one_of("weight_dtype", WEIGHT_DTYPES),
-            has_weight_scales=props.flag("has_weight_scales"),
-            has_biases=props.flag("has_biases"),
-            static_input_scales=props.flag("static_input_scales"),
-            pads_hidden=props.flag("pads_hidden"),
-            router_weight_in_stage1=props.flag("router_weight_in_stage1"),
-            location=_at(key),
-        )
+        built = QuantMethod(name=key.value, location=_at(key), **props.properties(QuantMethod))
         props.check(QUANT_RULES)
         return built
 
@@ -535,6 +465,22 @@ class _Fields:
         for name in keys:
             if name not in self.entries and name not in explained:
                 loader.error(anchor, f"{what}: missing key '{name}'")
+
+    def properties(self, cls: type[DataclassInstance]) -> dict[str, Any]:
+        """Every key of `cls` read by the getter its type calls for (see generator/model.py)."""
+        hints = get_type_hints(cls)
+        values: dict[str, Any] = {}
+        for field in matrix_keys(cls):
+            kind = hints[field.name]
+            if kind is bool:
+                values[field.name] = self.flag(field.name)
+            elif isinstance(kind, type) and issubclass(kind, Enum):
+                values[field.name] = self.enum(field.name, kind)
+            elif field.metadata.get("choices"):
+                values[field.name] = self.one_of(field.name, field.metadata["choices"])
+            else:
+                values[field.name] = self.text(field.name)
+        return values
 
     def pop(self, key: str) -> Node | None:
         entry = self.entries.pop(key, None)

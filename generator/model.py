@@ -2,12 +2,71 @@
 
 Names of backends, formats and quant methods are data (the matrix defines them); every property the
 planner decides on is an enum, so `match` + `assert_never` covers each one.
+
+The dataclasses are the one statement of the matrix's schema: every field is a key of its YAML
+mapping unless marked `_not_a_key`, in the file's order; `_key` adds what the loader and
+generator/json_schema.py need beyond the type (a description, a closed set of strings, the section
+a name refers to).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+# Class names in moe_runtime.types (the generator never imports it: that would import torch).
+DISPATCH_OUTPUTS = (
+    "StandardDispatchOutput",
+    "DeepEPNormalDispatchOutput",
+    "DeepEPLLDispatchOutput",
+    "MoriEPNormalDispatchOutput",
+    "MoriEPLLDispatchOutput",
+)
+COMBINE_INPUTS = (
+    "StandardCombineInput",
+    "DeepEPNormalCombineInput",
+    "DeepEPLLCombineInput",
+    "MoriEPNormalCombineInput",
+    "MoriEPLLCombineInput",
+)
+# torch dtype names that expert weights can be stored in.
+WEIGHT_DTYPES = (
+    "bfloat16",
+    "float16",
+    "float32",
+    "float8_e4m3fn",
+    "float8_e4m3fnuz",
+    "float8_e5m2",
+    "float8_e5m2fnuz",
+    "float4_e2m1fn_x2",
+    "int8",
+    "uint8",
+    "int32",
+)
+
+
+def _key(doc: str = "", *, choices: tuple[str, ...] = (), refers_to: str = "") -> dict[str, Any]:
+    """Field metadata of a matrix key: its description, its closed set of string values, or the
+    section whose names it holds (a plain `str` key without choices is free, non-empty text)."""
+    return {"doc": doc, "choices": choices, "refers_to": refers_to}
+
+
+# Field metadata of what the loader fills from the file's structure (a mapping's name, a position).
+_NOT_A_KEY = {"not_a_key": True}
+
+
+def matrix_keys(cls: type[DataclassInstance]) -> tuple[dataclasses.Field[Any], ...]:
+    """The fields of a model class that are keys of its YAML mapping, in file order."""
+    return tuple(f for f in dataclasses.fields(cls) if f.init and not f.metadata.get("not_a_key"))
+
+
+def key_names(cls: type[DataclassInstance]) -> tuple[str, ...]:
+    return tuple(f.name for f in matrix_keys(cls))
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -92,53 +151,75 @@ class ActivationRule(Enum):
 
 @dataclass(frozen=True, slots=True)
 class A2ABackend:
-    name: str
+    name: str = field(metadata=_NOT_A_KEY)
     description: str
-    formats: tuple[str, ...]  # dispatch formats this backend produces, in matrix order
-    location: Location
+    # Dispatch formats this backend produces, in matrix order.
+    formats: tuple[str, ...] = field(
+        metadata=_key(
+            "Names of the dispatch formats this backend produces.", refers_to="dispatch_formats"
+        )
+    )
+    location: Location = field(metadata=_NOT_A_KEY)
 
 
 @dataclass(frozen=True, slots=True)
 class DispatchFormat:
-    name: str
+    name: str = field(metadata=_NOT_A_KEY)
     description: str
-    dispatch_output: str  # class name in moe_runtime.types
-    combine_input: str  # class name in moe_runtime.types
-    layout: Layout
-    id_space: IdSpace
-    sink: Sink
-    row_count: RowCount
-    wire: Wire
-    weighting: Weighting
-    truncate_to_recv_cap: bool  # MORI: rows past dispatch_output.recv_cap are dropped
-    location: Location
+    dispatch_output: str = field(
+        metadata=_key("Class name in moe_runtime.types.", choices=DISPATCH_OUTPUTS)
+    )
+    combine_input: str = field(
+        metadata=_key("Class name in moe_runtime.types.", choices=COMBINE_INPUTS)
+    )
+    layout: Layout = field(metadata=_key("Shape of the activations handed over."))
+    id_space: IdSpace = field(metadata=_key("What the dispatched top-k ids mean."))
+    sink: Sink = field(
+        metadata=_key("Whether ids that must not be computed go to an extra masked-off id L.")
+    )
+    row_count: RowCount = field(metadata=_key("Where the number of valid rows comes from."))
+    wire: Wire = field(metadata=_key("Activation dtype on the wire, with its scale granularity."))
+    weighting: Weighting = field(
+        metadata=_key("Who multiplies expert outputs by the top-k weights.")
+    )
+    truncate_to_recv_cap: bool = field(
+        metadata=_key("Drop rows past dispatch_output.recv_cap (MORI).")
+    )
+    location: Location = field(metadata=_NOT_A_KEY)
 
 
 @dataclass(frozen=True, slots=True)
 class QuantMethod:
-    name: str
+    name: str = field(metadata=_NOT_A_KEY)
     description: str
-    kernel_quant: KernelQuant
-    activation: ActivationRule
-    weight_kind: WeightKind
-    weight_dtype: str  # torch dtype name of w13/w2, e.g. "float8_e4m3fn"
+    kernel_quant: KernelQuant = field(
+        metadata=_key('AITER QuantType member name (quote "No": YAML 1.1 reads it as false).')
+    )
+    activation: ActivationRule = field(
+        metadata=_key("layer: the layer's activation; swiglu: forced Swiglu.")
+    )
+    weight_kind: WeightKind = field(metadata=_key("Storage of the expert weights."))
+    # e.g. "float8_e4m3fn"
+    weight_dtype: str = field(metadata=_key("torch dtype name of w13/w2.", choices=WEIGHT_DTYPES))
     has_weight_scales: bool
     has_biases: bool
     static_input_scales: bool  # a13_scale / a2_scale come with the checkpoint
     pads_hidden: bool  # H and I are padded; activations are padded to the weights' H
     router_weight_in_stage1: bool  # apply_router_weight_on_input becomes doweight_stage1
-    location: Location
+    location: Location = field(metadata=_NOT_A_KEY)
 
 
 @dataclass(frozen=True, slots=True)
 class Exclusion:
     """A (a2a, quant, dispatch) pattern that is not generated; `*` matches anything."""
 
-    a2a: str
-    quant: str
-    dispatch: str
-    reason: str
-    location: Location
+    a2a: str = field(metadata=_key(refers_to="a2a_backends"))
+    quant: str = field(metadata=_key(refers_to="quant_methods"))
+    dispatch: str = field(metadata=_key(refers_to="dispatch_formats"))
+    reason: str = field(
+        metadata=_key("The fact that makes this combination impossible or unverifiable.")
+    )
+    location: Location = field(metadata=_NOT_A_KEY)
 
     def matches(self, a2a: str, quant: str, dispatch: str) -> bool:
         return all(
@@ -151,11 +232,23 @@ class Exclusion:
 class Matrix:
     """A validated matrix file. Tuples keep the file's order; lookups go through the methods."""
 
-    path: str  # as given on the command line, for diagnostics and the header
-    a2a_backends: tuple[A2ABackend, ...]
-    dispatch_formats: tuple[DispatchFormat, ...]
-    quant_methods: tuple[QuantMethod, ...]
-    exclusions: tuple[Exclusion, ...]
+    # As given on the command line, for diagnostics and the header.
+    path: str = field(metadata=_NOT_A_KEY)
+    a2a_backends: tuple[A2ABackend, ...] = field(
+        metadata=_key("All-to-all backends by name; each lists the dispatch formats it produces.")
+    )
+    dispatch_formats: tuple[DispatchFormat, ...] = field(
+        metadata=_key("Dispatch formats by name: what a dispatcher hands the runner.")
+    )
+    quant_methods: tuple[QuantMethod, ...] = field(
+        metadata=_key("Quant methods by name: what the weights are and how AITER runs them.")
+    )
+    exclusions: tuple[Exclusion, ...] = field(
+        metadata=_key(
+            "Combinations not generated, each with the fact behind it. An exclusion that removes "
+            "nothing is an error."
+        )
+    )
     # Lookups by name, built once: a scan per lookup is quadratic in a matrix of 10,000 formats.
     _formats: dict[str, DispatchFormat] = field(init=False, repr=False, compare=False)
     _quants: dict[str, QuantMethod] = field(init=False, repr=False, compare=False)

@@ -9,7 +9,7 @@ import pytest
 
 from generator.combinations import (
     enumerate_combinations,
-    enumeration_problems,
+    enumerate_matrix,
     excluded_combinations,
 )
 from generator.diagnostics import MatrixError
@@ -128,7 +128,7 @@ def test_stale_exclusion_is_an_error_at_its_location() -> None:
 
 def test_exclusion_of_a_format_no_backend_produces_is_stale() -> None:
     orphan = exclusion("*", "*", "standard", 8)
-    (diagnostic,) = enumeration_problems(matrix(orphan))
+    (diagnostic,) = enumerate_matrix(matrix(orphan)).problems
     assert (diagnostic.line, diagnostic.message) == (
         8,
         "exclusion */*/standard matches no combination: "
@@ -139,12 +139,12 @@ def test_exclusion_of_a_format_no_backend_produces_is_stale() -> None:
 def test_exclusion_shadowed_by_earlier_ones_is_an_error() -> None:
     broad = exclusion("mori", "*", "*", 10)
     narrow = exclusion("mori", "fp8", "mori_ll", 14)
-    (diagnostic,) = enumeration_problems(matrix(broad, narrow))
+    (diagnostic,) = enumerate_matrix(matrix(broad, narrow)).problems
     assert (diagnostic.line, diagnostic.column) == (14, 5)
     assert "removes nothing" in diagnostic.message
     assert "line(s) 10" in diagnostic.message
     # The other order is fine: the narrow one removes one combination first.
-    assert enumeration_problems(matrix(narrow, broad)) == ()
+    assert enumerate_matrix(matrix(narrow, broad)).problems == ()
 
 
 def test_excluding_everything_is_an_error_at_the_first_exclusion() -> None:

@@ -19,7 +19,7 @@ import yaml
 
 import generator.loader as loader_module
 import generator.model as model_module
-from generator.combinations import enumerate_combinations, excluded_combinations
+from generator.combinations import Enumeration, enumerate_combinations, excluded_combinations
 from generator.diagnostics import Diagnostic, MatrixError, closest
 from generator.loader import (
     FORMAT_RULES,
@@ -240,10 +240,10 @@ def test_nesting_at_the_limit_reaches_the_matrix_checks(tmp_path: Path) -> None:
 
 
 def test_an_internal_failure_still_leaves_as_matrix_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken(matrix: Matrix) -> tuple[Diagnostic, ...]:
+    def broken(matrix: Matrix) -> Enumeration:
         raise KeyError("bug")
 
-    monkeypatch.setattr(loader_module, "enumeration_problems", broken)
+    monkeypatch.setattr(loader_module, "enumerate_matrix", broken)
     (diagnostic,) = diagnostics_of(BASE_MATRIX)
     assert diagnostic.message == "internal error while loading the matrix: KeyError: 'bug'"
 

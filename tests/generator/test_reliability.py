@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from generator import cli, render
+from generator import cli, pipeline, render
 from tests.generator.malformed.expected import BASE_MATRIX
 
 REPO = Path(__file__).resolve().parents[2]
@@ -272,7 +272,7 @@ def trees(
         assert cli.main(["--matrix", str(matrix), "--out", str(out), "--no-typecheck"]) == 0
         digests.append(_digest(out))
     assert digests[0] != digests[1]
-    assert (cli.PAUSE_ENV, cli.PROBLEM_LIMIT) == (PAUSE_ENV, PROBLEM_LIMIT)
+    assert (pipeline.PAUSE_ENV, cli.PROBLEM_LIMIT) == (PAUSE_ENV, PROBLEM_LIMIT)
     return BASE_MATRIX, new, digests[0], digests[1]
 
 
