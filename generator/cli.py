@@ -1,11 +1,11 @@
 """Command line: `python -m generator --matrix PATH [--out DIR] [--check] [--list] [--explain K]`.
 
-It parses the arguments, calls generator/pipeline.py and prints the result. Exit codes
-(DESIGN.md): 0 written or up to date; 1 `--check` found stale, missing or orphaned files, or a
-stale schema/matrix.schema.json; 2 invalid matrix, usage or environment (an unusable --out or
+It parses the arguments, calls generator/pipeline.py and prints the result. Exit codes (as the
+README states them): 0 written or up to date; 1 `--check` found stale, missing or orphaned files, or
+a stale schema/matrix.schema.json; 2 invalid matrix, usage or environment (an unusable --out or
 cache directory, any OS error: one line naming the path and the cause); 3 rendered code failed
-verification (nothing under --out changed). An interrupt (SIGINT, SIGTERM) exits 128 + the
-signal's number with a line saying whether --out is as it was or holds the complete new tree.
+verification (nothing under --out changed). An interrupt (SIGINT, SIGTERM) exits 128 + the signal's
+number with a line saying whether --out is as it was or holds the complete new tree.
 """
 
 from __future__ import annotations
