@@ -90,8 +90,8 @@ class Plan:
     imports: tuple[str, ...]
     load_fragments: tuple[str, ...]
     call_fragments: tuple[str, ...]
-    router_weight_on_input: str  # expression passed to loadtime.bind_kernel
-    interleaved_gate_up: bool  # weights with gate_mode INTERLEAVE are served (else refused)
+    weight_rules: tuple[str, ...]  # loadtime.check_weights' rules of the method's weights
+    shape_rules: tuple[str, ...]  # loadtime.check_weights' shapes of its scales and biases
     weight_dtypes: str  # a tuple expression of torch dtypes
     kernel_ids_name: str
     kernel_weights_name: str
@@ -127,36 +127,76 @@ _WIRE_GROUPS = {Wire.BF16: "", Wire.FP8_1X128: "1x128", Wire.FP4_1X32: "1x32"}
 
 def plan_combination(matrix: Matrix, combination: Combination) -> Plan:
     """Decide everything about one combination; pure, deterministic, no I/O."""
-    a2a = matrix.a2a_backend(combination.a2a)
     fmt = matrix.dispatch_format(combination.dispatch)
     quant = matrix.quant_method(combination.quant)
-    decisions: list[Decision] = []
-
     mask, mask_reason = _mask(fmt)
-    decisions.append(Decision("expert mask", mask.value, mask_reason))
-
     ids, ids_reason = _ids(fmt)
-    decisions.append(Decision("top-k ids", ids.value, ids_reason))
-
     kernel_quant, wire, wire_reason = _wire(fmt, quant)
-    decisions.append(Decision("wire", f"{fmt.wire.value}, {wire.value}", wire_reason))
-    decisions.append(
-        Decision(
-            "AITER quant type",
-            kernel_quant.value,
-            "the method's own type"
-            if kernel_quant is quant.kernel_quant
-            else f"bf16 weights with a {fmt.wire.value} wire run the pre-quantized path "
-            "(docs/formats.md, wire x weight table)",
-        )
-    )
-    decisions.append(Decision("activation", quant.activation.value, _activation_reason(quant)))
-    interleaved_gate_up = quant.kernel_quant is KernelQuant.PER_1X32
-    decisions.append(_gate_mode_decision(interleaved_gate_up))
-
     router_weight, router_reason = _router_weight(fmt, quant)
-    decisions.append(Decision("apply_router_weight_on_input", router_weight.value, router_reason))
+    checks = plan_checks(fmt)
+    decisions = (
+        Decision("expert mask", mask.value, mask_reason),
+        Decision("top-k ids", ids.value, ids_reason),
+        Decision("wire", f"{fmt.wire.value}, {wire.value}", wire_reason),
+        _kernel_quant_decision(fmt, quant, kernel_quant),
+        Decision("activation", quant.activation.value, _activation_reason(quant)),
+        _gate_mode_decision(_interleaved_gate_up(quant)),
+        Decision("apply_router_weight_on_input", router_weight.value, router_reason),
+        *_row_decisions(fmt),
+        *_method_decisions(quant),
+        _checked_decision(checks),
+    )
+    num_local_tokens = fmt.row_count is RowCount.TOTAL_RECV
+    slabs = fmt.layout is Layout.MASKED_SLABS
+    return Plan(
+        combination=combination,
+        module_name=module_name(combination),
+        a2a=matrix.a2a_backend(combination.a2a),
+        dispatch=fmt,
+        quant=quant,
+        kernel_quant=kernel_quant,
+        mask=mask,
+        ids=ids,
+        wire=wire,
+        router_weight=router_weight,
+        decisions=decisions,
+        imports=_imports(fmt, wire),
+        load_fragments=_load_fragments(quant, mask, ids, router_weight, wire),
+        call_fragments=_call_fragments(fmt, ids, wire),
+        weight_rules=_weight_rules(quant),
+        shape_rules=_shape_rules(quant),
+        weight_dtypes=_weight_dtypes(quant),
+        kernel_ids_name="topk_ids" if ids is IdConversion.NONE else "kernel_topk_ids",
+        kernel_weights_name="kernel_topk_weights" if slabs else "topk_weights",
+        kernel_arguments=_kernel_arguments(fmt, wire, num_local_tokens),
+        bound_kernel_arguments=_bound_kernel_arguments(quant, router_weight),
+        # Without an out_dtype on the wire, the low-latency output is DeepEP's bf16.
+        upscaler=_UPSCALERS[fmt.wire] if wire is WireHandling.UPSCALE else "",
+        wire_group=_WIRE_GROUPS[fmt.wire],
+        upscale_dtype="dispatch_output.out_dtype" if num_local_tokens else "torch.bfloat16",
+        output_expression="out.view(num_slabs, capacity, -1)" if slabs else "out",
+        combine_routing=_combine_routing(fmt),
+        combine_comment=_combine_comment(fmt),
+        checks=checks,
+    )
 
+
+def _kernel_quant_decision(
+    fmt: DispatchFormat, quant: QuantMethod, kernel_quant: KernelQuant
+) -> Decision:
+    return Decision(
+        "AITER quant type",
+        kernel_quant.value,
+        "the method's own type"
+        if kernel_quant is quant.kernel_quant
+        else f"bf16 weights with a {fmt.wire.value} wire run the pre-quantized path "
+        "(docs/formats.md, wire x weight table)",
+    )
+
+
+def _row_decisions(fmt: DispatchFormat) -> tuple[Decision, ...]:
+    """Which rows the kernel reads: MORI's receive cap and valid rows, the zero-row guard."""
+    decisions = []
     if fmt.truncate_to_recv_cap:
         decisions.append(
             Decision(
@@ -168,8 +208,7 @@ def plan_combination(matrix: Matrix, combination: Combination) -> Plan:
                 "combine sees",
             )
         )
-    num_local_tokens = fmt.row_count is RowCount.TOTAL_RECV
-    if num_local_tokens:
+    if fmt.row_count is RowCount.TOTAL_RECV:
         decisions.append(
             Decision(
                 "valid rows",
@@ -177,7 +216,7 @@ def plan_combination(matrix: Matrix, combination: Combination) -> Plan:
                 "rows past MORI's total_recv are stale; the kernel skips them without a host sync",
             )
         )
-    zero_row_guard = fmt.layout is Layout.FLAT
+    zero_row_guard = _zero_row_guard(fmt)
     decisions.append(
         Decision(
             "zero-row guard",
@@ -187,6 +226,12 @@ def plan_combination(matrix: Matrix, combination: Combination) -> Plan:
             else "the slab layout always has L * C > 0 rows",
         )
     )
+    return tuple(decisions)
+
+
+def _method_decisions(quant: QuantMethod) -> tuple[Decision, ...]:
+    """What the quant method's padding and static input scales turn into."""
+    decisions = []
     if quant.pads_hidden:
         decisions.append(
             Decision(
@@ -206,53 +251,25 @@ def plan_combination(matrix: Matrix, combination: Combination) -> Plan:
                 "amax never exceeds the calibrated range)",
             )
         )
+    return tuple(decisions)
 
-    checks = plan_checks(fmt)
-    decisions.append(
-        Decision(
-            "checked variant",
-            checks.summary,
-            "select(..., checked=True) validates each dispatch output before the plain hot path; "
-            "the plain Runner pays only the dispatch-output class lookup",
-        )
+
+def _checked_decision(checks: CheckPlan) -> Decision:
+    return Decision(
+        "checked variant",
+        checks.summary,
+        "select(..., checked=True) validates each dispatch output before the plain hot path; "
+        "the plain Runner pays only the dispatch-output class lookup",
     )
 
-    slabs = fmt.layout is Layout.MASKED_SLABS
-    return Plan(
-        combination=combination,
-        module_name=module_name(combination),
-        a2a=a2a,
-        dispatch=fmt,
-        quant=quant,
-        kernel_quant=kernel_quant,
-        mask=mask,
-        ids=ids,
-        wire=wire,
-        router_weight=router_weight,
-        decisions=tuple(decisions),
-        imports=_imports(fmt, wire),
-        load_fragments=_load_fragments(quant, mask, ids, router_weight, wire),
-        call_fragments=_call_fragments(fmt, ids, wire, router_weight, quant, zero_row_guard),
-        router_weight_on_input=(
-            "loadtime.router_weight_on_input(config)"
-            if router_weight is RouterWeight.INPUT_SCALING
-            else "False"
-        ),
-        interleaved_gate_up=interleaved_gate_up,
-        weight_dtypes=_weight_dtypes(quant),
-        kernel_ids_name="topk_ids" if ids is IdConversion.NONE else "kernel_topk_ids",
-        kernel_weights_name="kernel_topk_weights" if slabs else "topk_weights",
-        kernel_arguments=_kernel_arguments(fmt, wire, num_local_tokens),
-        bound_kernel_arguments=_bound_kernel_arguments(quant, router_weight),
-        # Without an out_dtype on the wire, the low-latency output is DeepEP's bf16.
-        upscaler=_UPSCALERS[fmt.wire] if wire is WireHandling.UPSCALE else "",
-        wire_group=_WIRE_GROUPS[fmt.wire],
-        upscale_dtype="dispatch_output.out_dtype" if num_local_tokens else "torch.bfloat16",
-        output_expression="out.view(num_slabs, capacity, -1)" if slabs else "out",
-        combine_routing=_combine_routing(fmt),
-        combine_comment=_combine_comment(fmt),
-        checks=checks,
-    )
+
+def _zero_row_guard(fmt: DispatchFormat) -> bool:
+    return fmt.layout is Layout.FLAT
+
+
+def _interleaved_gate_up(quant: QuantMethod) -> bool:
+    """Whether weights with gate_mode INTERLEAVE are served (else refused)."""
+    return quant.kernel_quant is KernelQuant.PER_1X32
 
 
 def _imports(fmt: DispatchFormat, wire: WireHandling) -> tuple[str, ...]:
@@ -297,6 +314,7 @@ def _load_fragments(
         ),
         # AITER's weight preparation depends on the activation (per_1x32: a16w4 vs a4w4 layout).
         "activation_" + quant.activation.value,
+        *(() if quant.pads_hidden else ("refuse_hidden_pad",)),
         "bind_kernel",
     ]
     if quant.has_weight_scales:
@@ -305,6 +323,9 @@ def _load_fragments(
         steps.append("biases")
     if quant.pads_hidden:
         steps.append("pads")
+    if router_weight is RouterWeight.INPUT_SCALING:
+        # After the padding adapter, so that it scales the rows the caller passed.
+        steps.append("router_weight_input_scaling")
     steps.append("mask_" + mask.value)
     if ids is not IdConversion.NONE:
         steps.append("ids_" + ids.value)
@@ -315,15 +336,9 @@ def _load_fragments(
     return tuple(steps)
 
 
-def _call_fragments(
-    fmt: DispatchFormat,
-    ids: IdConversion,
-    wire: WireHandling,
-    router_weight: RouterWeight,
-    quant: QuantMethod,
-    zero_row_guard: bool,
-) -> tuple[str, ...]:
-    """The hot path, step by step: each name is a template under templates/fragments/call/."""
+def _call_fragments(fmt: DispatchFormat, ids: IdConversion, wire: WireHandling) -> tuple[str, ...]:
+    """The hot path, step by step: each name is a template under templates/fragments/call/, and
+    each renders code (what the load time bound into the kernel is no step here)."""
     quantized_wire = fmt.wire is not Wire.BF16
     steps = ["dispatch_type"]
     match fmt.layout:
@@ -339,19 +354,51 @@ def _call_fragments(
             steps += [unpack] + (["scale_flat"] if quantized_wire else [])
         case _:
             assert_never(fmt.layout)
-    if zero_row_guard:
+    if _zero_row_guard(fmt):
         steps.append("zero_row_guard")
     if ids is not IdConversion.NONE:
         steps.append("ids_" + ids.value)
-    if router_weight is RouterWeight.INPUT_SCALING:
-        steps.append("router_weight")
     if wire is WireHandling.UPSCALE:
         slabs = fmt.layout is Layout.MASKED_SLABS
         steps.append("wire_upscale_slabs" if slabs else "wire_upscale")
-    if quant.pads_hidden:
-        steps.append("pad_hidden")
     steps += ["kernel_call", "combine"]
     return tuple(steps)
+
+
+def _weight_rules(quant: QuantMethod) -> tuple[str, ...]:
+    """The method's weight rules (moe_runtime.loadtime), one per fact, in the order of its
+    messages; a fact that allows anything (static input scales, interleaved rows) adds none."""
+    rules = [
+        "scales_required" if quant.has_weight_scales else "scales_refused",
+        "biases_required" if quant.has_biases else "biases_refused",
+    ]
+    if not quant.static_input_scales:
+        rules.append("input_scales_refused")
+    rules.append(
+        "stage1_weight_needs_flag" if quant.router_weight_in_stage1 else "stage1_weight_refused"
+    )
+    if not _interleaved_gate_up(quant):
+        rules.append("interleaved_gate_up_refused")
+    return tuple(f"loadtime.{rule}" for rule in rules)
+
+
+# The shapes of a method's weight scales, fixed by its own AITER quant type.
+_SCALE_SHAPES = {
+    KernelQuant.NO: "channel_scale_shapes",
+    KernelQuant.PER_TENSOR: "tensor_scale_shapes",
+    KernelQuant.PER_TOKEN: "channel_scale_shapes",
+    KernelQuant.PER_1X32: "group_scale_shapes",
+    KernelQuant.PER_1X128: "block_scale_shapes",
+    KernelQuant.PER_128X128: "block_scale_shapes",
+}
+
+
+def _shape_rules(quant: QuantMethod) -> tuple[str, ...]:
+    """The tensors the method adds to the weights' shape check (moe_runtime.loadtime)."""
+    rules = [_SCALE_SHAPES[quant.kernel_quant]] if quant.has_weight_scales else []
+    if quant.has_biases:
+        rules.append("bias_shapes")
+    return tuple(f"loadtime.{rule}" for rule in rules)
 
 
 def _weight_dtypes(quant: QuantMethod) -> str:

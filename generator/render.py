@@ -25,6 +25,8 @@ from generator.plan import Plan
 from generator.writer import header_line
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
+# pyproject.toml's [tool.ruff] line-length: generated code is laid out as `ruff format` keeps it.
+LINE_LENGTH = 100
 RUNNER_TEMPLATE = "runner.py.j2"
 INIT_TEMPLATE = "init.py.j2"
 
@@ -52,6 +54,8 @@ def _environment() -> jinja2.Environment:
     )
     env.filters["py"] = py_literal
     env.filters["docstring"] = docstring_text
+    env.filters["tuple"] = tuple_expression
+    env.filters["frozen_dict"] = frozen_dict
     return env
 
 
@@ -62,6 +66,32 @@ def py_literal(value: str | tuple[str, ...]) -> str:
     if isinstance(value, str) and "'" not in value and '"' not in value:
         return '"' + text[1:-1] + '"'
     return text
+
+
+def tuple_expression(items: tuple[str, ...]) -> str:
+    """A tuple display of Python expressions on one line, as `ruff format` writes it: `()`,
+    `(a,)`, `(a, b)`."""
+    if len(items) == 1:
+        return f"({items[0]},)"
+    return f"({', '.join(items)})"
+
+
+def frozen_dict(entries: Iterable[tuple[tuple[str, ...], str]]) -> str:
+    """`MappingProxyType({...})` of string-tuple keys and string values, laid out as `ruff
+    format` keeps it at the top level: `({})` when empty, else one entry a line (the value in
+    parentheses on a line of its own where the entry would not fit)."""
+    lines = [_dict_entry(key, value, indent=8) for key, value in entries]
+    if not lines:
+        return "MappingProxyType({})"
+    return "MappingProxyType(\n    {\n" + "\n".join(lines) + "\n    }\n)"
+
+
+def _dict_entry(key: tuple[str, ...], value: str, *, indent: int) -> str:
+    head = " " * indent + "(" + ", ".join(py_literal(part) for part in key) + "): "
+    line = f"{head}{py_literal(value)},"
+    if len(line) <= LINE_LENGTH:
+        return line
+    return f"{head}(\n{' ' * (indent + 4)}{py_literal(value)}\n{' ' * indent}),"
 
 
 def docstring_text(text: str) -> str:
