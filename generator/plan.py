@@ -11,6 +11,7 @@ from enum import Enum
 from typing import assert_never
 
 from generator.checked import CheckPlan, plan_checks
+from generator.fragments import NAMES
 from generator.model import (
     A2ABackend,
     ActivationRule,
@@ -166,8 +167,8 @@ def plan_combination(matrix: Matrix, combination: Combination) -> Plan:
         weight_rules=_weight_rules(quant),
         shape_rules=_shape_rules(quant),
         weight_dtypes=_weight_dtypes(quant),
-        kernel_ids_name="topk_ids" if ids is IdConversion.NONE else "kernel_topk_ids",
-        kernel_weights_name="kernel_topk_weights" if slabs else "topk_weights",
+        kernel_ids_name="topk_ids" if ids is IdConversion.NONE else NAMES.kernel_topk_ids,
+        kernel_weights_name=NAMES.kernel_topk_weights if slabs else "topk_weights",
         kernel_arguments=_kernel_arguments(fmt, wire, num_local_tokens),
         bound_kernel_arguments=_bound_kernel_arguments(quant, router_weight),
         # Without an out_dtype on the wire, the low-latency output is DeepEP's bf16.
@@ -297,6 +298,30 @@ def _imports(fmt: DispatchFormat, wire: WireHandling) -> tuple[str, ...]:
     return tuple(lines)
 
 
+# Fragment names (generator/fragments.py registers each) by decision, spelled out rather than
+# built from enum values, so that renaming a value cannot silently rename a file.
+_ROUTER_WEIGHT_CHECKS: dict[RouterWeight, tuple[str, ...]] = {
+    RouterWeight.REFUSED: ("router_weight_refused",),
+    RouterWeight.INPUT_SCALING: (),
+    RouterWeight.STAGE1: ("router_weight_stage1",),
+}
+_ACTIVATION_STEPS = {
+    ActivationRule.LAYER: "activation_layer",
+    ActivationRule.SWIGLU: "activation_swiglu",
+}
+_MASK_STEPS = {
+    MaskKind.STANDARD: "mask_standard",
+    MaskKind.GLOBAL: "mask_global",
+    MaskKind.SINK: "mask_sink",
+}
+# The same names at load (what the conversion needs built once) and in the hot path.
+_ID_STEPS: dict[IdConversion, tuple[str, ...]] = {
+    IdConversion.NONE: (),
+    IdConversion.MINUS_ONE_TO_SINK: ("ids_minus_one_to_sink",),
+    IdConversion.SLAB_SLOTS: ("ids_slab_slots",),
+}
+
+
 def _load_fragments(
     quant: QuantMethod,
     mask: MaskKind,
@@ -307,13 +332,10 @@ def _load_fragments(
     steps = [
         "check_weights",
         "dispatch_types",
-        *(
-            ()
-            if router_weight is RouterWeight.INPUT_SCALING
-            else ("router_weight_" + router_weight.value,)
-        ),
+        # Refused or bound into the kernel here; input scaling wraps the kernel further down.
+        *_ROUTER_WEIGHT_CHECKS[router_weight],
         # AITER's weight preparation depends on the activation (per_1x32: a16w4 vs a4w4 layout).
-        "activation_" + quant.activation.value,
+        _ACTIVATION_STEPS[quant.activation],
         *(() if quant.pads_hidden else ("refuse_hidden_pad",)),
         "bind_kernel",
     ]
@@ -326,9 +348,8 @@ def _load_fragments(
     if router_weight is RouterWeight.INPUT_SCALING:
         # After the padding adapter, so that it scales the rows the caller passed.
         steps.append("router_weight_input_scaling")
-    steps.append("mask_" + mask.value)
-    if ids is not IdConversion.NONE:
-        steps.append("ids_" + ids.value)
+    steps.append(_MASK_STEPS[mask])
+    steps += _ID_STEPS[ids]
     if wire is WireHandling.UPSCALE:
         steps.append("wire_upscale")
     # Last: it binds what the steps above stored.
@@ -356,8 +377,7 @@ def _call_fragments(fmt: DispatchFormat, ids: IdConversion, wire: WireHandling) 
             assert_never(fmt.layout)
     if _zero_row_guard(fmt):
         steps.append("zero_row_guard")
-    if ids is not IdConversion.NONE:
-        steps.append("ids_" + ids.value)
+    steps += _ID_STEPS[ids]
     if wire is WireHandling.UPSCALE:
         slabs = fmt.layout is Layout.MASKED_SLABS
         steps.append("wire_upscale_slabs" if slabs else "wire_upscale")
@@ -603,19 +623,19 @@ def _bound_kernel_arguments(
     """Keywords fixed at load, bound into the kernel once (functools.partial, which mypy checks
     against fused_moe's signature); everything left out is the kernel's default."""
     args = [
-        KernelArgument("expert_mask", "self._expert_mask"),
-        KernelArgument("activation", "self._activation"),
-        KernelArgument("quant_type", "self._quant_type"),
+        KernelArgument("expert_mask", NAMES.expert_mask),
+        KernelArgument("activation", NAMES.activation),
+        KernelArgument("quant_type", NAMES.quant_type),
     ]
     if router_weight is RouterWeight.STAGE1:
-        args.append(KernelArgument("doweight_stage1", "self._doweight_stage1"))
+        args.append(KernelArgument("doweight_stage1", NAMES.doweight_stage1))
     if quant.has_weight_scales:
-        args.append(KernelArgument("w1_scale", "self._w13_scale"))
-        args.append(KernelArgument("w2_scale", "self._w2_scale"))
+        args.append(KernelArgument("w1_scale", NAMES.w13_scale))
+        args.append(KernelArgument("w2_scale", NAMES.w2_scale))
     if quant.pads_hidden:
-        args.append(KernelArgument("hidden_pad", "self._hidden_pad"))
-        args.append(KernelArgument("intermediate_pad", "self._intermediate_pad"))
+        args.append(KernelArgument("hidden_pad", NAMES.hidden_pad))
+        args.append(KernelArgument("intermediate_pad", NAMES.intermediate_pad))
     if quant.has_biases:
-        args.append(KernelArgument("bias1", "self._b13"))
-        args.append(KernelArgument("bias2", "self._b2"))
+        args.append(KernelArgument("bias1", NAMES.b13))
+        args.append(KernelArgument("bias2", NAMES.b2))
     return tuple(args)

@@ -20,6 +20,7 @@ from pathlib import Path
 import jinja2
 
 from generator import __version__
+from generator.fragments import NAMES, STEPS
 from generator.model import Combination, Exclusion
 from generator.plan import Plan
 from generator.writer import header_line
@@ -111,12 +112,46 @@ def comment_text(text: str) -> str:
     return text if text.isprintable() else repr(text)
 
 
+def check_fragments(templates_dir: Path) -> None:
+    """The fragments under `templates_dir` are those `generator.fragments.STEPS` registers: a
+    registered step without its file, or a file no step registers, is an error naming both."""
+    problems = []
+    for kind, steps in STEPS.items():
+        folder = templates_dir / "fragments" / kind
+        present = {path.name.removesuffix(".py.j2") for path in folder.glob("*.py.j2")}
+        problems += [
+            f"templates/fragments/{kind}/{name}.py.j2 is missing: the {kind} step {name!r} "
+            f"({decision}) is registered in generator/fragments.py"
+            for name, decision in steps.items()
+            if name not in present
+        ]
+        problems += [
+            f"templates/fragments/{kind}/{name}.py.j2 is unused: generator/fragments.py "
+            f"registers no {kind} step {name!r}"
+            for name in sorted(present - steps.keys())
+        ]
+    if problems:
+        raise TemplateProblem("; ".join(problems))
+
+
 def _runner_templates(plan: Plan) -> tuple[str, ...]:
+    """The templates of one plan's module; a step that generator/fragments.py does not register
+    is an error naming the combination."""
+    steps = {
+        "load": plan.load_fragments,
+        "call": plan.call_fragments,
+        "check": plan.checks.fragments,
+    }
+    for kind, names in steps.items():
+        for name in names:
+            if name not in STEPS[kind]:
+                raise TemplateProblem(
+                    f"{plan.combination.slash_name}: the plan chose the {kind} step {name!r}, "
+                    "which generator/fragments.py does not register"
+                )
     return (
         RUNNER_TEMPLATE,
-        *(f"fragments/load/{name}.py.j2" for name in plan.load_fragments),
-        *(f"fragments/call/{name}.py.j2" for name in plan.call_fragments),
-        *(f"fragments/check/{name}.py.j2" for name in plan.checks.fragments),
+        *(f"fragments/{kind}/{name}.py.j2" for kind, names in steps.items() for name in names),
     )
 
 
@@ -158,7 +193,11 @@ def render_runner(env: jinja2.Environment, plan: Plan, inputs: Inputs, digests: 
         f"combination: a2a={plan.combination.a2a} quant={plan.combination.quant} "
         f"dispatch={plan.combination.dispatch}"
     )
-    context = {"plan": plan, "header": header(inputs, what, digests.of(_runner_templates(plan)))}
+    context = {
+        "plan": plan,
+        "names": NAMES,
+        "header": header(inputs, what, digests.of(_runner_templates(plan))),
+    }
     return _render(env, RUNNER_TEMPLATE, context)
 
 
@@ -186,6 +225,7 @@ def render_all(
 ) -> dict[str, str]:
     """Every file of the generated package, keyed by its path relative to the output directory
     (the writer adds its manifest)."""
+    check_fragments(TEMPLATES_DIR)
     env = _environment()
     digests = _Digests(inputs)
     plans = sorted(plans, key=lambda plan: plan.combination)
