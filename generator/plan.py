@@ -11,6 +11,7 @@ from enum import Enum
 from typing import assert_never
 
 from generator.checked import CheckPlan, plan_checks
+from generator.fragments import NAMES
 from generator.model import (
     A2ABackend,
     ActivationRule,
@@ -90,8 +91,8 @@ class Plan:
     imports: tuple[str, ...]
     load_fragments: tuple[str, ...]
     call_fragments: tuple[str, ...]
-    router_weight_on_input: str  # expression passed to loadtime.bind_kernel
-    interleaved_gate_up: bool  # weights with gate_mode INTERLEAVE are served (else refused)
+    weight_rules: tuple[str, ...]  # loadtime.check_weights' rules of the method's weights
+    shape_rules: tuple[str, ...]  # loadtime.check_weights' shapes of its scales and biases
     weight_dtypes: str  # a tuple expression of torch dtypes
     kernel_ids_name: str
     kernel_weights_name: str
@@ -127,36 +128,76 @@ _WIRE_GROUPS = {Wire.BF16: "", Wire.FP8_1X128: "1x128", Wire.FP4_1X32: "1x32"}
 
 def plan_combination(matrix: Matrix, combination: Combination) -> Plan:
     """Decide everything about one combination; pure, deterministic, no I/O."""
-    a2a = matrix.a2a_backend(combination.a2a)
     fmt = matrix.dispatch_format(combination.dispatch)
     quant = matrix.quant_method(combination.quant)
-    decisions: list[Decision] = []
-
     mask, mask_reason = _mask(fmt)
-    decisions.append(Decision("expert mask", mask.value, mask_reason))
-
     ids, ids_reason = _ids(fmt)
-    decisions.append(Decision("top-k ids", ids.value, ids_reason))
-
     kernel_quant, wire, wire_reason = _wire(fmt, quant)
-    decisions.append(Decision("wire", f"{fmt.wire.value}, {wire.value}", wire_reason))
-    decisions.append(
-        Decision(
-            "AITER quant type",
-            kernel_quant.value,
-            "the method's own type"
-            if kernel_quant is quant.kernel_quant
-            else f"bf16 weights with a {fmt.wire.value} wire run the pre-quantized path "
-            "(docs/formats.md, wire x weight table)",
-        )
-    )
-    decisions.append(Decision("activation", quant.activation.value, _activation_reason(quant)))
-    interleaved_gate_up = quant.kernel_quant is KernelQuant.PER_1X32
-    decisions.append(_gate_mode_decision(interleaved_gate_up))
-
     router_weight, router_reason = _router_weight(fmt, quant)
-    decisions.append(Decision("apply_router_weight_on_input", router_weight.value, router_reason))
+    checks = plan_checks(fmt)
+    decisions = (
+        Decision("expert mask", mask.value, mask_reason),
+        Decision("top-k ids", ids.value, ids_reason),
+        Decision("wire", f"{fmt.wire.value}, {wire.value}", wire_reason),
+        _kernel_quant_decision(fmt, quant, kernel_quant),
+        Decision("activation", quant.activation.value, _activation_reason(quant)),
+        _gate_mode_decision(_interleaved_gate_up(quant)),
+        Decision("apply_router_weight_on_input", router_weight.value, router_reason),
+        *_row_decisions(fmt),
+        *_method_decisions(quant),
+        _checked_decision(checks),
+    )
+    num_local_tokens = fmt.row_count is RowCount.TOTAL_RECV
+    slabs = fmt.layout is Layout.MASKED_SLABS
+    return Plan(
+        combination=combination,
+        module_name=module_name(combination),
+        a2a=matrix.a2a_backend(combination.a2a),
+        dispatch=fmt,
+        quant=quant,
+        kernel_quant=kernel_quant,
+        mask=mask,
+        ids=ids,
+        wire=wire,
+        router_weight=router_weight,
+        decisions=decisions,
+        imports=_imports(fmt, wire),
+        load_fragments=_load_fragments(quant, mask, ids, router_weight, wire),
+        call_fragments=_call_fragments(fmt, ids, wire),
+        weight_rules=_weight_rules(quant),
+        shape_rules=_shape_rules(quant),
+        weight_dtypes=_weight_dtypes(quant),
+        kernel_ids_name="topk_ids" if ids is IdConversion.NONE else NAMES.kernel_topk_ids,
+        kernel_weights_name=NAMES.kernel_topk_weights if slabs else "topk_weights",
+        kernel_arguments=_kernel_arguments(fmt, wire, num_local_tokens),
+        bound_kernel_arguments=_bound_kernel_arguments(quant, router_weight),
+        # Without an out_dtype on the wire, the low-latency output is DeepEP's bf16.
+        upscaler=_UPSCALERS[fmt.wire] if wire is WireHandling.UPSCALE else "",
+        wire_group=_WIRE_GROUPS[fmt.wire],
+        upscale_dtype="dispatch_output.out_dtype" if num_local_tokens else "torch.bfloat16",
+        output_expression="out.view(num_slabs, capacity, -1)" if slabs else "out",
+        combine_routing=_combine_routing(fmt),
+        combine_comment=_combine_comment(fmt),
+        checks=checks,
+    )
 
+
+def _kernel_quant_decision(
+    fmt: DispatchFormat, quant: QuantMethod, kernel_quant: KernelQuant
+) -> Decision:
+    return Decision(
+        "AITER quant type",
+        kernel_quant.value,
+        "the method's own type"
+        if kernel_quant is quant.kernel_quant
+        else f"bf16 weights with a {fmt.wire.value} wire run the pre-quantized path "
+        "(docs/formats.md, wire x weight table)",
+    )
+
+
+def _row_decisions(fmt: DispatchFormat) -> tuple[Decision, ...]:
+    """Which rows the kernel reads: MORI's receive cap and valid rows, the zero-row guard."""
+    decisions = []
     if fmt.truncate_to_recv_cap:
         decisions.append(
             Decision(
@@ -168,8 +209,7 @@ def plan_combination(matrix: Matrix, combination: Combination) -> Plan:
                 "combine sees",
             )
         )
-    num_local_tokens = fmt.row_count is RowCount.TOTAL_RECV
-    if num_local_tokens:
+    if fmt.row_count is RowCount.TOTAL_RECV:
         decisions.append(
             Decision(
                 "valid rows",
@@ -177,7 +217,7 @@ def plan_combination(matrix: Matrix, combination: Combination) -> Plan:
                 "rows past MORI's total_recv are stale; the kernel skips them without a host sync",
             )
         )
-    zero_row_guard = fmt.layout is Layout.FLAT
+    zero_row_guard = _zero_row_guard(fmt)
     decisions.append(
         Decision(
             "zero-row guard",
@@ -187,6 +227,12 @@ def plan_combination(matrix: Matrix, combination: Combination) -> Plan:
             else "the slab layout always has L * C > 0 rows",
         )
     )
+    return tuple(decisions)
+
+
+def _method_decisions(quant: QuantMethod) -> tuple[Decision, ...]:
+    """What the quant method's padding and static input scales turn into."""
+    decisions = []
     if quant.pads_hidden:
         decisions.append(
             Decision(
@@ -206,53 +252,25 @@ def plan_combination(matrix: Matrix, combination: Combination) -> Plan:
                 "amax never exceeds the calibrated range)",
             )
         )
+    return tuple(decisions)
 
-    checks = plan_checks(fmt)
-    decisions.append(
-        Decision(
-            "checked variant",
-            checks.summary,
-            "select(..., checked=True) validates each dispatch output before the plain hot path; "
-            "the plain Runner pays only the dispatch-output class lookup",
-        )
+
+def _checked_decision(checks: CheckPlan) -> Decision:
+    return Decision(
+        "checked variant",
+        checks.summary,
+        "select(..., checked=True) validates each dispatch output before the plain hot path; "
+        "the plain Runner pays only the dispatch-output class lookup",
     )
 
-    slabs = fmt.layout is Layout.MASKED_SLABS
-    return Plan(
-        combination=combination,
-        module_name=module_name(combination),
-        a2a=a2a,
-        dispatch=fmt,
-        quant=quant,
-        kernel_quant=kernel_quant,
-        mask=mask,
-        ids=ids,
-        wire=wire,
-        router_weight=router_weight,
-        decisions=tuple(decisions),
-        imports=_imports(fmt, wire),
-        load_fragments=_load_fragments(quant, mask, ids, router_weight, wire),
-        call_fragments=_call_fragments(fmt, ids, wire, router_weight, quant, zero_row_guard),
-        router_weight_on_input=(
-            "loadtime.router_weight_on_input(config)"
-            if router_weight is RouterWeight.INPUT_SCALING
-            else "False"
-        ),
-        interleaved_gate_up=interleaved_gate_up,
-        weight_dtypes=_weight_dtypes(quant),
-        kernel_ids_name="topk_ids" if ids is IdConversion.NONE else "kernel_topk_ids",
-        kernel_weights_name="kernel_topk_weights" if slabs else "topk_weights",
-        kernel_arguments=_kernel_arguments(fmt, wire, num_local_tokens),
-        bound_kernel_arguments=_bound_kernel_arguments(quant, router_weight),
-        # Without an out_dtype on the wire, the low-latency output is DeepEP's bf16.
-        upscaler=_UPSCALERS[fmt.wire] if wire is WireHandling.UPSCALE else "",
-        wire_group=_WIRE_GROUPS[fmt.wire],
-        upscale_dtype="dispatch_output.out_dtype" if num_local_tokens else "torch.bfloat16",
-        output_expression="out.view(num_slabs, capacity, -1)" if slabs else "out",
-        combine_routing=_combine_routing(fmt),
-        combine_comment=_combine_comment(fmt),
-        checks=checks,
-    )
+
+def _zero_row_guard(fmt: DispatchFormat) -> bool:
+    return fmt.layout is Layout.FLAT
+
+
+def _interleaved_gate_up(quant: QuantMethod) -> bool:
+    """Whether weights with gate_mode INTERLEAVE are served (else refused)."""
+    return quant.kernel_quant is KernelQuant.PER_1X32
 
 
 def _imports(fmt: DispatchFormat, wire: WireHandling) -> tuple[str, ...]:
@@ -280,6 +298,30 @@ def _imports(fmt: DispatchFormat, wire: WireHandling) -> tuple[str, ...]:
     return tuple(lines)
 
 
+# Fragment names (generator/fragments.py registers each) by decision, spelled out rather than
+# built from enum values, so that renaming a value cannot silently rename a file.
+_ROUTER_WEIGHT_CHECKS: dict[RouterWeight, tuple[str, ...]] = {
+    RouterWeight.REFUSED: ("router_weight_refused",),
+    RouterWeight.INPUT_SCALING: (),
+    RouterWeight.STAGE1: ("router_weight_stage1",),
+}
+_ACTIVATION_STEPS = {
+    ActivationRule.LAYER: "activation_layer",
+    ActivationRule.SWIGLU: "activation_swiglu",
+}
+_MASK_STEPS = {
+    MaskKind.STANDARD: "mask_standard",
+    MaskKind.GLOBAL: "mask_global",
+    MaskKind.SINK: "mask_sink",
+}
+# The same names at load (what the conversion needs built once) and in the hot path.
+_ID_STEPS: dict[IdConversion, tuple[str, ...]] = {
+    IdConversion.NONE: (),
+    IdConversion.MINUS_ONE_TO_SINK: ("ids_minus_one_to_sink",),
+    IdConversion.SLAB_SLOTS: ("ids_slab_slots",),
+}
+
+
 def _load_fragments(
     quant: QuantMethod,
     mask: MaskKind,
@@ -290,13 +332,11 @@ def _load_fragments(
     steps = [
         "check_weights",
         "dispatch_types",
-        *(
-            ()
-            if router_weight is RouterWeight.INPUT_SCALING
-            else ("router_weight_" + router_weight.value,)
-        ),
+        # Refused or bound into the kernel here; input scaling wraps the kernel further down.
+        *_ROUTER_WEIGHT_CHECKS[router_weight],
         # AITER's weight preparation depends on the activation (per_1x32: a16w4 vs a4w4 layout).
-        "activation_" + quant.activation.value,
+        _ACTIVATION_STEPS[quant.activation],
+        *(() if quant.pads_hidden else ("refuse_hidden_pad",)),
         "bind_kernel",
     ]
     if quant.has_weight_scales:
@@ -305,9 +345,11 @@ def _load_fragments(
         steps.append("biases")
     if quant.pads_hidden:
         steps.append("pads")
-    steps.append("mask_" + mask.value)
-    if ids is not IdConversion.NONE:
-        steps.append("ids_" + ids.value)
+    if router_weight is RouterWeight.INPUT_SCALING:
+        # After the padding adapter, so that it scales the rows the caller passed.
+        steps.append("router_weight_input_scaling")
+    steps.append(_MASK_STEPS[mask])
+    steps += _ID_STEPS[ids]
     if wire is WireHandling.UPSCALE:
         steps.append("wire_upscale")
     # Last: it binds what the steps above stored.
@@ -315,15 +357,9 @@ def _load_fragments(
     return tuple(steps)
 
 
-def _call_fragments(
-    fmt: DispatchFormat,
-    ids: IdConversion,
-    wire: WireHandling,
-    router_weight: RouterWeight,
-    quant: QuantMethod,
-    zero_row_guard: bool,
-) -> tuple[str, ...]:
-    """The hot path, step by step: each name is a template under templates/fragments/call/."""
+def _call_fragments(fmt: DispatchFormat, ids: IdConversion, wire: WireHandling) -> tuple[str, ...]:
+    """The hot path, step by step: each name is a template under templates/fragments/call/, and
+    each renders code (what the load time bound into the kernel is no step here)."""
     quantized_wire = fmt.wire is not Wire.BF16
     steps = ["dispatch_type"]
     match fmt.layout:
@@ -339,19 +375,50 @@ def _call_fragments(
             steps += [unpack] + (["scale_flat"] if quantized_wire else [])
         case _:
             assert_never(fmt.layout)
-    if zero_row_guard:
+    if _zero_row_guard(fmt):
         steps.append("zero_row_guard")
-    if ids is not IdConversion.NONE:
-        steps.append("ids_" + ids.value)
-    if router_weight is RouterWeight.INPUT_SCALING:
-        steps.append("router_weight")
+    steps += _ID_STEPS[ids]
     if wire is WireHandling.UPSCALE:
         slabs = fmt.layout is Layout.MASKED_SLABS
         steps.append("wire_upscale_slabs" if slabs else "wire_upscale")
-    if quant.pads_hidden:
-        steps.append("pad_hidden")
     steps += ["kernel_call", "combine"]
     return tuple(steps)
+
+
+def _weight_rules(quant: QuantMethod) -> tuple[str, ...]:
+    """The method's weight rules (moe_runtime.loadtime), one per fact, in the order of its
+    messages; a fact that allows anything (static input scales, interleaved rows) adds none."""
+    rules = [
+        "scales_required" if quant.has_weight_scales else "scales_refused",
+        "biases_required" if quant.has_biases else "biases_refused",
+    ]
+    if not quant.static_input_scales:
+        rules.append("input_scales_refused")
+    rules.append(
+        "stage1_weight_needs_flag" if quant.router_weight_in_stage1 else "stage1_weight_refused"
+    )
+    if not _interleaved_gate_up(quant):
+        rules.append("interleaved_gate_up_refused")
+    return tuple(f"loadtime.{rule}" for rule in rules)
+
+
+# The shapes of a method's weight scales, fixed by its own AITER quant type.
+_SCALE_SHAPES = {
+    KernelQuant.NO: "channel_scale_shapes",
+    KernelQuant.PER_TENSOR: "tensor_scale_shapes",
+    KernelQuant.PER_TOKEN: "channel_scale_shapes",
+    KernelQuant.PER_1X32: "group_scale_shapes",
+    KernelQuant.PER_1X128: "block_scale_shapes",
+    KernelQuant.PER_128X128: "block_scale_shapes",
+}
+
+
+def _shape_rules(quant: QuantMethod) -> tuple[str, ...]:
+    """The tensors the method adds to the weights' shape check (moe_runtime.loadtime)."""
+    rules = [_SCALE_SHAPES[quant.kernel_quant]] if quant.has_weight_scales else []
+    if quant.has_biases:
+        rules.append("bias_shapes")
+    return tuple(f"loadtime.{rule}" for rule in rules)
 
 
 def _weight_dtypes(quant: QuantMethod) -> str:
@@ -556,19 +623,19 @@ def _bound_kernel_arguments(
     """Keywords fixed at load, bound into the kernel once (functools.partial, which mypy checks
     against fused_moe's signature); everything left out is the kernel's default."""
     args = [
-        KernelArgument("expert_mask", "self._expert_mask"),
-        KernelArgument("activation", "self._activation"),
-        KernelArgument("quant_type", "self._quant_type"),
+        KernelArgument("expert_mask", NAMES.expert_mask),
+        KernelArgument("activation", NAMES.activation),
+        KernelArgument("quant_type", NAMES.quant_type),
     ]
     if router_weight is RouterWeight.STAGE1:
-        args.append(KernelArgument("doweight_stage1", "self._doweight_stage1"))
+        args.append(KernelArgument("doweight_stage1", NAMES.doweight_stage1))
     if quant.has_weight_scales:
-        args.append(KernelArgument("w1_scale", "self._w13_scale"))
-        args.append(KernelArgument("w2_scale", "self._w2_scale"))
+        args.append(KernelArgument("w1_scale", NAMES.w13_scale))
+        args.append(KernelArgument("w2_scale", NAMES.w2_scale))
     if quant.pads_hidden:
-        args.append(KernelArgument("hidden_pad", "self._hidden_pad"))
-        args.append(KernelArgument("intermediate_pad", "self._intermediate_pad"))
+        args.append(KernelArgument("hidden_pad", NAMES.hidden_pad))
+        args.append(KernelArgument("intermediate_pad", NAMES.intermediate_pad))
     if quant.has_biases:
-        args.append(KernelArgument("bias1", "self._b13"))
-        args.append(KernelArgument("bias2", "self._b2"))
+        args.append(KernelArgument("bias1", NAMES.b13))
+        args.append(KernelArgument("bias2", NAMES.b2))
     return tuple(args)

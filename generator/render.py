@@ -20,11 +20,14 @@ from pathlib import Path
 import jinja2
 
 from generator import __version__
+from generator.fragments import NAMES, STEPS
 from generator.model import Combination, Exclusion
 from generator.plan import Plan
 from generator.writer import header_line
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
+# pyproject.toml's [tool.ruff] line-length: generated code is laid out as `ruff format` keeps it.
+LINE_LENGTH = 100
 RUNNER_TEMPLATE = "runner.py.j2"
 INIT_TEMPLATE = "init.py.j2"
 
@@ -52,6 +55,8 @@ def _environment() -> jinja2.Environment:
     )
     env.filters["py"] = py_literal
     env.filters["docstring"] = docstring_text
+    env.filters["tuple"] = tuple_expression
+    env.filters["frozen_dict"] = frozen_dict
     return env
 
 
@@ -62,6 +67,32 @@ def py_literal(value: str | tuple[str, ...]) -> str:
     if isinstance(value, str) and "'" not in value and '"' not in value:
         return '"' + text[1:-1] + '"'
     return text
+
+
+def tuple_expression(items: tuple[str, ...]) -> str:
+    """A tuple display of Python expressions on one line, as `ruff format` writes it: `()`,
+    `(a,)`, `(a, b)`."""
+    if len(items) == 1:
+        return f"({items[0]},)"
+    return f"({', '.join(items)})"
+
+
+def frozen_dict(entries: Iterable[tuple[tuple[str, ...], str]]) -> str:
+    """`MappingProxyType({...})` of string-tuple keys and string values, laid out as `ruff
+    format` keeps it at the top level: `({})` when empty, else one entry a line (the value in
+    parentheses on a line of its own where the entry would not fit)."""
+    lines = [_dict_entry(key, value, indent=8) for key, value in entries]
+    if not lines:
+        return "MappingProxyType({})"
+    return "MappingProxyType(\n    {\n" + "\n".join(lines) + "\n    }\n)"
+
+
+def _dict_entry(key: tuple[str, ...], value: str, *, indent: int) -> str:
+    head = " " * indent + "(" + ", ".join(py_literal(part) for part in key) + "): "
+    line = f"{head}{py_literal(value)},"
+    if len(line) <= LINE_LENGTH:
+        return line
+    return f"{head}(\n{' ' * (indent + 4)}{py_literal(value)}\n{' ' * indent}),"
 
 
 def docstring_text(text: str) -> str:
@@ -81,12 +112,46 @@ def comment_text(text: str) -> str:
     return text if text.isprintable() else repr(text)
 
 
+def check_fragments(templates_dir: Path) -> None:
+    """The fragments under `templates_dir` are those `generator.fragments.STEPS` registers: a
+    registered step without its file, or a file no step registers, is an error naming both."""
+    problems = []
+    for kind, steps in STEPS.items():
+        folder = templates_dir / "fragments" / kind
+        present = {path.name.removesuffix(".py.j2") for path in folder.glob("*.py.j2")}
+        problems += [
+            f"templates/fragments/{kind}/{name}.py.j2 is missing: the {kind} step {name!r} "
+            f"({decision}) is registered in generator/fragments.py"
+            for name, decision in steps.items()
+            if name not in present
+        ]
+        problems += [
+            f"templates/fragments/{kind}/{name}.py.j2 is unused: generator/fragments.py "
+            f"registers no {kind} step {name!r}"
+            for name in sorted(present - steps.keys())
+        ]
+    if problems:
+        raise TemplateProblem("; ".join(problems))
+
+
 def _runner_templates(plan: Plan) -> tuple[str, ...]:
+    """The templates of one plan's module; a step that generator/fragments.py does not register
+    is an error naming the combination."""
+    steps = {
+        "load": plan.load_fragments,
+        "call": plan.call_fragments,
+        "check": plan.checks.fragments,
+    }
+    for kind, names in steps.items():
+        for name in names:
+            if name not in STEPS[kind]:
+                raise TemplateProblem(
+                    f"{plan.combination.slash_name}: the plan chose the {kind} step {name!r}, "
+                    "which generator/fragments.py does not register"
+                )
     return (
         RUNNER_TEMPLATE,
-        *(f"fragments/load/{name}.py.j2" for name in plan.load_fragments),
-        *(f"fragments/call/{name}.py.j2" for name in plan.call_fragments),
-        *(f"fragments/check/{name}.py.j2" for name in plan.checks.fragments),
+        *(f"fragments/{kind}/{name}.py.j2" for kind, names in steps.items() for name in names),
     )
 
 
@@ -128,7 +193,11 @@ def render_runner(env: jinja2.Environment, plan: Plan, inputs: Inputs, digests: 
         f"combination: a2a={plan.combination.a2a} quant={plan.combination.quant} "
         f"dispatch={plan.combination.dispatch}"
     )
-    context = {"plan": plan, "header": header(inputs, what, digests.of(_runner_templates(plan)))}
+    context = {
+        "plan": plan,
+        "names": NAMES,
+        "header": header(inputs, what, digests.of(_runner_templates(plan))),
+    }
     return _render(env, RUNNER_TEMPLATE, context)
 
 
@@ -156,6 +225,7 @@ def render_all(
 ) -> dict[str, str]:
     """Every file of the generated package, keyed by its path relative to the output directory
     (the writer adds its manifest)."""
+    check_fragments(TEMPLATES_DIR)
     env = _environment()
     digests = _Digests(inputs)
     plans = sorted(plans, key=lambda plan: plan.combination)

@@ -27,9 +27,6 @@ def bind_kernel(
     quant_type: kernels.QuantType,
     activation: kernels.ActivationType,
     config: MoeLayerConfig,
-    *,
-    pads_hidden: bool,
-    router_weight_on_input: bool,
 ) -> tuple[FusedMoeKernel, ExpertWeights]:
     """The kernel a runner calls and the weights it passes.
 
@@ -40,10 +37,9 @@ def bind_kernel(
     a limit; weights, as prepared for the kernel, whose gate and up rows are not SEPARATED), and a
     kernel without the keyword is refused, naming the AITER release that added it, rather than
     ignored. Which keywords the kernel takes was read when it was bound (`kernels.KEYWORDS`) or,
-    for an injected kernel, is read here: the hot path never probes.
-    Weights with a padded H (`pads_hidden` methods only) get a kernel that pads the activations
-    and crops the output, and `router_weight_on_input` a kernel that scales the rows first; every
-    other layer gets the kernel itself, so it pays nothing per call for either option.
+    for an injected kernel, is read here: the hot path never probes. A runner whose method pads H
+    wraps the result in `pad_hidden`, one whose format scales input rows in
+    `scale_rows_by_router_weight`; the others call neither.
     """
     bound: FusedMoeKernel
     if kernel is None:
@@ -64,16 +60,39 @@ def bind_kernel(
     if static:
         untyped = cast(Callable[..., torch.Tensor], bound)
         bound = cast(FusedMoeKernel, functools.partial(untyped, **static))
-    if weights.hidden_pad > 0:
-        if not pads_hidden:
-            raise ConfigError(
-                f"hidden_pad={weights.hidden_pad}: this runner's quant method does not pad H; "
-                "only methods that pad at load (mxfp4) take padded weights"
-            )
-        bound = cast(FusedMoeKernel, HiddenPaddedKernel(bound, weights.hidden_pad, config))
-    if router_weight_on_input:
-        bound = cast(FusedMoeKernel, RouterWeightOnInputKernel(bound))
     return bound, weights
+
+
+def refuse_hidden_pad(weights: ExpertWeights) -> None:
+    """For methods that do not pad H: padded weights would meet unpadded activations."""
+    if weights.hidden_pad > 0:
+        raise ConfigError(
+            f"hidden_pad={weights.hidden_pad}: this runner's quant method does not pad H; "
+            "only methods that pad at load (mxfp4) take padded weights"
+        )
+
+
+def pad_hidden(
+    kernel: FusedMoeKernel, weights: ExpertWeights, config: MoeLayerConfig
+) -> FusedMoeKernel:
+    """For methods that pad H: weights with a padded H get a kernel that pads the activations and
+    crops the output; unpadded weights get the kernel itself and pay nothing per call."""
+    if weights.hidden_pad == 0:
+        return kernel
+    return cast(FusedMoeKernel, HiddenPaddedKernel(kernel, weights.hidden_pad, config))
+
+
+def scale_rows_by_router_weight(kernel: FusedMoeKernel, config: MoeLayerConfig) -> FusedMoeKernel:
+    """For the standard format: a layer with apply_router_weight_on_input (top_k 1 only) gets a
+    kernel that scales the rows first; any other gets the kernel itself and pays nothing."""
+    if not config.apply_router_weight_on_input:
+        return kernel
+    if config.top_k != 1:
+        raise ConfigError(
+            f"apply_router_weight_on_input needs top_k == 1 (one weight per row), "
+            f"got {config.top_k}"
+        )
+    return cast(FusedMoeKernel, RouterWeightOnInputKernel(kernel))
 
 
 class RouterWeightOnInputKernel:
@@ -181,16 +200,6 @@ def sink_expert_mask(config: MoeLayerConfig, device: torch.device) -> torch.Tens
     return mask
 
 
-def router_weight_on_input(config: MoeLayerConfig) -> bool:
-    """Whether the standard format scales the input rows by the router weight (needs top_k 1)."""
-    if config.apply_router_weight_on_input and config.top_k != 1:
-        raise ConfigError(
-            f"apply_router_weight_on_input needs top_k == 1 (one weight per row), "
-            f"got {config.top_k}"
-        )
-    return config.apply_router_weight_on_input
-
-
 def refuse_router_weight_on_input(config: MoeLayerConfig, dispatch_format: str) -> None:
     """Formats whose kernel or combine already weights cannot also weight the input."""
     if config.apply_router_weight_on_input:
@@ -201,95 +210,161 @@ def refuse_router_weight_on_input(config: MoeLayerConfig, dispatch_format: str) 
         )
 
 
+# A rule of a quant method's weights: what it finds wrong with them for a layer (nothing: []).
+# The plan picks a method's rules (one small function per fact), so none branches on a flag.
+WeightRule = Callable[[MoeLayerConfig, ExpertWeights, str], list[str]]
+
+
+class Sizes(NamedTuple):
+    """The weights' dimensions the config implies: L, and H and I with their padding."""
+
+    experts: int
+    hidden: int
+    inter: int
+
+
+# A tensor's expected shape, its layout in words, and the tensor itself (None: absent).
+Expected = tuple[tuple[int, ...], str, torch.Tensor | None]
+# The tensors a method adds to the shape check (scales, biases), by name.
+ShapeRule = Callable[[Sizes, ExpertWeights], dict[str, Expected]]
+
+
 def check_weights(
     config: MoeLayerConfig,
     weights: ExpertWeights,
-    *,
     quant_method: str,
     weight_dtypes: tuple[torch.dtype, ...],
-    needs_scales: bool,
-    needs_biases: bool,
-    scale_layout: kernels.QuantType = kernels.QuantType.No,
-    router_weight_in_stage1: bool = False,
-    static_input_scales: bool = False,
-    interleaved_gate_up: bool = False,
+    *,
+    rules: tuple[WeightRule, ...],
+    shapes: tuple[ShapeRule, ...],
 ) -> None:
     """Refuse, at load, weights that the runner's quant method cannot use, saying what is wrong.
 
-    Beyond dtypes and presence, every tensor's shape is compared with the one the config implies
-    (the logical layout of `moe_runtime.weights`: `w13 [L, 2I, H]`, gate then up rows, since every
-    activation here is gated), so a transposed or half-height `w13` fails here, not in the kernel.
-    `scale_layout` is the method's own AITER quant type, which fixes the scales' shapes. Tensors a
-    method never passes (biases, weight scales, static input scales of a method that has none) and
-    a `doweight_stage1` it does not apply are refused rather than silently ignored, and so are
-    interleaved gate/up rows (`gate_mode` INTERLEAVE) unless `interleaved_gate_up`: the method's
-    kernels would read them as gate rows then up rows.
+    Beyond dtypes and the method's `rules` (which tensors it needs or refuses: a tensor a method
+    never passes would be silently ignored), every tensor's shape is compared with the one the
+    config implies (the logical layout of `moe_runtime.weights`: `w13 [L, 2I, H]`, gate then up
+    rows, since every activation here is gated), so a transposed or half-height `w13` fails here,
+    not in the kernel; `shapes` add the method's scales and biases, whose layout its AITER quant
+    type fixes. Shapes are compared only once everything else fits.
     """
+    problems = _expert_count_problems(config, weights)
+    problems += _dtype_problems(weights, quant_method, weight_dtypes)
+    for rule in rules:
+        problems += rule(config, weights, quant_method)
+    if not problems:
+        problems = _shape_problems(config, weights, shapes)
+    if problems:
+        raise ConfigError(f"weights do not fit a {quant_method} runner: " + "; ".join(problems))
+
+
+def _expert_count_problems(config: MoeLayerConfig, weights: ExpertWeights) -> list[str]:
+    if weights.num_local_experts == config.num_local_experts:
+        return []
+    return [
+        f"weights hold {weights.num_local_experts} experts, the config says "
+        f"num_local_experts={config.num_local_experts}"
+    ]
+
+
+def _dtype_problems(
+    weights: ExpertWeights, quant_method: str, weight_dtypes: tuple[torch.dtype, ...]
+) -> list[str]:
     problems = []
-    if weights.num_local_experts != config.num_local_experts:
-        problems.append(
-            f"weights hold {weights.num_local_experts} experts, the config says "
-            f"num_local_experts={config.num_local_experts}"
-        )
     for name in ("w13_weight", "w2_weight"):
         dtype = getattr(weights, name).dtype
         if dtype not in weight_dtypes:
             wanted = " or ".join(str(d) for d in weight_dtypes)
             problems.append(f"{name} is {dtype}, {quant_method} needs {wanted}")
-    if needs_scales and (weights.w13_scale is None or weights.w2_scale is None):
-        problems.append(f"{quant_method} needs w13_scale and w2_scale")
-    if not needs_scales and (weights.w13_scale is not None or weights.w2_scale is not None):
-        problems.append(f"{quant_method} has no weight scales, yet w13_scale or w2_scale is set")
-    if needs_biases and (weights.b13 is None or weights.b2 is None):
-        problems.append(f"{quant_method} needs biases b13 and b2")
-    if not needs_biases and (weights.b13 is not None or weights.b2 is not None):
-        problems.append(
-            f"{quant_method} passes no biases to the kernel, yet b13 or b2 is set (they would be "
+    return problems
+
+
+def scales_required(config: MoeLayerConfig, weights: ExpertWeights, method: str) -> list[str]:
+    if weights.w13_scale is None or weights.w2_scale is None:
+        return [f"{method} needs w13_scale and w2_scale"]
+    return []
+
+
+def scales_refused(config: MoeLayerConfig, weights: ExpertWeights, method: str) -> list[str]:
+    if weights.w13_scale is not None or weights.w2_scale is not None:
+        return [f"{method} has no weight scales, yet w13_scale or w2_scale is set"]
+    return []
+
+
+def biases_required(config: MoeLayerConfig, weights: ExpertWeights, method: str) -> list[str]:
+    if weights.b13 is None or weights.b2 is None:
+        return [f"{method} needs biases b13 and b2"]
+    return []
+
+
+def biases_refused(config: MoeLayerConfig, weights: ExpertWeights, method: str) -> list[str]:
+    if weights.b13 is not None or weights.b2 is not None:
+        return [
+            f"{method} passes no biases to the kernel, yet b13 or b2 is set (they would be "
             "ignored)"
-        )
-    if not static_input_scales and (weights.a13_scale is not None or weights.a2_scale is not None):
-        problems.append(
-            f"{quant_method} has no static input scales, yet a13_scale or a2_scale is set (they "
+        ]
+    return []
+
+
+def input_scales_refused(
+    config: MoeLayerConfig, weights: ExpertWeights, method: str
+) -> list[str]:
+    """For methods without static input scales: set ones would be ignored."""
+    if weights.a13_scale is not None or weights.a2_scale is not None:
+        return [
+            f"{method} has no static input scales, yet a13_scale or a2_scale is set (they "
             "would be ignored)"
-        )
-    if weights.doweight_stage1 and not (
-        router_weight_in_stage1 and config.apply_router_weight_on_input
-    ):
-        problems.append(
-            "doweight_stage1=True would be ignored: "
-            + (
-                "this method applies the router weight in stage 1 only with "
-                "config.apply_router_weight_on_input=True"
-                if router_weight_in_stage1
-                else f"{quant_method} never applies the router weight in stage 1"
-            )
-        )
-    if weights.gate_mode == GateMode.INTERLEAVE and not interleaved_gate_up:
-        problems.append(
-            f"weights have gate_mode INTERLEAVE (gate and up rows alternate), but {quant_method}'s "
+        ]
+    return []
+
+
+def stage1_weight_needs_flag(
+    config: MoeLayerConfig, weights: ExpertWeights, method: str
+) -> list[str]:
+    """For methods that apply the router weight in stage 1: only when the layer asks for it."""
+    if weights.doweight_stage1 and not config.apply_router_weight_on_input:
+        return [
+            "doweight_stage1=True would be ignored: this method applies the router weight in "
+            "stage 1 only with config.apply_router_weight_on_input=True"
+        ]
+    return []
+
+
+def stage1_weight_refused(
+    config: MoeLayerConfig, weights: ExpertWeights, method: str
+) -> list[str]:
+    if weights.doweight_stage1:
+        return [
+            f"doweight_stage1=True would be ignored: {method} never applies the router weight "
+            "in stage 1"
+        ]
+    return []
+
+
+def interleaved_gate_up_refused(
+    config: MoeLayerConfig, weights: ExpertWeights, method: str
+) -> list[str]:
+    """For methods whose kernels read gate rows then up rows: interleaved rows would be misread."""
+    if weights.gate_mode == GateMode.INTERLEAVE:
+        return [
+            f"weights have gate_mode INTERLEAVE (gate and up rows alternate), but {method}'s "
             "kernels read gate rows then up rows only (gate_mode SEPARATED)"
-        )
-    if not problems:
-        problems = _shape_problems(config, weights, scale_layout, needs_scales, needs_biases)
-    if problems:
-        raise ConfigError(f"weights do not fit a {quant_method} runner: " + "; ".join(problems))
+        ]
+    return []
 
 
 def _shape_problems(
-    config: MoeLayerConfig,
-    weights: ExpertWeights,
-    scale_layout: kernels.QuantType,
-    needs_scales: bool,
-    needs_biases: bool,
+    config: MoeLayerConfig, weights: ExpertWeights, shapes: tuple[ShapeRule, ...]
 ) -> list[str]:
     """Each tensor whose shape differs from the one the config implies, expected and actual."""
-    experts = config.num_local_experts
-    hidden = config.hidden_size + weights.hidden_pad
-    inter = config.intermediate_size + weights.intermediate_pad
+    sizes = Sizes(
+        config.num_local_experts,
+        config.hidden_size + weights.hidden_pad,
+        config.intermediate_size + weights.intermediate_pad,
+    )
+    experts, hidden, inter = sizes
     # fp4x2 packs two values per byte along the last (input) dimension.
     pack = 2 if weights.w13_weight.dtype == quant.FP4X2 else 1
-    sizes = f"L={experts}, H={hidden}, I={inter}"
-    expected: dict[str, tuple[tuple[int, ...], str, torch.Tensor | None]] = {
+    expected: dict[str, Expected] = {
         "w13_weight": (
             (experts, 2 * inter, hidden // pack),
             "[L, 2I, H] (gate then up rows: the activation is gated)",
@@ -297,45 +372,67 @@ def _shape_problems(
         ),
         "w2_weight": ((experts, hidden, inter // pack), "[L, H, I]", weights.w2_weight),
     }
-    if needs_scales:
-        scale13, scale2, layout = _scale_shapes(scale_layout, experts, hidden, inter)
-        expected["w13_scale"] = (scale13, layout.format("2I", "H"), weights.w13_scale)
-        expected["w2_scale"] = (scale2, layout.format("H", "I"), weights.w2_scale)
-    if needs_biases:
-        expected["b13"] = ((experts, 2 * inter), "[L, 2I]", weights.b13)
-        expected["b2"] = ((experts, hidden), "[L, H]", weights.b2)
-    problems = []
-    for name, (shape, layout_text, tensor) in expected.items():
-        if tensor is not None and tuple(tensor.shape) != shape:
-            problems.append(
-                f"{name} must be {layout_text} = {list(shape)} ({sizes}), got "
-                f"{list(tensor.shape)}"
-            )
-    return problems
+    for rule in shapes:
+        expected.update(rule(sizes, weights))
+    named = f"L={experts}, H={hidden}, I={inter}"
+    return [
+        f"{name} must be {layout} = {list(shape)} ({named}), got {list(tensor.shape)}"
+        for name, (shape, layout, tensor) in expected.items()
+        if tensor is not None and tuple(tensor.shape) != shape
+    ]
 
 
-def _scale_shapes(
-    layout: kernels.QuantType, experts: int, hidden: int, inter: int
-) -> tuple[tuple[int, ...], tuple[int, ...], str]:
-    """Shapes of w13_scale and w2_scale for a method's quant type, and their layout with `{0}` the
-    output and `{1}` the input dimension."""
-    if layout in (kernels.QuantType.per_128x128, kernels.QuantType.per_1x128):
-        group = quant.FP8_GROUP
-        return (
-            (experts, 2 * inter // group, hidden // group),
-            (experts, hidden // group, inter // group),
-            f"[L, {{0}}/{group}, {{1}}/{group}]",
-        )
-    if layout == kernels.QuantType.per_1x32:
-        group = quant.MXFP4_GROUP
-        return (
-            (experts, 2 * inter, hidden // group),
-            (experts, hidden, inter // group),
-            f"[L, {{0}}, {{1}}/{group}]",
-        )
-    if layout == kernels.QuantType.per_Tensor:
-        return (experts, 1), (experts, 1), "[L, 1]"
-    return (experts, 2 * inter, 1), (experts, hidden, 1), "[L, {0}, 1]"
+def _scales(
+    weights: ExpertWeights, scale13: tuple[int, ...], scale2: tuple[int, ...], layout: str
+) -> dict[str, Expected]:
+    """The weight scales' entries; `layout` has `{0}` the output and `{1}` the input dimension."""
+    return {
+        "w13_scale": (scale13, layout.format("2I", "H"), weights.w13_scale),
+        "w2_scale": (scale2, layout.format("H", "I"), weights.w2_scale),
+    }
+
+
+def block_scale_shapes(sizes: Sizes, weights: ExpertWeights) -> dict[str, Expected]:
+    """per_128x128 and per_1x128: one scale per 128x128 block of each weight."""
+    experts, hidden, inter = sizes
+    group = quant.FP8_GROUP
+    return _scales(
+        weights,
+        (experts, 2 * inter // group, hidden // group),
+        (experts, hidden // group, inter // group),
+        f"[L, {{0}}/{group}, {{1}}/{group}]",
+    )
+
+
+def group_scale_shapes(sizes: Sizes, weights: ExpertWeights) -> dict[str, Expected]:
+    """per_1x32: one e8m0 scale per 32 inputs of each output row."""
+    experts, hidden, inter = sizes
+    group = quant.MXFP4_GROUP
+    return _scales(
+        weights,
+        (experts, 2 * inter, hidden // group),
+        (experts, hidden, inter // group),
+        f"[L, {{0}}, {{1}}/{group}]",
+    )
+
+
+def tensor_scale_shapes(sizes: Sizes, weights: ExpertWeights) -> dict[str, Expected]:
+    """per_Tensor: one scale per expert weight."""
+    return _scales(weights, (sizes.experts, 1), (sizes.experts, 1), "[L, 1]")
+
+
+def channel_scale_shapes(sizes: Sizes, weights: ExpertWeights) -> dict[str, Expected]:
+    """per_Token: one scale per output channel."""
+    experts, hidden, inter = sizes
+    return _scales(weights, (experts, 2 * inter, 1), (experts, hidden, 1), "[L, {0}, 1]")
+
+
+def bias_shapes(sizes: Sizes, weights: ExpertWeights) -> dict[str, Expected]:
+    experts, hidden, inter = sizes
+    return {
+        "b13": ((experts, 2 * inter), "[L, 2I]", weights.b13),
+        "b2": ((experts, hidden), "[L, H]", weights.b2),
+    }
 
 
 class DispatchOutputTypes(dict[type, bool]):
