@@ -1,9 +1,9 @@
 """Every document a tracked file cites is in the repository: a clone has all of them.
 
 Files may cite pages under `docs/` (which must exist) and link to other files by relative Markdown
-links (which must resolve). They must not cite the former spec folder, nor the shared folder
-that sits beside a developer's checkout (by a relative or an absolute path), which a clone does
-not have.
+links (which must resolve). They must not cite the former spec folder, nor anything outside the
+checkout (a relative path climbing out of it, or the developers' shared folder by its absolute
+path), which a clone does not have.
 """
 
 from __future__ import annotations
@@ -17,15 +17,14 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 THIS_FILE = Path(__file__).resolve()
 
-# The shared folder's path relative to a checkout, spelled in parts so that this scanner's own
-# source never reads as a citation of it.
-_PARENT_SHARED = "/".join(("..", "shared"))
 # Citations of places outside the repository. `\b` keeps words such as "inspect/" out.
 _OUTSIDE = (
     (re.compile(r"\bspec/"), "the spec folder is not in the repository; cite docs/ instead"),
-    (re.compile(re.escape(_PARENT_SHARED) + r"\b"), f"{_PARENT_SHARED} is outside the checkout"),
     (re.compile(r"/work/shared\b"), "/work/shared is outside the checkout"),
 )
+# A relative path that starts by climbing (`../`); whether it leaves the checkout depends on
+# where the citing file is.
+_CLIMBING = re.compile(r"(?<![\w./-])(?:\.\./)+[\w.-][\w./-]*")
 # `docs/<name>.md` anywhere (prose, comments, docstrings, generated code).
 _DOCS_PAGE = re.compile(r"(?<![\w./-])docs/([\w./-]+?\.md)\b")
 # A relative Markdown link target: [text](target), no scheme, not a pure anchor.
@@ -71,6 +70,9 @@ def reference_problems(text: str, source: Path, root: Path) -> list[str]:
         for pattern, why in _OUTSIDE:
             for match in pattern.finditer(line):
                 problems.append(f"{number}: {match.group(0)!r}: {why}")
+        for match in _CLIMBING.finditer(line):
+            if not (source.parent / match.group(0)).resolve().is_relative_to(root.resolve()):
+                problems.append(f"{number}: {match.group(0)!r} is outside the checkout")
         for match in _DOCS_PAGE.finditer(line):
             if not (root / "docs" / match.group(1)).is_file():
                 problems.append(f"{number}: docs/{match.group(1)} does not exist")
@@ -107,7 +109,7 @@ def test_every_tracked_file_cites_only_documents_in_the_repository() -> None:
     ("line", "expected"),
     [
         ("see spec/formats.md", "the spec folder"),
-        (f"# Facts: {_PARENT_SHARED}/spec/formats.md", _PARENT_SHARED),
+        ("# Facts: ../../elsewhere/formats.md", "'../../elsewhere/formats.md' is outside"),
         ("read /work/shared/DESIGN.md", "/work/shared"),
         ("the contract of docs/no_such_page.md", "docs/no_such_page.md does not exist"),
         ("[broken](no_such_file.md)", "does not resolve"),
@@ -125,6 +127,7 @@ def test_citations_a_clone_can_follow_pass() -> None:
             "the contract of docs/aiter_fused_moe.md; inspect/ and respect/ are words",
             "[formats](formats.md#the-wire-x-weight-table) [site](https://example.org/a.md)",
             "[top](#tensors) mydocs/x.md is not a docs page",
+            "../README.md is the project's, seen from docs/",
         ]
     )
     assert reference_problems(text, ROOT / "docs" / "README.md", ROOT) == []
