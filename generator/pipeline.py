@@ -212,8 +212,8 @@ def _on_phase(phase: Phase, options: Options) -> None:
 
 
 def _pause_for_tests(phase: Phase) -> None:
-    """With PAUSE_ENV set to `phase`, wait (up to a minute) for a
-    signal, after saying so on stderr, so a test can interrupt the write exactly here."""
+    """With PAUSE_ENV set to `phase`, wait (up to a minute) for a signal, after saying so on
+    stderr, so a test can interrupt the write exactly here."""
     if os.environ.get(PAUSE_ENV) != phase:
         return
     print(f"paused at {phase}", file=sys.stderr, flush=True)

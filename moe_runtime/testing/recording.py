@@ -1,9 +1,9 @@
 """The recording kernel that tests and benchmarks bind, and the one comparison of recorded values.
 
 fused_moe's signature is written once, as the `FusedMoeKernel` protocol (`moe_runtime.types`): a
-call's arguments are named by binding them against it, and its defaults are read from it. Keywords
-newer than the protocol (AITER's `swiglu_limit`, `gate_mode`, ...) are keyword-only there, so a
-call passes them by name and they are kept as passed.
+call's arguments are named by binding them against it, and its defaults are read from it. A
+keyword the protocol does not name (one a newer AITER release added) is kept as passed, so the
+comparison with a recorded call, not the binding, is what catches an unexpected keyword.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ KERNEL_DEFAULTS: dict[str, Any] = {
 
 
 def kernel_arguments(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    """One call's arguments by name, as passed (no defaults filled in); raises TypeError for a
-    call that fused_moe's signature does not accept."""
+    """One call's arguments by name, as passed (no defaults filled in); raises TypeError for
+    positional arguments or required ones that fused_moe's signature does not accept."""
     known = {name: value for name, value in kwargs.items() if name in _SIGNATURE.parameters}
     bound = _SIGNATURE.bind(None, *args, **known).arguments
     del bound["self"]
