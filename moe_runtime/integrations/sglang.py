@@ -7,11 +7,12 @@ so AITER's shuffles are done), one call puts every AITER MoE layer on its genera
     moe_sglang.install_all(model)        # or moe_sglang.install(layer), one layer
 
 For each layer it works out, once, the `(a2a, quant, dispatch)` key (from SGLang's a2a backend, the
-layer's quant method and its dispatcher), selects the generated module (`generated.select`), builds
-its `Runner` from the tensors SGLang's own quant method hands to AITER, and logs one line naming
-the module. A key the matrix excludes, or a layer this integration cannot read, is refused here
-with the reason (`generated.UnsupportedCombination`, `SGLangIntegrationError`), never at the first
-forward, and never by leaving the layer on SGLang's path unless `install_all(..., fallback=True)`.
+layer's quant method, read from the method's own attributes, and its dispatcher), selects the
+generated module (`generated.select`), builds its `Runner` from the tensors SGLang's own quant
+method hands to AITER, and logs one line naming the module. A key the matrix excludes, or a layer
+this integration cannot read, is refused here with the reason (`generated.UnsupportedCombination`,
+`SGLangIntegrationError`), never at the first forward, and never by leaving the layer on SGLang's
+path unless `install_all(..., fallback=True)`.
 
 The hook is SGLang's fused-function slot: `MoeRunner.run` starts with
 `if self.fused_func is not None and not self.lora_enabled: return self.fused_func(dispatch_output,
@@ -39,10 +40,21 @@ SGLang names this module relies on (present in both releases):
   `MoeRunnerConfig`: `num_experts`, `num_local_experts`, `top_k`, `hidden_size`,
   `intermediate_size_per_partition`, `activation`, `apply_router_weight_on_input`, `no_combine`,
   `num_fused_shared_experts`, `swiglu_limit`)
-- the layer's `quant_method`, `dispatcher`, `moe_ep_rank`, `moe_ep_size`;
-  `UnquantizedFusedMoEMethod` (`_aiter_runner`, `layer.w13_weight`, `layer.w2_weight`) and
-  `Fp8MoEMethod` (`runner`, `block_quant`, `is_fp4_expert`,
-  `maybe_get_hip_aiter_quant_info(layer)`), by class name
+- the layer's `quant_method`, `dispatcher`, `moe_ep_rank`, `moe_ep_size`, and, under
+  `QuarkFusedMoEMethod` / `CompressedTensorsFusedMoEMethod`, its `scheme`; by class name:
+  - `UnquantizedFusedMoEMethod` (`_aiter_runner`, `layer.w13_weight`, `layer.w2_weight`)
+  - `Fp8MoEMethod` (`runner`, `block_quant`, `is_fp4_expert`, `use_mxfp8`,
+    `maybe_get_hip_aiter_quant_info(layer)`)
+  - `Mxfp4MoEMethod` (`runner`, `moe_runner_config`, `hidden_pad`, `intermediate_pad`,
+    `with_bias` (0.5.23); `layer.w13_weight` / `w2_weight` (uint8-held fp4, `is_shuffled`),
+    `w13_weight_scale`, `w2_weight_scale`, `w13_weight_bias`, `w2_weight_bias`)
+  - `QuarkW4A4MXFp4MoE` (`runner`, `moe_runner_config`; its module's `_is_gfx1250` in 0.5.23;
+    `layer.w13_weight` / `w2_weight`, `w13_weight_scale`, `w2_weight_scale`, `hidden_pad`,
+    `intermediate_pad` (0.5.23); 0.5.23's `moe_runner.aiter.aiter_swiglu_oai_limit`)
+  - `QuarkInt4Fp8MoEMethod` (`runner`; `layer.w13_weight`, `w2_weight`, `w13_int4_scale`,
+    `w2_int4_scale`)
+  - `CompressedTensorsW8A8Fp8MoE` (`runner`, `weight_quant.strategy`; `layer.w13_weight`,
+    `w2_weight`, `w13_weight_scale`, `w2_weight_scale`, `w13_input_scale`, `w2_input_scale`)
 - `AiterMoeQuantInfo`'s fields (`w13_weight` ... `intermediate_pad`, `swiglu_limit`,
   `fused_moe_kwargs`)
 - the dispatcher's `_normal_dispatcher` / `_low_latency_dispatcher` (DeepEP: `use_fp8`; MORI:
@@ -53,13 +65,19 @@ SGLang names this module relies on (present in both releases):
   kernel, so the weights SGLang already shuffled are not prepared again)
 
 Not served (refused at install): LoRA, `no_combine`, a layer whose runner slot SGLang already fills,
-fused shared experts, `swiglu_limit` (SGLang adds a `gate_mode` the runners do not pass),
-`fused_moe_kwargs`, fp4 experts of `Fp8MoEMethod`, MORI's mxfp8 wire, DeepEP nvfp4, and quant
-methods other than the unquantized and fp8 ones (their tensors are not read yet).
+fused shared experts, a swiglu clamp (`swiglu_limit`, and `gemm1_clamp_limit` for the fp4 methods:
+SGLang then adds `swiglu_limit` and a `gate_mode` the runners do not pass), the situ activation,
+`fused_moe_kwargs`, fp4/mxfp8 experts of `Fp8MoEMethod`, `Mxfp4MoEMethod` with a padded hidden
+size (its apply pads the activations before `MoeRunner.run`, the runner pads them again), Quark
+W4A4 MXFP4 on gfx1250, compressed-tensors fp8 weights that are not channel-wise, a method whose
+apply would raise before `MoeRunner.run` on the layer's formats (`topk_output` on DeepEP/MORI
+outputs, `expert_mask_gpu` on Mooncake/NIXL dispatchers), MORI's mxfp8 wire, DeepEP nvfp4, and
+quant methods not listed above.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import logging
 import weakref
@@ -382,6 +400,8 @@ def _find_aiter_runner(layer_or_runner: Any, *, refuse: bool) -> Any:
     if hasattr(layer_or_runner, "fused_func") and hasattr(layer_or_runner, "runner_backend"):
         return layer_or_runner
     method = getattr(layer_or_runner, "quant_method", None)
+    if type(method).__name__ in _SCHEME_METHODS:
+        method = getattr(layer_or_runner, "scheme", None)
     runner = getattr(method, "_aiter_runner", None) or getattr(method, "runner", None)
     if runner is None and refuse:
         raise SGLangIntegrationError(
@@ -391,41 +411,198 @@ def _find_aiter_runner(layer_or_runner: Any, *, refuse: bool) -> Any:
     return runner
 
 
-def _read_quant_method(layer: Any, name: str) -> tuple[str, ExpertWeights]:
-    """The quant method's name in the matrix and the tensors it hands AITER."""
+# The quant methods (or, under Quark's and compressed-tensors' method, the layer's scheme) whose
+# apply reads layer.dispatcher.expert_mask_gpu before it calls MoeRunner.run.
+_READS_EXPERT_MASK = (
+    "UnquantizedFusedMoEMethod",
+    "Fp8MoEMethod",
+    "Mxfp4MoEMethod",
+    "QuarkW4A4MXFp4MoE",
+)
+# The quant methods that delegate to a per-layer scheme (`layer.scheme`, which owns the runner).
+_SCHEME_METHODS = ("QuarkFusedMoEMethod", "CompressedTensorsFusedMoEMethod")
+
+
+def _serving_method(layer: Any) -> Any:
+    """The object whose apply builds the AITER quant info: the quant method, or its scheme."""
     method = layer.quant_method
+    if type(method).__name__ in _SCHEME_METHODS:
+        return getattr(layer, "scheme", None)
+    return method
+
+
+def _read_quant_method(layer: Any, name: str, formats: Sequence[str]) -> tuple[str, ExpertWeights]:
+    """The quant method's name in the matrix and the tensors it hands AITER, read once."""
+    method = _serving_method(layer)
     kind = type(method).__name__
-    if kind in ("UnquantizedFusedMoEMethod", "Fp8MoEMethod") and not hasattr(
-        layer.dispatcher, "expert_mask_gpu"
-    ):
+    if kind in _READS_EXPERT_MASK and not hasattr(layer.dispatcher, "expert_mask_gpu"):
         # Its apply reads the mask before it calls MoeRunner.run: it would raise there anyway.
         raise SGLangIntegrationError(
             f"{name}: {kind}.apply reads layer.dispatcher.expert_mask_gpu, which "
             f"{type(layer.dispatcher).__name__} does not have (SGLang's path raises before "
             "MoeRunner.run, installed or not)"
         )
-    if kind == "UnquantizedFusedMoEMethod":
-        return "unquant", ExpertWeights(w13_weight=layer.w13_weight, w2_weight=layer.w2_weight)
-    if kind == "Fp8MoEMethod":
-        if getattr(method, "is_fp4_expert", False) or getattr(method, "use_mxfp8", False):
-            raise SGLangIntegrationError(f"{name}: Fp8MoEMethod's fp4/mxfp8 experts are not served")
-        quant_info = method.maybe_get_hip_aiter_quant_info(layer)
-        if quant_info is None:
-            raise SGLangIntegrationError(
-                f"{name}: Fp8MoEMethod builds no AITER quant info (SGLANG_USE_AITER is off)"
-            )
-        if quant_info.fused_moe_kwargs:
-            raise SGLangIntegrationError(
-                f"{name}: fused_moe_kwargs {sorted(quant_info.fused_moe_kwargs)} are not served"
-            )
-        return ("fp8_block" if method.block_quant else "fp8_channel"), weights_from_quant_info(
-            quant_info
+    reader = _READERS.get(kind)
+    if reader is None:
+        raise SGLangIntegrationError(
+            f"{name}: quant method {kind} is not read by this integration; served: "
+            f"{', '.join(_READERS)} (install_on_runner takes any quant method's tensors "
+            "explicitly)"
         )
-    raise SGLangIntegrationError(
-        f"{name}: quant method {kind} is not read by this integration yet; served: "
-        "UnquantizedFusedMoEMethod, Fp8MoEMethod (install_on_runner takes any quant method's "
-        "tensors explicitly)"
+    return reader(layer, method, _Context(name, sglang_release(), tuple(formats)))
+
+
+@dataclass(frozen=True)
+class _Context:
+    name: str
+    release: str
+    formats: tuple[str, ...]
+
+    def refuse(self, why: str) -> SGLangIntegrationError:
+        return SGLangIntegrationError(f"{self.name}: {why}")
+
+
+def _read_unquant(layer: Any, method: Any, ctx: _Context) -> tuple[str, ExpertWeights]:
+    return "unquant", ExpertWeights(w13_weight=layer.w13_weight, w2_weight=layer.w2_weight)
+
+
+def _read_fp8(layer: Any, method: Any, ctx: _Context) -> tuple[str, ExpertWeights]:
+    """Fp8MoEMethod: block (128x128) or per-channel, from its own `block_quant`; the tensors of
+    its `maybe_get_hip_aiter_quant_info` (fp8.py, both releases)."""
+    if getattr(method, "is_fp4_expert", False) or getattr(method, "use_mxfp8", False):
+        raise ctx.refuse("Fp8MoEMethod's fp4/mxfp8 experts are not served")
+    quant_info = method.maybe_get_hip_aiter_quant_info(layer)
+    if quant_info is None:
+        raise ctx.refuse("Fp8MoEMethod builds no AITER quant info (SGLANG_USE_AITER is off)")
+    if quant_info.fused_moe_kwargs:
+        raise ctx.refuse(f"fused_moe_kwargs {sorted(quant_info.fused_moe_kwargs)} are not served")
+    quant = "fp8_block" if method.block_quant else "fp8_channel"
+    return quant, weights_from_quant_info(quant_info)
+
+
+def _fp4_views(layer: Any) -> tuple[Any, Any]:
+    """The uint8-held fp4 weights as `float4_e2m1fn_x2`, re-tagged `is_shuffled` as SGLang's
+    apply does (AITER picks its preshuffled kernels by that attribute of `w1`)."""
+    import torch
+
+    w13 = layer.w13_weight.view(torch.float4_e2m1fn_x2)
+    w2 = layer.w2_weight.view(torch.float4_e2m1fn_x2)
+    if getattr(layer.w13_weight, "is_shuffled", False):
+        w13.is_shuffled = True
+        w2.is_shuffled = True
+    return w13, w2
+
+
+def _read_mxfp4(layer: Any, method: Any, ctx: _Context) -> tuple[str, ExpertWeights]:
+    """Mxfp4MoEMethod's AITER branch of apply (0.5.13 mxfp4.py:1250-1302, 0.5.23 `_apply_aiter`,
+    mxfp4.py:1743-1808)."""
+    config = method.moe_runner_config
+    if ctx.release == "0.5.13" and ctx.formats != ("standard",):
+        raise ctx.refuse(
+            "SGLang 0.5.13's Mxfp4MoEMethod.apply reads dispatch_output.topk_output, which "
+            f"{', '.join(ctx.formats)} outputs lack (SGLang's path raises before MoeRunner.run)"
+        )
+    if getattr(config, "activation", None) == "situ":
+        raise ctx.refuse("the situ activation (AITER's Situv2) has no generated runners")
+    if config.gemm1_clamp_limit or config.swiglu_limit:
+        raise ctx.refuse(
+            "a swiglu clamp is set: SGLang then passes AITER swiglu_limit and a gate_mode the "
+            "runners do not pass"
+        )
+    if method.hidden_pad:
+        raise ctx.refuse(
+            f"hidden_pad {method.hidden_pad}: Mxfp4MoEMethod.apply pads the activations before "
+            "MoeRunner.run, and the runner pads them itself"
+        )
+    with_bias = ctx.release == "0.5.13" or method.with_bias
+    w13, w2 = _fp4_views(layer)
+    return "mxfp4", ExpertWeights(
+        w13_weight=w13,
+        w2_weight=w2,
+        w13_scale=layer.w13_weight_scale,
+        w2_scale=layer.w2_weight_scale,
+        b13=layer.w13_weight_bias if with_bias else None,
+        b2=layer.w2_weight_bias if with_bias else None,
+        doweight_stage1=bool(config.apply_router_weight_on_input),
+        intermediate_pad=method.intermediate_pad,
     )
+
+
+def _read_quark_w4a4_mxfp4(layer: Any, scheme: Any, ctx: _Context) -> tuple[str, ExpertWeights]:
+    """QuarkW4A4MXFp4MoE.apply_weights (quark/schemes/quark_w4a4_mxfp4_moe.py: 0.5.13:266-295,
+    0.5.23:1067-1118)."""
+    w13, w2 = _fp4_views(layer)
+    weights = ExpertWeights(
+        w13_weight=w13,
+        w2_weight=w2,
+        w13_scale=layer.w13_weight_scale,
+        w2_scale=layer.w2_weight_scale,
+    )
+    if ctx.release == "0.5.13":
+        return "quark_w4a4_mxfp4", weights
+    import sys
+
+    from sglang.srt.layers.moe.moe_runner.aiter import aiter_swiglu_oai_limit
+
+    flags = sys.modules[type(scheme).__module__]
+    config = scheme.moe_runner_config
+    if config.activation == "situ":
+        raise ctx.refuse("the situ activation (AITER's Situv2) has no generated runners")
+    if aiter_swiglu_oai_limit(config) or config.swiglu_limit:
+        raise ctx.refuse("a swiglu clamp is set: SGLang then passes AITER swiglu_limit")
+    if getattr(flags, "_is_gfx1250", False):
+        raise ctx.refuse("gfx1250: SGLang passes gate_mode INTERLEAVE for its own weight layout")
+    # On gfx95 SGLang passes gate_mode SEPARATED, AITER's default: the runner passes none.
+    return "quark_w4a4_mxfp4", dataclasses.replace(
+        weights,
+        hidden_pad=getattr(layer, "hidden_pad", 0),
+        intermediate_pad=getattr(layer, "intermediate_pad", 0),
+    )
+
+
+def _read_quark_int4fp8(layer: Any, method: Any, ctx: _Context) -> tuple[str, ExpertWeights]:
+    """QuarkInt4Fp8MoEMethod.apply (quark_int4fp8_moe.py: 0.5.13:422-448, 0.5.23:420-446)."""
+    return "quark_int4fp8", ExpertWeights(
+        w13_weight=layer.w13_weight,
+        w2_weight=layer.w2_weight,
+        w13_scale=layer.w13_int4_scale,
+        w2_scale=layer.w2_int4_scale,
+    )
+
+
+def _read_ct_w8a8_fp8(layer: Any, scheme: Any, ctx: _Context) -> tuple[str, ExpertWeights]:
+    """CompressedTensorsW8A8Fp8MoE.apply_weights' AITER branch
+    (compressed_tensors/schemes/compressed_tensors_w8a8_fp8_moe.py: 0.5.13:369-397,
+    0.5.23:367-395); SGLang shuffles for AITER only channel-wise weights (:314)."""
+    strategy = str(getattr(scheme.weight_quant.strategy, "value", scheme.weight_quant.strategy))
+    if strategy != "channel":
+        raise ctx.refuse(
+            f"compressed-tensors fp8 weights with strategy {strategy!r}: SGLang prepares only "
+            "channel-wise weights for AITER"
+        )
+    if ctx.formats != ("standard",):
+        raise ctx.refuse(
+            "CompressedTensorsW8A8Fp8MoE.apply_weights reads dispatch_output.topk_output, which "
+            f"{', '.join(ctx.formats)} outputs lack (SGLang's path raises before MoeRunner.run)"
+        )
+    return "ct_w8a8_fp8", ExpertWeights(
+        w13_weight=layer.w13_weight,
+        w2_weight=layer.w2_weight,
+        w13_scale=layer.w13_weight_scale,
+        w2_scale=layer.w2_weight_scale,
+        a13_scale=getattr(layer, "w13_input_scale", None),
+        a2_scale=getattr(layer, "w2_input_scale", None),
+    )
+
+
+_READERS: Final[dict[str, Callable[[Any, Any, _Context], tuple[str, ExpertWeights]]]] = {
+    "UnquantizedFusedMoEMethod": _read_unquant,
+    "Fp8MoEMethod": _read_fp8,
+    "Mxfp4MoEMethod": _read_mxfp4,
+    "QuarkW4A4MXFp4MoE": _read_quark_w4a4_mxfp4,
+    "QuarkInt4Fp8MoEMethod": _read_quark_int4fp8,
+    "CompressedTensorsW8A8Fp8MoE": _read_ct_w8a8_fp8,
+}
 
 
 def install(
@@ -443,9 +620,9 @@ def install(
     sglang_release()
     moe_runner = _find_aiter_runner(layer, refuse=True)
     a2a = a2a_backend()
-    quant, weights = _read_quant_method(layer, name)
-    config = layer_config(moe_runner.config, ep_rank=layer.moe_ep_rank, ep_size=layer.moe_ep_size)
     formats = tuple(dispatch) if dispatch is not None else dispatch_formats(a2a, layer.dispatcher)
+    quant, weights = _read_quant_method(layer, name, formats)
+    config = layer_config(moe_runner.config, ep_rank=layer.moe_ep_rank, ep_size=layer.moe_ep_size)
     return install_on_runner(
         moe_runner,
         a2a=a2a,
