@@ -573,7 +573,7 @@ def _read_quark_int4fp8(layer: Any, method: Any, ctx: _Context) -> tuple[str, Ex
 def _read_ct_w8a8_fp8(layer: Any, scheme: Any, ctx: _Context) -> tuple[str, ExpertWeights]:
     """CompressedTensorsW8A8Fp8MoE.apply_weights' AITER branch
     (compressed_tensors/schemes/compressed_tensors_w8a8_fp8_moe.py: 0.5.13:369-397,
-    0.5.23:367-395); SGLang shuffles for AITER only channel-wise weights (:314)."""
+    0.5.23:367-395); SGLang shuffles only channel-wise weights for AITER (0.5.13:316, :314)."""
     strategy = str(getattr(scheme.weight_quant.strategy, "value", scheme.weight_quant.strategy))
     if strategy != "channel":
         raise ctx.refuse(
