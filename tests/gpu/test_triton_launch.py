@@ -75,7 +75,7 @@ def _layouts() -> list[tuple[str, torch.Tensor, torch.Tensor, torch.dtype]]:
     one_q, one_s = _fp8_inputs(1, seed=8)
     slab_q = q[:12].reshape(3, 4, 512)
     slab_s = s[:12].reshape(3, 4, 4).transpose(1, 2).contiguous().transpose(1, 2)
-    wide = torch.zeros(15, 9, device="cuda")
+    wide = torch.zeros(15, 16, device="cuda")  # a row stride divisible by 16, unlike 4
     wide[:, :4] = s
     unaligned = torch.empty(15 * 512 + 1, dtype=torch.uint8, device="cuda")[1:]
     unaligned.copy_(q.view(torch.uint8).reshape(-1))
@@ -94,6 +94,19 @@ def _layouts() -> list[tuple[str, torch.Tensor, torch.Tensor, torch.dtype]]:
     ]
 
 
+def _recorded(q: torch.Tensor, s: torch.Tensor, out_dtype: torch.dtype) -> tuple[Any, ...]:
+    """The arguments the fp8 upscaler passes its launch: grid x, grid y, then the kernel's."""
+    recorded: list[tuple[Any, ...]] = []
+    triton_dequant.upscale_fp8(lambda *args: recorded.append(args), q, s, out_dtype)
+    return recorded[0]
+
+
+def _key(q: torch.Tensor, s: torch.Tensor, out_dtype: torch.dtype) -> tuple[Any, ...]:
+    """The specialisation key the fast launch computes for these inputs."""
+    launch = triton_dequant.FP8_LAUNCH
+    return (torch.cuda.current_device(), *launch._binder(*_recorded(q, s, out_dtype)[2:])[1])
+
+
 def test_shape_stride_alignment_and_dtype_changes_between_calls_respecialise() -> None:
     layouts = _layouts()
     fp8 = triton_dequant.dequantize_fp8_1x128
@@ -104,9 +117,10 @@ def test_shape_stride_alignment_and_dtype_changes_between_calls_respecialise() -
             want = quant.dequantize_fp8_1x128(q, s, out_dtype)
             assert got.dtype == out_dtype, name
             assert_bit_identical(got, want)
-    keys = [key for key in triton_dequant.FP8_LAUNCH.specialisations]
-    # Each layout above differs from the first in at least one argument's specialisation.
-    assert len(keys) >= len(layouts), keys
+    # The premise: Triton specialises each layout differently, and each has its own kernel.
+    keys = [_key(q, s, out_dtype) for _, q, s, out_dtype in layouts]
+    assert len(set(keys)) == len(layouts), [name for name, *_ in layouts]
+    assert set(keys) <= set(triton_dequant.FP8_LAUNCH.specialisations)
     # Negative control: the same bytes decode differently as e4m3fnuz, so a launch of the
     # e4m3fn kernel for the fnuz input (another specialisation: FNUZ is a constexpr) would fail.
     _, q, s, _ = layouts[0]
@@ -132,9 +146,8 @@ def test_a_mismatched_compiled_kernel_is_refused_naming_the_argument(
     q, s = _fp8_inputs(15)
     fp16 = triton_dequant.upscale_fp8(launch, q, s, torch.float16)
     assert_bit_identical(fp16, quant.dequantize_fp8_1x128(q, s, torch.float16))
-    recorded: list[tuple[Any, ...]] = []
-    triton_dequant.upscale_fp8(lambda *args: recorded.append(args), q, s, torch.float16)
-    grid, args = recorded[0][:2], recorded[0][2:]
+    recorded = _recorded(q, s, torch.float16)
+    grid, args = recorded[:2], recorded[2:]
     wrong = triton_dequant._fp8_1x128_kernel.warmup(*args, grid=grid)
     assert wrong.src.signature["out_ptr"] == "*fp16"
     # Triton handing back a kernel for fp16 outputs when bf16 was asked for must not launch.
@@ -154,9 +167,12 @@ def test_the_launch_follows_the_current_stream_into_a_cuda_graph() -> None:
         out8 = fp8(q, s, torch.bfloat16)
         out4 = fp4(packed, e8m0, torch.bfloat16)
     new_q, new_s = _fp8_inputs(8, seed=4)
-    q.copy_(new_q), s.copy_(new_s)
+    # New inputs in the captured tensors (byte copies: fp4x2 and e8m0 have no copy_ kernels).
+    q.view(torch.uint8).copy_(new_q.view(torch.uint8))
+    s.copy_(new_s)
     new_packed, new_e8m0 = quant.quantize_mxfp4(torch.randn(8, 512, device="cuda"))
-    packed.copy_(new_packed), e8m0.copy_(new_e8m0)
+    packed.view(torch.uint8).copy_(new_packed.view(torch.uint8))
+    e8m0.view(torch.uint8).copy_(new_e8m0.view(torch.uint8))
     graph.replay()
     torch.cuda.synchronize()
     assert_bit_identical(out8, quant.dequantize_fp8_1x128(q, s, torch.bfloat16))
