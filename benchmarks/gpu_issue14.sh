@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Issue 14 on the GPU machine, in one device call (< 540 s): the CUDA tests (Triton upscalers and
-# their fast launch), the launch benchmark, host overhead and the 61-layer decode step.
+# their fast launch), the launch benchmark, the 61-layer decode step, host overhead and the
+# standard runner's call forms.
 #
 #     bash benchmarks/gpu_issue14.sh          # from the repository root; logs go to "$OUT"
 #
@@ -41,17 +42,20 @@ torch.__version__, "triton", triton.__version__, "cuda", torch.cuda.is_available
 #    launch (bound, no JITFunction.run on a seen specialisation, re-specialisation on shape /
 #    stride / alignment / dtype changes, refusal of a mismatched kernel, current stream, CUDA
 #    graph, profiler hooks) and the CUDA-graph tests. -rfE lists each failure by name.
-step pytest_gpu 150 python3 -m pytest tests/gpu -o addopts="" -q -rfE
+step pytest_gpu 135 python3 -m pytest tests/gpu -o addopts="" -q -rfE
 
 # 2. Host time per upscale call: torch code, Triton's own launch (old), the fast launch (new);
 #    checks bit-identity of the three first and prints FAILED checks if any.
-step triton_launch 60 python3 -m benchmarks.triton_launch --device cuda --out-dir "$OUT"
+step triton_launch 50 python3 -m benchmarks.triton_launch --device cuda --out-dir "$OUT"
 
 # 3. The 61-layer decode step (the 3 fp4-wire MORI rows are last; they never ran on the H200).
 step decode_step 150 python3 -m benchmarks.decode_step --device cuda --out-dir "$OUT"
 
 # 4. Host overhead per call, every hot path (standard gen/hand; upscaling rows with the new launch).
-step host_overhead 150 python3 -m benchmarks.host_overhead --device cuda --budget-s 0.2 \
+step host_overhead 125 python3 -m benchmarks.host_overhead --device cuda --budget-s 0.2 \
     --out-dir "$OUT"
+
+# 5. Where standard's gen/hand gap goes: the class check, the instance call (slot_tp_call), both.
+step call_forms 40 python3 -m benchmarks.call_forms --device cuda --budget-s 0.5 --out-dir "$OUT"
 
 echo "=== done in $SECONDS s; logs and tables in $OUT" | tee -a "$summary"
