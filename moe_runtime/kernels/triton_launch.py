@@ -4,8 +4,8 @@
 it binds the arguments and computes their specialisation, then builds a string cache key
 (`compute_cache_key`: `str(options)`), runs the pre-run hooks, checks that the kernel's globals
 did not change, builds the launch metadata for the profiler hooks and only then calls
-`CompiledKernel.run`, the C launcher. On the H200 host that was 40-70 µs per call, more than the
-three torch ops an fp8 wire's upscale replaced.
+`CompiledKernel.run`, the C launcher. On the H200 host an upscaling runner spent 40-70 µs per
+call, more than the three torch ops an fp8 wire's upscale replaced, most of it there.
 
 `SpecialisedLaunch` keeps the one part that decides which compiled kernel fits the arguments,
 Triton's own binder (`JITFunction.create_binder`: argument types, 16-byte alignment of pointers
@@ -20,9 +20,10 @@ remembers the `CompiledKernel` of each (device, specialisation) in `Specialisati
   never launched.
 What it does not repeat per call: Triton's options (`TRITON_DEBUG`, the instrumentation mode) are
 read when a specialisation is first compiled, and the globals check is Triton's, at compile time
-(the kernels read only constexpr globals). While a profiler hook is registered
-(`triton.knobs.runtime.launch_enter_hook` / `launch_exit_hook`, as Proton does), every call goes
-through `kernel[grid](*args)` so the hooks get their launch metadata.
+(the kernels read only constexpr globals). While a hook is registered (a profiler's
+`triton.knobs.runtime.launch_enter_hook` / `launch_exit_hook`, as Proton does, or a pre-run hook
+of the kernel, `JITFunction.add_pre_run_hook`), every call goes through `kernel[grid](*args)`,
+so the hooks run as Triton runs them.
 """
 
 from __future__ import annotations
@@ -126,9 +127,10 @@ class SpecialisedLaunch:
         self._current_stream = driver.active.get_current_stream
         self._enter_hooks = knobs.runtime.launch_enter_hook
         self._exit_hooks = knobs.runtime.launch_exit_hook
+        self._pre_run_hooks = kernel.pre_run_hooks  # a list add_pre_run_hook appends to
 
     def __call__(self, grid_x: int, grid_y: int, *args: Any) -> None:
-        if self._enter_hooks.calls or self._exit_hooks.calls:
+        if self._enter_hooks.calls or self._exit_hooks.calls or self._pre_run_hooks:
             self.jit(grid_x, grid_y, *args)
             return
         device = self._current_device()

@@ -273,3 +273,15 @@ def test_the_interpreter_gets_tritons_own_launch(
     assert isinstance(triton_launch.launcher(_scaled_copy), triton_launch.JitLaunch)
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     assert isinstance(triton_launch.launcher(_scaled_copy), triton_launch.SpecialisedLaunch)
+
+
+def test_a_pre_run_hook_gets_tritons_own_launch(
+    monkeypatch: pytest.MonkeyPatch, launches: list[_Launch]
+) -> None:
+    calls: list[Any] = []
+    monkeypatch.setattr(_scaled_copy, "pre_run_hooks", [])
+    launch = triton_launch.SpecialisedLaunch(_scaled_copy)
+    launch(1, 1, *_args())
+    _scaled_copy.add_pre_run_hook(lambda *args, **kwargs: calls.append(args))
+    launch(1, 1, *_args())
+    assert len(calls) == 1 and len(launches) == 2
