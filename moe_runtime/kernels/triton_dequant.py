@@ -3,7 +3,8 @@
 Imported only when a runner with an upscaled wire loads on a GPU (`moe_runtime.kernels.upscale`);
 the CPU path never imports Triton. Each function has the signature and the result of its torch
 twin (`dequantize_fp8_1x128`, `dequantize_mxfp4`): the torch code takes 3 (fp8) or 13 (fp4)
-launches, these take one.
+launches, these take one, launched through the compiled kernel of the arguments' specialisation
+(`moe_runtime.kernels.triton_launch`) rather than Triton's per-call `JITFunction.run`.
 
 Bit-identity comes from doing the torch code's arithmetic, in its order, on the same fp32 values:
 - fp8 codes are decoded to fp32 with integer ops exactly as c10 does (c10's `fp8e4m3fn_to_fp32`
@@ -17,12 +18,14 @@ Bit-identity comes from doing the torch code's arithmetic, in its order, on the 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 import triton
 import triton.language as tl
 
+from moe_runtime.kernels import triton_launch
 from moe_runtime.quant import FP8_FNUZ, FP8_GROUP, MXFP4_GROUP
 
 _BLOCK = 1024
@@ -146,25 +149,65 @@ def _as_3d(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(-1, x.shape[-2], x.shape[-1])
 
 
+# How each kernel is launched: through the compiled kernel of its specialisation
+# (moe_runtime.kernels.triton_launch), not JITFunction.run's per-call binding.
+FP8_LAUNCH = triton_launch.launcher(_fp8_1x128_kernel)
+MXFP4_LAUNCH = triton_launch.launcher(_mxfp4_kernel)
+Launch = Callable[..., None]
+
+
 def _launch(
-    kernel: Any, q: torch.Tensor, scale: torch.Tensor, out: torch.Tensor, **constants: Any
+    launch: Launch, q: torch.Tensor, scale: torch.Tensor, out: torch.Tensor, *constants: Any
 ) -> None:
+    """One launch over [outer * inner rows, column blocks]; every argument positional, in the
+    kernel's order, constexprs last (the launcher's binder takes no keywords)."""
     outer, inner, _ = q.shape
     cols = out.shape[-1]
-    kernel[(outer * inner, triton.cdiv(cols, _BLOCK))](
+    q_strides = q.stride()
+    scale_strides = scale.stride()
+    launch(
+        outer * inner,
+        triton.cdiv(cols, _BLOCK),
         q,
         scale,
         out,
         cols,
         inner,
-        q.stride(0),
-        q.stride(1),
-        scale.stride(0),
-        scale.stride(1),
-        scale.stride(2),
-        BLOCK=_BLOCK,
-        **constants,
+        q_strides[0],
+        q_strides[1],
+        scale_strides[0],
+        scale_strides[1],
+        scale_strides[2],
+        *constants,
+        _BLOCK,
     )
+
+
+def upscale_fp8(
+    launch: Launch, q: torch.Tensor, scale: torch.Tensor, out_dtype: torch.dtype
+) -> torch.Tensor:
+    """`dequantize_fp8_1x128` with the launch given (benchmarks/triton_launch.py times both)."""
+    out = torch.empty(q.shape, dtype=out_dtype, device=q.device)
+    # Constexprs FNUZ, GROUP (BLOCK is added by _launch).
+    _launch(launch, _as_3d(q).view(torch.uint8), _as_3d(scale), out, q.dtype == FP8_FNUZ, FP8_GROUP)
+    return out
+
+
+def upscale_mxfp4(
+    launch: Launch, packed: torch.Tensor, scale: torch.Tensor, out_dtype: torch.dtype
+) -> torch.Tensor:
+    """`dequantize_mxfp4` with the launch given (benchmarks/triton_launch.py times both)."""
+    out = torch.empty(
+        (*packed.shape[:-1], packed.shape[-1] * 2), dtype=out_dtype, device=packed.device
+    )
+    _launch(
+        launch,
+        _as_3d(packed).view(torch.uint8),
+        _as_3d(scale).view(torch.uint8),
+        out,
+        MXFP4_GROUP,
+    )
+    return out
 
 
 def dequantize_fp8_1x128(
@@ -173,16 +216,7 @@ def dequantize_fp8_1x128(
     """`moe_runtime.quant.dequantize_fp8_1x128` in one launch: fp8 `q [..., M, K]` (e4m3fn or
     e4m3fnuz, last dim contiguous, at most 3-D unless viewable) with fp32 scales
     `[..., M, K/128]` (any strides) into `out_dtype`, contiguous."""
-    out = torch.empty(q.shape, dtype=out_dtype, device=q.device)
-    _launch(
-        _fp8_1x128_kernel,
-        _as_3d(q).view(torch.uint8),
-        _as_3d(scale),
-        out,
-        FNUZ=q.dtype == FP8_FNUZ,
-        GROUP=FP8_GROUP,
-    )
-    return out
+    return upscale_fp8(FP8_LAUNCH, q, scale, out_dtype)
 
 
 def dequantize_mxfp4(
@@ -190,14 +224,4 @@ def dequantize_mxfp4(
 ) -> torch.Tensor:
     """`moe_runtime.quant.dequantize_mxfp4` in one launch: fp4x2 `[..., M, K/2]` (last dim
     contiguous) with e8m0 scales `[..., M, K/32]` (any strides) into `out_dtype [..., M, K]`."""
-    out = torch.empty(
-        (*packed.shape[:-1], packed.shape[-1] * 2), dtype=out_dtype, device=packed.device
-    )
-    _launch(
-        _mxfp4_kernel,
-        _as_3d(packed).view(torch.uint8),
-        _as_3d(scale).view(torch.uint8),
-        out,
-        GROUP=MXFP4_GROUP,
-    )
-    return out
+    return upscale_mxfp4(MXFP4_LAUNCH, packed, scale, out_dtype)
