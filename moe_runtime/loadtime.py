@@ -32,9 +32,10 @@ def bind_kernel(
 
     `None` means the binding of `moe_runtime.kernels`, whose weights are prepared (AITER shuffles
     them) once, here. An injected kernel (a recorder, a stub, the graph-safe reference) gets the
-    logical layout as it is. `swiglu_limit` and `gate_mode` are newer AITER keywords (v0.1.14):
-    each is bound into the kernel only when it differs from the kernel's default (a layer that sets
-    a limit; weights, as prepared for the kernel, whose gate and up rows are not SEPARATED), and a
+    logical layout as it is. `swiglu_limit`, `gate_mode` (v0.1.14) and `moe_sorting_dispatch_policy`
+    are optional AITER keywords: each is bound into the kernel only when it differs from the
+    kernel's default (a layer that sets a limit or a sorting policy; weights, as prepared for the
+    kernel, whose gate and up rows are not SEPARATED), and a
     kernel without the keyword is refused, naming the AITER release that added it, rather than
     ignored. Which keywords the kernel takes was read when it was bound (`kernels.KEYWORDS`) or,
     for an injected kernel, is read here: the hot path never probes. A runner whose method pads H
@@ -53,6 +54,10 @@ def bind_kernel(
     if config.swiglu_limit > 0:
         taken.require("swiglu_limit", f"swiglu_limit={config.swiglu_limit}", named)
         static["swiglu_limit"] = config.swiglu_limit
+    if config.moe_sorting_dispatch_policy != 0:
+        policy = config.moe_sorting_dispatch_policy
+        taken.require("moe_sorting_dispatch_policy", f"moe_sorting_dispatch_policy={policy}", named)
+        static["moe_sorting_dispatch_policy"] = policy
     if weights.gate_mode != GateMode.SEPARATED:
         taken.require("gate_mode", f"weights with gate_mode {weights.gate_mode.name}", named)
         # The string value, as SGLang passes it (`GateMode.INTERLEAVE.value`).

@@ -64,8 +64,7 @@ import importlib.metadata
 import logging
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from functools import partial
+from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 import generated
@@ -82,6 +81,7 @@ __all__ = [
     "installed",
     "layer_config",
     "sglang_release",
+    "sorting_dispatch_policy",
     "uninstall",
     "weights_from_quant_info",
 ]
@@ -286,18 +286,23 @@ def _classes(dispatch: str) -> tuple[Any, Any]:
     return deepep.DeepEPLLDispatchOutput, deepep.DeepEPLLCombineInput
 
 
-def _default_kernel(release: str) -> FusedMoeKernel:
-    """The kernel SGLang calls, with the keyword 0.5.23 always adds bound when it is not 0."""
+def _default_kernel() -> FusedMoeKernel:
+    """The kernel SGLang calls."""
     from aiter.fused_moe import fused_moe
 
     kernel: FusedMoeKernel = fused_moe
-    if release != "0.5.13":
-        from sglang.srt.environ import envs
-
-        policy = int(envs.SGLANG_AITER_MOE_SORTING_DISPATCH_POLICY.get())
-        if policy != 0:
-            kernel = partial(fused_moe, moe_sorting_dispatch_policy=policy)
     return kernel
+
+
+def sorting_dispatch_policy(release: str) -> int:
+    """The `moe_sorting_dispatch_policy` SGLang passes AITER: 0.5.23 reads it once from
+    `SGLANG_AITER_MOE_SORTING_DISPATCH_POLICY` (environ.py, default 2) and passes it on every call
+    (layers/moe/moe_runner/aiter.py); 0.5.13 never passes it (AITER's default, 0)."""
+    if release == "0.5.13":
+        return 0
+    from sglang.srt.environ import envs
+
+    return int(envs.SGLANG_AITER_MOE_SORTING_DISPATCH_POLICY.get())
 
 
 def _refuse_runner(moe_runner: Any, name: str) -> None:
@@ -342,7 +347,10 @@ def install_on_runner(
     release = sglang_release()
     _refuse_runner(moe_runner, name)
     if kernel is None:
-        kernel = _default_kernel(release)
+        kernel = _default_kernel()
+    if config.moe_sorting_dispatch_policy == 0:
+        # A layer config that leaves the policy at AITER's default gets the one SGLang passes.
+        config = replace(config, moe_sorting_dispatch_policy=sorting_dispatch_policy(release))
     recv_cap = 0
     if release == "0.5.13" and a2a == "mori":
         from sglang.srt.utils import get_int_env_var

@@ -198,6 +198,7 @@ def test_config_and_weights_fields_follow_design() -> None:
         ("activation", dataclasses.MISSING),
         ("apply_router_weight_on_input", False),
         ("swiglu_limit", 0.0),
+        ("moe_sorting_dispatch_policy", 0),
     ]
     assert [(f.name, f.default) for f in dataclasses.fields(ExpertWeights)] == [
         ("w13_weight", dataclasses.MISSING),
