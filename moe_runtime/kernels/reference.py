@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from moe_runtime import quant
 from moe_runtime.enums import ActivationType, GateMode, QuantType
+from moe_runtime.kernels.rounding import NEWEST, Mxfp4ActivationRule, Rounding
 
 _OUT_DTYPES = (torch.bfloat16, torch.float16)
 _FLOAT_INPUT_DTYPES = (torch.bfloat16, torch.float16)
@@ -62,7 +63,9 @@ class _Problem:
     activation: ActivationType
     quant_type: QuantType
     prequantized: bool  # hidden_states arrive already quantized (fp8 or fp4x2)
-    a16w4: bool  # per_1x32 with Swiglu: bf16 activations, no activation quantization
+    # per_1x32 only (None otherwise): what each stage reads of its input, by the rounding rule.
+    stage1: Rounding | None
+    stage2: Rounding | None
     interleaved: bool  # gate_mode INTERLEAVE: w1's gate and up rows alternate
 
 
@@ -102,11 +105,18 @@ def _logical_width(t: torch.Tensor) -> int:
 class ReferenceFusedMoe:
     """Callable with AITER's `fused_moe` keyword signature; see the module docstring."""
 
-    def __init__(self, *, graph_safe: bool = False) -> None:
+    def __init__(
+        self, *, graph_safe: bool = False, rounding: Mxfp4ActivationRule = NEWEST
+    ) -> None:
         self.graph_safe = graph_safe
+        # The AITER release whose per_1x32 activation rounding to follow (kernels.rounding).
+        self.rounding = rounding
 
     def __repr__(self) -> str:
-        return f"ReferenceFusedMoe(graph_safe={self.graph_safe})"
+        return (
+            f"ReferenceFusedMoe(graph_safe={self.graph_safe}, "
+            f"rounding={self.rounding.release}/{self.rounding.arch})"
+        )
 
     def __call__(
         self,
@@ -145,7 +155,7 @@ class ReferenceFusedMoe:
         problem = _check_call(
             hidden_states, w1, w2, topk_weight, topk_ids, expert_mask, activation, quant_type,
             w1_scale, w2_scale, a1_scale, a2_scale, num_local_tokens, dtype, bias1, bias2,
-            swiglu_limit, gate_mode,
+            swiglu_limit, gate_mode, self.rounding,
         )
         if not self.graph_safe:
             _check_values(problem, topk_ids, expert_mask, num_local_tokens)
@@ -263,6 +273,7 @@ def _check_call(
     bias2: torch.Tensor | None,
     swiglu_limit: float,
     gate_mode: GateMode | str,
+    rounding: Mxfp4ActivationRule,
 ) -> _Problem:
     """Every check that needs only shapes and dtypes (no host sync); returns the call's sizes.
 
@@ -274,9 +285,10 @@ def _check_call(
     experts, hidden, inter, g1u1 = _check_weights(w1, w2, act, mode)
     out_dtype = _output_dtype(hidden_states, dtype)
     prequantized = _check_hidden_states(hidden_states, hidden, w2)
-    a16w4 = qt == QuantType.per_1x32 and act == ActivationType.Swiglu
+    per_1x32 = qt == QuantType.per_1x32
+    stage1, stage2 = rounding.stages(act, mode, tokens) if per_1x32 else (None, None)
     problem = _Problem(tokens, top_k, hidden, inter, experts, g1u1, out_dtype, act, qt,
-                       prequantized, a16w4, mode == GateMode.INTERLEAVE)
+                       prequantized, stage1, stage2, mode == GateMode.INTERLEAVE)
     _check_mask_and_rows(problem, expert_mask, num_local_tokens)
     _check_biases(problem, w1, bias1, bias2)
     _check_weight_quant(problem, "w1", w1, w1_scale)
@@ -550,7 +562,7 @@ def _check_activation_quant(
         QuantType.per_128x128: quant.FP8_GROUP,
         QuantType.per_1x32: quant.MXFP4_GROUP,
     }.get(qt)
-    if group is not None and not problem.a16w4:
+    if group is not None and (problem.stage1, problem.stage2) != (Rounding.BF16, Rounding.BF16):
         for name, size in (("hidden size H", h), ("intermediate size I", i)):
             if size % group:
                 raise ValueError(
@@ -677,25 +689,29 @@ def _stage1_input(
         return torch.where(valid, x, torch.zeros_like(x))
     x = hidden_states.float()
     x = torch.where(valid, x, torch.zeros_like(x))
-    if qt == QuantType.No or problem.a16w4:
+    if qt == QuantType.No or problem.stage1 is Rounding.BF16:
         return x
-    return _quantize_dequantize(problem, x, a1_scale)
+    return _quantize_dequantize(problem, x, a1_scale, problem.stage1)
 
 
 def _stage2_input(
     problem: _Problem, a: torch.Tensor, a2_scale: torch.Tensor | None
 ) -> torch.Tensor:
     """Rounding point 2: what stage 2 reads of the (already output-dtype) activations [P, I]."""
-    if problem.quant_type == QuantType.No or problem.a16w4:
+    if problem.quant_type == QuantType.No or problem.stage2 is Rounding.BF16:
         return a
-    return _quantize_dequantize(problem, a, a2_scale)
+    return _quantize_dequantize(problem, a, a2_scale, problem.stage2)
 
 
 def _quantize_dequantize(
-    problem: _Problem, x: torch.Tensor, static_scale: torch.Tensor | None
+    problem: _Problem,
+    x: torch.Tensor,
+    static_scale: torch.Tensor | None,
+    rounding: Rounding | None,
 ) -> torch.Tensor:
     """Dynamic (or per_Tensor static) activation quantization, back to fp32. Rows independent
-    except per_Tensor, whose amax spans the whole (already masked) tensor."""
+    except per_Tensor, whose amax spans the whole (already masked) tensor. per_1x32 rounds to
+    mxfp4 or mxfp8 as `rounding` says."""
     qt = problem.quant_type
     if qt == QuantType.per_Tensor:
         if static_scale is not None:
@@ -710,8 +726,25 @@ def _quantize_dequantize(
     if qt in (QuantType.per_1x128, QuantType.per_128x128):
         q, scale = quant.quantize_fp8_1x128(x, _ACTIVATION_FP8)
         return quant.dequantize_fp8_1x128(q, scale)
+    if rounding is Rounding.MXFP8:
+        return _mxfp8_quantize_dequantize(x)
     packed, e8m0 = quant.quantize_mxfp4(x)
     return quant.dequantize_mxfp4(packed, e8m0)
+
+
+def _mxfp8_quantize_dequantize(x: torch.Tensor) -> torch.Tensor:
+    """MX fp8: each 32 elements share a power-of-two scale `2**e`, `e` the smallest integer with
+    `amax / 2**e <= 448` (zero groups: `e = 0`); elements round to e4m3fn, ties to even."""
+    groups = torch.unflatten(x.float(), -1, (-1, quant.MXFP4_GROUP))
+    amax = groups.abs().amax(dim=-1, keepdim=True)
+    # amax = m * 2**p, m in [0.5, 1): m * 2**(p-e) <= 448 = 0.875 * 2**9 holds for e = p - 9
+    # when m <= 0.875, else e = p - 8. Exact (no log2 rounding).
+    mantissa, exponent = torch.frexp(amax)
+    e = exponent - 9 + (mantissa > 0.875).to(exponent.dtype)
+    e = torch.where(amax > 0, e, torch.zeros_like(e)).clamp(-127, 127)
+    scale = torch.pow(2.0, e.float())
+    q = (groups / scale).clamp(-448.0, 448.0).to(quant.FP8)
+    return (q.float() * scale).flatten(-2)
 
 
 def _activate(problem: _Problem, h: torch.Tensor, limit: float) -> torch.Tensor:
