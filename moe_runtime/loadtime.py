@@ -54,6 +54,11 @@ def bind_kernel(
     if config.swiglu_limit > 0:
         taken.require("swiglu_limit", f"swiglu_limit={config.swiglu_limit}", named)
         static["swiglu_limit"] = config.swiglu_limit
+    if config.activation == "situ":
+        # Always bound: AITER from v0.1.19 has them, older AITER has no Situv2 at all.
+        taken.require("beta", "the situ activation", named)
+        taken.require("linear_beta", "the situ activation", named)
+        static["beta"], static["linear_beta"] = config.situ_beta, config.situ_linear_beta
     if config.moe_sorting_dispatch_policy != 0:
         policy = config.moe_sorting_dispatch_policy
         taken.require("moe_sorting_dispatch_policy", f"moe_sorting_dispatch_policy={policy}", named)
@@ -180,7 +185,26 @@ class SlabShapes(dict[int, SlabShape]):
 
 def activation_type(config: MoeLayerConfig) -> kernels.ActivationType:
     """The layer's activation as AITER's enum (the config already rejected unknown names)."""
+    if config.activation == "situ":
+        raise ConfigError(
+            "activation situ (AITER's Situv2) runs on AITER's a16w4 kernels only: it is served by "
+            "the mxfp4 runners"
+        )
     return _ACTIVATIONS[config.activation]
+
+
+def swiglu_family(config: MoeLayerConfig) -> kernels.ActivationType:
+    """For methods whose kernels run Swiglu (mxfp4): Swiglu whatever the layer's activation, except
+    situ, which the same a16w4 kernels run as Situv2 (SGLang 0.5.23 mxfp4.py:1455-1458)."""
+    if config.activation != "situ":
+        return kernels.ActivationType.Swiglu
+    situv2 = getattr(kernels.ActivationType, "Situv2", None)
+    if situv2 is None:
+        raise ConfigError(
+            "activation situ needs AITER's ActivationType.Situv2 (from v0.1.19); the bound kernel "
+            f"({kernels.describe()}) has none"
+        )
+    return cast(kernels.ActivationType, situv2)
 
 
 def global_expert_mask(config: MoeLayerConfig, device: torch.device) -> torch.Tensor:

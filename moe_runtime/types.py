@@ -14,7 +14,7 @@ import torch
 
 from moe_runtime.enums import ActivationType, GateMode, QuantType
 
-ACTIVATIONS = ("silu", "gelu", "swiglu")
+ACTIVATIONS = ("silu", "gelu", "swiglu", "situ")
 SORTING_DISPATCH_POLICIES = (0, 1, 2)
 
 
@@ -39,6 +39,10 @@ class MoeLayerConfig:
     # AITER's moe_sorting kernel choice (csrc/include/moe_sorting_opus.h:1398: 0 picks by size,
     # 1 always the single kernel, 2 always the multi-phase one); it never changes the result.
     moe_sorting_dispatch_policy: int = 0
+    # The situ activation's (AITER's Situv2, v0.1.19): beta * tanh(gate / beta) * sigmoid(gate)
+    # times linear_beta * tanh(up / linear_beta); AITER's defaults (fused_moe.py v0.1.19:676-677).
+    situ_beta: float = 1.0
+    situ_linear_beta: float = 1.0
 
     def __post_init__(self) -> None:
         problems = []
@@ -65,6 +69,9 @@ class MoeLayerConfig:
             )
         if self.swiglu_limit < 0:
             problems.append(f"swiglu_limit must be >= 0, got {self.swiglu_limit!r}")
+        for name in ("situ_beta", "situ_linear_beta"):
+            if not getattr(self, name) > 0:
+                problems.append(f"{name} must be > 0, got {getattr(self, name)!r}")
         policy = self.moe_sorting_dispatch_policy
         if type(policy) is not int or policy not in SORTING_DISPATCH_POLICIES:
             problems.append(

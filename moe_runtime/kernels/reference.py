@@ -42,7 +42,9 @@ _SWIGLU_ALPHA = 1.702
 _ACTIVATION_FP8 = quant.FP8
 # The keywords newer than AITER v0.1.7.post2's fused_moe that this kernel takes (it declares them;
 # moe_runtime.kernels binds them as the reference's capabilities, a test holds them to __call__).
-KEYWORDS = frozenset({"moe_sorting_dispatch_policy", "swiglu_limit", "gate_mode"})
+KEYWORDS = frozenset(
+    {"moe_sorting_dispatch_policy", "swiglu_limit", "gate_mode", "beta", "linear_beta"}
+)
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -144,6 +146,8 @@ class ReferenceFusedMoe:
         *,
         swiglu_limit: float = 0.0,
         gate_mode: GateMode | str = GateMode.SEPARATED,
+        beta: float | None = None,
+        linear_beta: float | None = None,
     ) -> torch.Tensor:
         """Compute the MoE layer output `[M, w2.shape[1]]` in `dtype or hidden_states.dtype`.
 
@@ -151,6 +155,7 @@ class ReferenceFusedMoe:
         tuning hints for AITER's kernels (the weights are stored padded with zeros); they do not
         change the result and are ignored here. `gate_mode` is AITER's (v0.1.14 onwards): the
         enum member or its string value, as SGLang passes it (`GateMode.INTERLEAVE.value`).
+        `beta` and `linear_beta` are Situv2's (v0.1.19 onwards; None means 1.0, as AITER reads it).
         """
         problem = _check_call(
             hidden_states, w1, w2, topk_weight, topk_ids, expert_mask, activation, quant_type,
@@ -165,7 +170,12 @@ class ReferenceFusedMoe:
         x = _stage1_input(problem, hidden_states, a1_scale, row_valid)
         pairs = _Pairs.of(problem, topk_weight, local, pair_valid, device)
         limit = swiglu_limit if swiglu_limit > 0 else _DEFAULT_SWIGLU_LIMIT
-        a = self._stage1(problem, pairs, x, w1, w1_scale, bias1, doweight_stage1, limit)
+        limits = (
+            limit,
+            1.0 if beta is None else float(beta),
+            1.0 if linear_beta is None else float(linear_beta),
+        )
+        a = self._stage1(problem, pairs, x, w1, w1_scale, bias1, doweight_stage1, limits)
         # Rounding point 2: the stage-2 kernel reads it quantized per quant type.
         a = _stage2_input(problem, a, a2_scale)
         return self._stage2(problem, pairs, a, w2, w2_scale, bias2, doweight_stage1)
@@ -179,9 +189,10 @@ class ReferenceFusedMoe:
         w1_scale: torch.Tensor | None,
         bias1: torch.Tensor | None,
         doweight_stage1: bool,
-        limit: float,
+        limits: tuple[float, float, float],
     ) -> torch.Tensor:
-        """h = x @ W1[e].T per pair, then weighting, bias, activation; fp32 [P, I] rounded once."""
+        """h = x @ W1[e].T per pair, then weighting, bias, activation; fp32 [P, I] rounded once.
+        `limits`: the Swiglu/Situv2 clamp, then Situv2's beta and linear_beta."""
         h = self._expert_gemm(
             problem, x, pairs.token, pairs.expert, pairs.flat_valid, w1, w1_scale,
             rows_are_tokens=True,
@@ -190,7 +201,7 @@ class ReferenceFusedMoe:
             h = h * pairs.weights
         if bias1 is not None:
             h = h + bias1.float()[pairs.expert]
-        a = _activate(problem, h, limit)
+        a = _activate(problem, h, limits)
         # Pairs that are not computed must not move a per-tensor amax: zero them.
         a = torch.where(pairs.valid, a, torch.zeros_like(a))
         # Rounding point 1: the stage-1 kernel writes its output in the output dtype.
@@ -286,6 +297,10 @@ def _check_call(
     out_dtype = _output_dtype(hidden_states, dtype)
     prequantized = _check_hidden_states(hidden_states, hidden, w2)
     per_1x32 = qt == QuantType.per_1x32
+    if act == ActivationType.Situv2 and not (per_1x32 and w1.dtype == quant.FP4X2):
+        raise ValueError(
+            "Situv2 runs on AITER's a16w4 kernels only: it needs per_1x32 and fp4 weights"
+        )
     stage1, stage2 = rounding.stages(act, mode, tokens) if per_1x32 else (None, None)
     problem = _Problem(tokens, top_k, hidden, inter, experts, g1u1, out_dtype, act, qt,
                        prequantized, stage1, stage2, mode == GateMode.INTERLEAVE)
@@ -308,7 +323,8 @@ def _check_switches(
         act = ActivationType(int(activation))
     except ValueError:
         raise ValueError(
-            f"activation must be one of ActivationType.Silu/Gelu/Swiglu (0/1/2), got {activation!r}"
+            "activation must be one of ActivationType.Silu/Gelu/Swiglu/Situv2 (0/1/2/3), got "
+            f"{activation!r}"
         ) from None
     if act == ActivationType.No:
         raise ValueError("activation ActivationType.No is not supported: use Silu, Gelu or Swiglu")
@@ -382,8 +398,8 @@ def _check_weights(
             f"(w1 {tuple(w1.shape)}, w2 {tuple(w2.shape)})"
         )
     g1u1 = w1.shape[1] == 2 * inter
-    if act == ActivationType.Swiglu and not g1u1:
-        raise ValueError("Swiglu needs gate and up rows (w1 [L, 2I, H]); got w1 [L, I, H]")
+    if act in (ActivationType.Swiglu, ActivationType.Situv2) and not g1u1:
+        raise ValueError(f"{act.name} needs gate and up rows (w1 [L, 2I, H]); got w1 [L, I, H]")
     if mode == GateMode.INTERLEAVE and not g1u1:
         raise ValueError(
             "gate_mode 'interleave' needs gate and up rows (w1 [L, 2I, H]); got w1 [L, I, H]"
@@ -747,8 +763,11 @@ def _mxfp8_quantize_dequantize(x: torch.Tensor) -> torch.Tensor:
     return (q.float() * scale).flatten(-2)
 
 
-def _activate(problem: _Problem, h: torch.Tensor, limit: float) -> torch.Tensor:
-    """g1u1: act(gate) * up (Swiglu has its own gate/up form); g1u0: act(h)."""
+def _activate(
+    problem: _Problem, h: torch.Tensor, limits: tuple[float, float, float]
+) -> torch.Tensor:
+    """g1u1: act(gate) * up (Swiglu and Situv2 have their own gate/up forms); g1u0: act(h)."""
+    limit, beta, linear_beta = limits
     act = problem.activation
     if problem.g1u1:
         if problem.interleaved:
@@ -759,6 +778,13 @@ def _activate(problem: _Problem, h: torch.Tensor, limit: float) -> torch.Tensor:
             gate = gate.clamp(max=limit)
             up = up.clamp(-limit, limit)
             return gate * torch.sigmoid(_SWIGLU_ALPHA * gate) * (up + 1)
+        if act == ActivationType.Situv2:
+            # AITER's mixed_moe_gemm_2stage.py (v0.1.19) situ_mul_vec4: the Swiglu clamps, then
+            # beta * tanh(g / beta) * sigmoid(g) * linear_beta * tanh(u / linear_beta).
+            gate = gate.clamp(max=limit)
+            up = up.clamp(-limit, limit)
+            situ = beta * torch.tanh(gate / beta) * torch.sigmoid(gate)
+            return situ * (linear_beta * torch.tanh(up / linear_beta))
         return _gate_activation(act, gate) * up
     return _gate_activation(act, h)
 

@@ -15,7 +15,8 @@ row of the call) and the GPU, by rules that changed between releases (ROCm/aiter
   rows, and any activation on INTERLEAVE rows, keeps bf16 below 256 rows
   (`AITER_BF16_FP8_MOE_BOUND`) or off gfx950, else mxfp8; every other call rounds to mxfp4. A
   bf16 choice for an activation other than Swiglu keeps stage 1's input only: stage 2 keeps bf16
-  for Swiglu alone (fused_moe_2stages, v0.1.20.post1 :3098-3106) and rounds to mxfp4 otherwise.
+  for Swiglu alone (fused_moe_2stages, v0.1.20.post1 :3098-3106) and rounds to mxfp4 otherwise;
+- Situv2 (v0.1.19, fused_moe.py:619-631; v0.1.20.post1 :732-744): bf16 in both stages.
 
 Not modelled: AITER's env overrides of the two bounds, gfx1250 (always mxfp4) and tuned configs
 with `ksplit > 1` on shuffled weights (bf16 stage-1 input whatever the rule). Which rule applies
@@ -53,6 +54,9 @@ class Mxfp4ActivationRule:
         self, activation: ActivationType, gate_mode: GateMode, rows: int
     ) -> tuple[Rounding, Rounding]:
         """The roundings of stage 1's and stage 2's inputs for a call of `rows` rows."""
+        if activation == ActivationType.Situv2:
+            # Situv2 (v0.1.19 on) runs only the a16w4 kernels: bf16 in both stages.
+            return Rounding.BF16, Rounding.BF16
         swiglu = activation == ActivationType.Swiglu
         large = self.swiglu_bound > 0 and rows >= self.swiglu_bound
         fp8_or_bf16 = Rounding.MXFP8 if large and self.arch == "gfx950" else Rounding.BF16
