@@ -68,13 +68,14 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 import generated
-from moe_runtime import types
+from moe_runtime import layer_options, types
 from moe_runtime.types import ExpertWeights, FusedMoeKernel, MoeLayerConfig
 
 __all__ = [
     "SUPPORTED_RELEASES",
     "Installed",
     "SGLangIntegrationError",
+    "activation_options",
     "install",
     "install_all",
     "install_on_runner",
@@ -215,9 +216,34 @@ def layer_config(runner_config: Any, *, ep_rank: int, ep_size: int) -> MoeLayerC
         top_k=runner_config.top_k,
         hidden_size=runner_config.hidden_size,
         intermediate_size=runner_config.intermediate_size_per_partition,
-        activation=runner_config.activation,
         apply_router_weight_on_input=runner_config.apply_router_weight_on_input,
+        **activation_options(runner_config),
     )
+
+
+def activation_options(runner_config: Any) -> dict[str, Any]:
+    """The layer's activation fields: 0.5.23 reads SwiGLU-OAI (on gfx95) and situ's parameters
+    from the `MoeRunnerConfig` (`moe_runtime.layer_options`); 0.5.13 passes the activation."""
+    if sglang_release() == "0.5.13":
+        return {"activation": runner_config.activation}
+    from sglang.srt.utils import is_gfx95_supported
+
+    fields = layer_options.activation_fields(
+        runner_config.activation,
+        bool(runner_config.is_gated),
+        runner_config.gemm1_alpha,
+        runner_config.gemm1_beta,
+        runner_config.gemm1_clamp_limit,
+        gfx95=bool(is_gfx95_supported()),
+    )
+    if "swiglu_limit" in fields and getattr(runner_config, "gate_up_interleaved", False):
+        # SGLang then passes gate_mode INTERLEAVE (aiter.py:238-245); the weights read here are
+        # gate rows then up rows only.
+        raise SGLangIntegrationError(
+            "a SwiGLU-OAI layer with interleaved gate/up rows (gate_up_interleaved) is not read "
+            "by this integration"
+        )
+    return fields
 
 
 def a2a_backend() -> str:
