@@ -562,7 +562,10 @@ def _activation_reason(quant: QuantMethod) -> str:
         case ActivationRule.LAYER:
             return "the layer's activation, mapped once at load (unknown names are refused)"
         case ActivationRule.SWIGLU:
-            return "the method forces Swiglu"
+            return (
+                "the method forces Swiglu, except a situ layer, which its a16w4 kernels run as "
+                "Situv2 (AITER v0.1.19; SGLang 0.5.23 mxfp4.py:1455-1458)"
+            )
         case _:
             assert_never(quant.activation)
 

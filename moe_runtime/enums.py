@@ -14,6 +14,8 @@ class ActivationType(IntEnum):
     Silu = 0
     Gelu = 1
     Swiglu = 2
+    # AITER v0.1.19 (csrc/include/aiter_enum.h:13): SiTU with beta, linear_beta; a16w4 kernels only.
+    Situv2 = 3
 
 
 class QuantType(IntEnum):

@@ -32,9 +32,10 @@ def bind_kernel(
 
     `None` means the binding of `moe_runtime.kernels`, whose weights are prepared (AITER shuffles
     them) once, here. An injected kernel (a recorder, a stub, the graph-safe reference) gets the
-    logical layout as it is. `swiglu_limit` and `gate_mode` are newer AITER keywords (v0.1.14):
-    each is bound into the kernel only when it differs from the kernel's default (a layer that sets
-    a limit; weights, as prepared for the kernel, whose gate and up rows are not SEPARATED), and a
+    logical layout as it is. `swiglu_limit`, `gate_mode` (v0.1.14) and `moe_sorting_dispatch_policy`
+    are optional AITER keywords: each is bound into the kernel only when it differs from the
+    kernel's default (a layer that sets a limit or a sorting policy; weights, as prepared for the
+    kernel, whose gate and up rows are not SEPARATED), and a
     kernel without the keyword is refused, naming the AITER release that added it, rather than
     ignored. Which keywords the kernel takes was read when it was bound (`kernels.KEYWORDS`) or,
     for an injected kernel, is read here: the hot path never probes. A runner whose method pads H
@@ -53,6 +54,15 @@ def bind_kernel(
     if config.swiglu_limit > 0:
         taken.require("swiglu_limit", f"swiglu_limit={config.swiglu_limit}", named)
         static["swiglu_limit"] = config.swiglu_limit
+    if config.activation == "situ":
+        # Always bound: AITER from v0.1.19 has them, older AITER has no Situv2 at all.
+        taken.require("beta", "the situ activation", named)
+        taken.require("linear_beta", "the situ activation", named)
+        static["beta"], static["linear_beta"] = config.situ_beta, config.situ_linear_beta
+    if config.moe_sorting_dispatch_policy != 0:
+        policy = config.moe_sorting_dispatch_policy
+        taken.require("moe_sorting_dispatch_policy", f"moe_sorting_dispatch_policy={policy}", named)
+        static["moe_sorting_dispatch_policy"] = policy
     if weights.gate_mode != GateMode.SEPARATED:
         taken.require("gate_mode", f"weights with gate_mode {weights.gate_mode.name}", named)
         # The string value, as SGLang passes it (`GateMode.INTERLEAVE.value`).
@@ -175,7 +185,26 @@ class SlabShapes(dict[int, SlabShape]):
 
 def activation_type(config: MoeLayerConfig) -> kernels.ActivationType:
     """The layer's activation as AITER's enum (the config already rejected unknown names)."""
+    if config.activation == "situ":
+        raise ConfigError(
+            "activation situ (AITER's Situv2) runs on AITER's a16w4 kernels only: it is served by "
+            "the mxfp4 runners"
+        )
     return _ACTIVATIONS[config.activation]
+
+
+def swiglu_family(config: MoeLayerConfig) -> kernels.ActivationType:
+    """For methods whose kernels run Swiglu (mxfp4): Swiglu whatever the layer's activation, except
+    situ, which the same a16w4 kernels run as Situv2 (SGLang 0.5.23 mxfp4.py:1455-1458)."""
+    if config.activation != "situ":
+        return kernels.ActivationType.Swiglu
+    situv2 = getattr(kernels.ActivationType, "Situv2", None)
+    if situv2 is None:
+        raise ConfigError(
+            "activation situ needs AITER's ActivationType.Situv2 (from v0.1.19); the bound kernel "
+            f"({kernels.describe()}) has none"
+        )
+    return cast(kernels.ActivationType, situv2)
 
 
 def global_expert_mask(config: MoeLayerConfig, device: torch.device) -> torch.Tensor:

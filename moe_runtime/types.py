@@ -14,7 +14,8 @@ import torch
 
 from moe_runtime.enums import ActivationType, GateMode, QuantType
 
-ACTIVATIONS = ("silu", "gelu", "swiglu")
+ACTIVATIONS = ("silu", "gelu", "swiglu", "situ")
+SORTING_DISPATCH_POLICIES = (0, 1, 2)
 
 
 class ConfigError(ValueError):
@@ -35,6 +36,13 @@ class MoeLayerConfig:
     activation: str
     apply_router_weight_on_input: bool = False
     swiglu_limit: float = 0.0
+    # AITER's moe_sorting kernel choice (csrc/include/moe_sorting_opus.h:1398: 0 picks by size,
+    # 1 always the single kernel, 2 always the multi-phase one); it never changes the result.
+    moe_sorting_dispatch_policy: int = 0
+    # The situ activation's (AITER's Situv2, v0.1.19): beta * tanh(gate / beta) * sigmoid(gate)
+    # times linear_beta * tanh(up / linear_beta); AITER's defaults (fused_moe.py v0.1.19:676-677).
+    situ_beta: float = 1.0
+    situ_linear_beta: float = 1.0
 
     def __post_init__(self) -> None:
         problems = []
@@ -61,6 +69,16 @@ class MoeLayerConfig:
             )
         if self.swiglu_limit < 0:
             problems.append(f"swiglu_limit must be >= 0, got {self.swiglu_limit!r}")
+        for name in ("situ_beta", "situ_linear_beta"):
+            if not getattr(self, name) > 0:
+                problems.append(f"{name} must be > 0, got {getattr(self, name)!r}")
+        policy = self.moe_sorting_dispatch_policy
+        if type(policy) is not int or policy not in SORTING_DISPATCH_POLICIES:
+            problems.append(
+                "moe_sorting_dispatch_policy must be one of "
+                f"{', '.join(map(str, SORTING_DISPATCH_POLICIES))}, got "
+                f"{policy!r}"
+            )
         if problems:
             raise ConfigError("invalid MoeLayerConfig: " + "; ".join(problems))
 

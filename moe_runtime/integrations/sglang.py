@@ -82,24 +82,25 @@ import importlib.metadata
 import logging
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from functools import partial
+from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 import generated
-from moe_runtime import types
+from moe_runtime import layer_options, types
 from moe_runtime.types import ExpertWeights, FusedMoeKernel, MoeLayerConfig
 
 __all__ = [
     "SUPPORTED_RELEASES",
     "Installed",
     "SGLangIntegrationError",
+    "activation_options",
     "install",
     "install_all",
     "install_on_runner",
     "installed",
     "layer_config",
     "sglang_release",
+    "sorting_dispatch_policy",
     "uninstall",
     "weights_from_quant_info",
 ]
@@ -233,9 +234,34 @@ def layer_config(runner_config: Any, *, ep_rank: int, ep_size: int) -> MoeLayerC
         top_k=runner_config.top_k,
         hidden_size=runner_config.hidden_size,
         intermediate_size=runner_config.intermediate_size_per_partition,
-        activation=runner_config.activation,
         apply_router_weight_on_input=runner_config.apply_router_weight_on_input,
+        **activation_options(runner_config),
     )
+
+
+def activation_options(runner_config: Any) -> dict[str, Any]:
+    """The layer's activation fields: 0.5.23 reads SwiGLU-OAI (on gfx95) and situ's parameters
+    from the `MoeRunnerConfig` (`moe_runtime.layer_options`); 0.5.13 passes the activation."""
+    if sglang_release() == "0.5.13":
+        return {"activation": runner_config.activation}
+    from sglang.srt.utils import is_gfx95_supported
+
+    fields = layer_options.activation_fields(
+        runner_config.activation,
+        bool(runner_config.is_gated),
+        runner_config.gemm1_alpha,
+        runner_config.gemm1_beta,
+        runner_config.gemm1_clamp_limit,
+        gfx95=bool(is_gfx95_supported()),
+    )
+    if "swiglu_limit" in fields and getattr(runner_config, "gate_up_interleaved", False):
+        # SGLang then passes gate_mode INTERLEAVE (aiter.py:238-245); the weights read here are
+        # gate rows then up rows only.
+        raise SGLangIntegrationError(
+            "a SwiGLU-OAI layer with interleaved gate/up rows (gate_up_interleaved) is not read "
+            "by this integration"
+        )
+    return fields
 
 
 def a2a_backend() -> str:
@@ -304,18 +330,23 @@ def _classes(dispatch: str) -> tuple[Any, Any]:
     return deepep.DeepEPLLDispatchOutput, deepep.DeepEPLLCombineInput
 
 
-def _default_kernel(release: str) -> FusedMoeKernel:
-    """The kernel SGLang calls, with the keyword 0.5.23 always adds bound when it is not 0."""
+def _default_kernel() -> FusedMoeKernel:
+    """The kernel SGLang calls."""
     from aiter.fused_moe import fused_moe
 
     kernel: FusedMoeKernel = fused_moe
-    if release != "0.5.13":
-        from sglang.srt.environ import envs
-
-        policy = int(envs.SGLANG_AITER_MOE_SORTING_DISPATCH_POLICY.get())
-        if policy != 0:
-            kernel = partial(fused_moe, moe_sorting_dispatch_policy=policy)
     return kernel
+
+
+def sorting_dispatch_policy(release: str) -> int:
+    """The `moe_sorting_dispatch_policy` SGLang passes AITER: 0.5.23 reads it once from
+    `SGLANG_AITER_MOE_SORTING_DISPATCH_POLICY` (environ.py, default 2) and passes it on every call
+    (layers/moe/moe_runner/aiter.py); 0.5.13 never passes it (AITER's default, 0)."""
+    if release == "0.5.13":
+        return 0
+    from sglang.srt.environ import envs
+
+    return int(envs.SGLANG_AITER_MOE_SORTING_DISPATCH_POLICY.get())
 
 
 def _refuse_runner(moe_runner: Any, name: str) -> None:
@@ -360,7 +391,10 @@ def install_on_runner(
     release = sglang_release()
     _refuse_runner(moe_runner, name)
     if kernel is None:
-        kernel = _default_kernel(release)
+        kernel = _default_kernel()
+    if config.moe_sorting_dispatch_policy == 0:
+        # A layer config that leaves the policy at AITER's default gets the one SGLang passes.
+        config = replace(config, moe_sorting_dispatch_policy=sorting_dispatch_policy(release))
     recv_cap = 0
     if release == "0.5.13" and a2a == "mori":
         from sglang.srt.utils import get_int_env_var

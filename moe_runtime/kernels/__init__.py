@@ -4,7 +4,9 @@
 and any other build binds the PyTorch reference. A ROCm build where AITER does not load is an
 error, never a silent fallback: the message says what is missing and how to choose the reference.
 `describe()` says which binding is active and why, which optional `fused_moe` keywords it takes
-(`KEYWORDS`, read once here: `moe_runtime.kernels.keywords`), and which wire upscaler runners bind
+(`KEYWORDS`, read once here: `moe_runtime.kernels.keywords`), which release's per_1x32 activation
+rounding it follows (`ROUNDING`, from AITER's version or the reference's option:
+`moe_runtime.kernels.rounding`), and which wire upscaler runners bind
 (`moe_runtime.kernels.upscale`: Triton on GPUs where it imports, the torch code elsewhere).
 """
 
@@ -18,7 +20,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from moe_runtime import enums
-from moe_runtime.kernels import aiter_binding, keywords, upscale
+from moe_runtime.kernels import aiter_binding, keywords, rounding, upscale
 from moe_runtime.kernels.keywords import KernelKeywords, accepts_keyword
 from moe_runtime.types import ExpertWeights, FusedMoeKernel
 
@@ -31,6 +33,7 @@ __all__ = [
     "BINDING",
     "ENV_VAR",
     "KEYWORDS",
+    "ROUNDING",
     "ActivationType",
     "KernelBindingError",
     "KernelKeywords",
@@ -64,6 +67,7 @@ class _Bound:
     activation_type: type[enums.ActivationType]
     prepare: aiter_binding.PrepareWeights
     keywords: KernelKeywords
+    rounding: rounding.Mxfp4ActivationRule
 
 
 def choose_binding(
@@ -112,6 +116,7 @@ def _bind(name: str, reason: str) -> _Bound:
             activation_type=enums.ActivationType,
             prepare=_unchanged,
             keywords=keywords.declared(reference.KEYWORDS, "declared by the reference"),
+            rounding=reference.fused_moe.rounding,
         )
     try:
         aiter = aiter_binding.load()
@@ -131,6 +136,7 @@ def _bind(name: str, reason: str) -> _Bound:
         activation_type=aiter.activation_type,
         prepare=aiter.prepare,
         keywords=aiter.keywords,
+        rounding=aiter.rounding,
     )
 
 
@@ -139,6 +145,7 @@ _BOUND = _bind(*choose_binding(os.environ, torch.version.hip, torch.__version__)
 BINDING: str = _BOUND.name
 fused_moe: FusedMoeKernel = _BOUND.fused_moe
 KEYWORDS: KernelKeywords = _BOUND.keywords
+ROUNDING: rounding.Mxfp4ActivationRule = _BOUND.rounding
 if not TYPE_CHECKING:
     QuantType = _BOUND.quant_type
     ActivationType = _BOUND.activation_type
@@ -146,8 +153,11 @@ if not TYPE_CHECKING:
 
 def describe() -> str:
     """One line: the active binding and why it was chosen, the optional fused_moe keywords it
-    takes and lacks, then the wire upscaler's binding."""
-    return f"{_BOUND.description}; {KEYWORDS.describe()}; wire upscale: {upscale.describe()}"
+    takes and lacks, its per_1x32 activation rounding rule, then the wire upscaler's binding."""
+    return (
+        f"{_BOUND.description}; {KEYWORDS.describe()}; {ROUNDING.describe()}; "
+        f"wire upscale: {upscale.describe()}"
+    )
 
 
 def keywords_of(kernel: FusedMoeKernel) -> KernelKeywords:

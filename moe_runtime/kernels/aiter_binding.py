@@ -22,7 +22,7 @@ import torch
 
 from moe_runtime import gate_up
 from moe_runtime.enums import ActivationType, GateMode, QuantType
-from moe_runtime.kernels import keywords
+from moe_runtime.kernels import keywords, rounding
 from moe_runtime.types import ExpertWeights, FusedMoeKernel
 
 # Distribution names AITER is installed under: the wheel on the package index, a source build.
@@ -49,6 +49,7 @@ class AiterBinding:
     origin: str
     prepare: PrepareWeights
     keywords: keywords.KernelKeywords
+    rounding: rounding.Mxfp4ActivationRule
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +89,9 @@ def load() -> AiterBinding:
         fp8_dtype=cast(torch.dtype, dtypes.fp8),
     )
     module = cast(ModuleType, aiter)
+    version = _version(module)
+    # AITER's fp8 is e4m3fnuz on gfx942 and e4m3fn on gfx950: it names the GPU the rule runs on.
+    arch = "gfx950" if ops.fp8_dtype == torch.float8_e4m3fn else "gfx942"
     # Read once, here: the runners never probe the signature per call (SGLang 0.5.23 does).
     taken = keywords.of_signature(fused_moe, "read from aiter.fused_moe's signature")
     return AiterBinding(
@@ -95,10 +99,11 @@ def load() -> AiterBinding:
         # AITER's members have our mirrors' names and integer values (moe_runtime/enums.py).
         quant_type=cast(type[QuantType], aiter.QuantType),
         activation_type=cast(type[ActivationType], aiter.ActivationType),
-        version=_version(module),
+        version=version,
         origin=_origin(module),
         prepare=partial(_prepare, ops, "gate_mode" in taken),
         keywords=taken,
+        rounding=rounding.for_version(version, arch),
     )
 
 

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from moe_runtime import quant
 from moe_runtime.enums import ActivationType, GateMode, QuantType
+from moe_runtime.kernels.rounding import NEWEST, Mxfp4ActivationRule, Rounding
 
 _OUT_DTYPES = (torch.bfloat16, torch.float16)
 _FLOAT_INPUT_DTYPES = (torch.bfloat16, torch.float16)
@@ -41,7 +42,9 @@ _SWIGLU_ALPHA = 1.702
 _ACTIVATION_FP8 = quant.FP8
 # The keywords newer than AITER v0.1.7.post2's fused_moe that this kernel takes (it declares them;
 # moe_runtime.kernels binds them as the reference's capabilities, a test holds them to __call__).
-KEYWORDS = frozenset({"moe_sorting_dispatch_policy", "swiglu_limit", "gate_mode"})
+KEYWORDS = frozenset(
+    {"moe_sorting_dispatch_policy", "swiglu_limit", "gate_mode", "beta", "linear_beta"}
+)
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -62,7 +65,9 @@ class _Problem:
     activation: ActivationType
     quant_type: QuantType
     prequantized: bool  # hidden_states arrive already quantized (fp8 or fp4x2)
-    a16w4: bool  # per_1x32 with Swiglu: bf16 activations, no activation quantization
+    # per_1x32 only (None otherwise): what each stage reads of its input, by the rounding rule.
+    stage1: Rounding | None
+    stage2: Rounding | None
     interleaved: bool  # gate_mode INTERLEAVE: w1's gate and up rows alternate
 
 
@@ -102,11 +107,18 @@ def _logical_width(t: torch.Tensor) -> int:
 class ReferenceFusedMoe:
     """Callable with AITER's `fused_moe` keyword signature; see the module docstring."""
 
-    def __init__(self, *, graph_safe: bool = False) -> None:
+    def __init__(
+        self, *, graph_safe: bool = False, rounding: Mxfp4ActivationRule = NEWEST
+    ) -> None:
         self.graph_safe = graph_safe
+        # The AITER release whose per_1x32 activation rounding to follow (kernels.rounding).
+        self.rounding = rounding
 
     def __repr__(self) -> str:
-        return f"ReferenceFusedMoe(graph_safe={self.graph_safe})"
+        return (
+            f"ReferenceFusedMoe(graph_safe={self.graph_safe}, "
+            f"rounding={self.rounding.release}/{self.rounding.arch})"
+        )
 
     def __call__(
         self,
@@ -134,6 +146,8 @@ class ReferenceFusedMoe:
         *,
         swiglu_limit: float = 0.0,
         gate_mode: GateMode | str = GateMode.SEPARATED,
+        beta: float | None = None,
+        linear_beta: float | None = None,
     ) -> torch.Tensor:
         """Compute the MoE layer output `[M, w2.shape[1]]` in `dtype or hidden_states.dtype`.
 
@@ -141,11 +155,12 @@ class ReferenceFusedMoe:
         tuning hints for AITER's kernels (the weights are stored padded with zeros); they do not
         change the result and are ignored here. `gate_mode` is AITER's (v0.1.14 onwards): the
         enum member or its string value, as SGLang passes it (`GateMode.INTERLEAVE.value`).
+        `beta` and `linear_beta` are Situv2's (v0.1.19 onwards; None means 1.0, as AITER reads it).
         """
         problem = _check_call(
             hidden_states, w1, w2, topk_weight, topk_ids, expert_mask, activation, quant_type,
             w1_scale, w2_scale, a1_scale, a2_scale, num_local_tokens, dtype, bias1, bias2,
-            swiglu_limit, gate_mode,
+            swiglu_limit, gate_mode, self.rounding,
         )
         if not self.graph_safe:
             _check_values(problem, topk_ids, expert_mask, num_local_tokens)
@@ -155,7 +170,12 @@ class ReferenceFusedMoe:
         x = _stage1_input(problem, hidden_states, a1_scale, row_valid)
         pairs = _Pairs.of(problem, topk_weight, local, pair_valid, device)
         limit = swiglu_limit if swiglu_limit > 0 else _DEFAULT_SWIGLU_LIMIT
-        a = self._stage1(problem, pairs, x, w1, w1_scale, bias1, doweight_stage1, limit)
+        limits = (
+            limit,
+            1.0 if beta is None else float(beta),
+            1.0 if linear_beta is None else float(linear_beta),
+        )
+        a = self._stage1(problem, pairs, x, w1, w1_scale, bias1, doweight_stage1, limits)
         # Rounding point 2: the stage-2 kernel reads it quantized per quant type.
         a = _stage2_input(problem, a, a2_scale)
         return self._stage2(problem, pairs, a, w2, w2_scale, bias2, doweight_stage1)
@@ -169,9 +189,10 @@ class ReferenceFusedMoe:
         w1_scale: torch.Tensor | None,
         bias1: torch.Tensor | None,
         doweight_stage1: bool,
-        limit: float,
+        limits: tuple[float, float, float],
     ) -> torch.Tensor:
-        """h = x @ W1[e].T per pair, then weighting, bias, activation; fp32 [P, I] rounded once."""
+        """h = x @ W1[e].T per pair, then weighting, bias, activation; fp32 [P, I] rounded once.
+        `limits`: the Swiglu/Situv2 clamp, then Situv2's beta and linear_beta."""
         h = self._expert_gemm(
             problem, x, pairs.token, pairs.expert, pairs.flat_valid, w1, w1_scale,
             rows_are_tokens=True,
@@ -180,7 +201,7 @@ class ReferenceFusedMoe:
             h = h * pairs.weights
         if bias1 is not None:
             h = h + bias1.float()[pairs.expert]
-        a = _activate(problem, h, limit)
+        a = _activate(problem, h, limits)
         # Pairs that are not computed must not move a per-tensor amax: zero them.
         a = torch.where(pairs.valid, a, torch.zeros_like(a))
         # Rounding point 1: the stage-1 kernel writes its output in the output dtype.
@@ -263,6 +284,7 @@ def _check_call(
     bias2: torch.Tensor | None,
     swiglu_limit: float,
     gate_mode: GateMode | str,
+    rounding: Mxfp4ActivationRule,
 ) -> _Problem:
     """Every check that needs only shapes and dtypes (no host sync); returns the call's sizes.
 
@@ -274,9 +296,14 @@ def _check_call(
     experts, hidden, inter, g1u1 = _check_weights(w1, w2, act, mode)
     out_dtype = _output_dtype(hidden_states, dtype)
     prequantized = _check_hidden_states(hidden_states, hidden, w2)
-    a16w4 = qt == QuantType.per_1x32 and act == ActivationType.Swiglu
+    per_1x32 = qt == QuantType.per_1x32
+    if act == ActivationType.Situv2 and not (per_1x32 and w1.dtype == quant.FP4X2):
+        raise ValueError(
+            "Situv2 runs on AITER's a16w4 kernels only: it needs per_1x32 and fp4 weights"
+        )
+    stage1, stage2 = rounding.stages(act, mode, tokens) if per_1x32 else (None, None)
     problem = _Problem(tokens, top_k, hidden, inter, experts, g1u1, out_dtype, act, qt,
-                       prequantized, a16w4, mode == GateMode.INTERLEAVE)
+                       prequantized, stage1, stage2, mode == GateMode.INTERLEAVE)
     _check_mask_and_rows(problem, expert_mask, num_local_tokens)
     _check_biases(problem, w1, bias1, bias2)
     _check_weight_quant(problem, "w1", w1, w1_scale)
@@ -296,7 +323,8 @@ def _check_switches(
         act = ActivationType(int(activation))
     except ValueError:
         raise ValueError(
-            f"activation must be one of ActivationType.Silu/Gelu/Swiglu (0/1/2), got {activation!r}"
+            "activation must be one of ActivationType.Silu/Gelu/Swiglu/Situv2 (0/1/2/3), got "
+            f"{activation!r}"
         ) from None
     if act == ActivationType.No:
         raise ValueError("activation ActivationType.No is not supported: use Silu, Gelu or Swiglu")
@@ -370,8 +398,8 @@ def _check_weights(
             f"(w1 {tuple(w1.shape)}, w2 {tuple(w2.shape)})"
         )
     g1u1 = w1.shape[1] == 2 * inter
-    if act == ActivationType.Swiglu and not g1u1:
-        raise ValueError("Swiglu needs gate and up rows (w1 [L, 2I, H]); got w1 [L, I, H]")
+    if act in (ActivationType.Swiglu, ActivationType.Situv2) and not g1u1:
+        raise ValueError(f"{act.name} needs gate and up rows (w1 [L, 2I, H]); got w1 [L, I, H]")
     if mode == GateMode.INTERLEAVE and not g1u1:
         raise ValueError(
             "gate_mode 'interleave' needs gate and up rows (w1 [L, 2I, H]); got w1 [L, I, H]"
@@ -550,7 +578,7 @@ def _check_activation_quant(
         QuantType.per_128x128: quant.FP8_GROUP,
         QuantType.per_1x32: quant.MXFP4_GROUP,
     }.get(qt)
-    if group is not None and not problem.a16w4:
+    if group is not None and (problem.stage1, problem.stage2) != (Rounding.BF16, Rounding.BF16):
         for name, size in (("hidden size H", h), ("intermediate size I", i)):
             if size % group:
                 raise ValueError(
@@ -677,25 +705,29 @@ def _stage1_input(
         return torch.where(valid, x, torch.zeros_like(x))
     x = hidden_states.float()
     x = torch.where(valid, x, torch.zeros_like(x))
-    if qt == QuantType.No or problem.a16w4:
+    if qt == QuantType.No or problem.stage1 is Rounding.BF16:
         return x
-    return _quantize_dequantize(problem, x, a1_scale)
+    return _quantize_dequantize(problem, x, a1_scale, problem.stage1)
 
 
 def _stage2_input(
     problem: _Problem, a: torch.Tensor, a2_scale: torch.Tensor | None
 ) -> torch.Tensor:
     """Rounding point 2: what stage 2 reads of the (already output-dtype) activations [P, I]."""
-    if problem.quant_type == QuantType.No or problem.a16w4:
+    if problem.quant_type == QuantType.No or problem.stage2 is Rounding.BF16:
         return a
-    return _quantize_dequantize(problem, a, a2_scale)
+    return _quantize_dequantize(problem, a, a2_scale, problem.stage2)
 
 
 def _quantize_dequantize(
-    problem: _Problem, x: torch.Tensor, static_scale: torch.Tensor | None
+    problem: _Problem,
+    x: torch.Tensor,
+    static_scale: torch.Tensor | None,
+    rounding: Rounding | None,
 ) -> torch.Tensor:
     """Dynamic (or per_Tensor static) activation quantization, back to fp32. Rows independent
-    except per_Tensor, whose amax spans the whole (already masked) tensor."""
+    except per_Tensor, whose amax spans the whole (already masked) tensor. per_1x32 rounds to
+    mxfp4 or mxfp8 as `rounding` says."""
     qt = problem.quant_type
     if qt == QuantType.per_Tensor:
         if static_scale is not None:
@@ -710,12 +742,32 @@ def _quantize_dequantize(
     if qt in (QuantType.per_1x128, QuantType.per_128x128):
         q, scale = quant.quantize_fp8_1x128(x, _ACTIVATION_FP8)
         return quant.dequantize_fp8_1x128(q, scale)
+    if rounding is Rounding.MXFP8:
+        return _mxfp8_quantize_dequantize(x)
     packed, e8m0 = quant.quantize_mxfp4(x)
     return quant.dequantize_mxfp4(packed, e8m0)
 
 
-def _activate(problem: _Problem, h: torch.Tensor, limit: float) -> torch.Tensor:
-    """g1u1: act(gate) * up (Swiglu has its own gate/up form); g1u0: act(h)."""
+def _mxfp8_quantize_dequantize(x: torch.Tensor) -> torch.Tensor:
+    """MX fp8: each 32 elements share a power-of-two scale `2**e`, `e` the smallest integer with
+    `amax / 2**e <= 448` (zero groups: `e = 0`); elements round to e4m3fn, ties to even."""
+    groups = torch.unflatten(x.float(), -1, (-1, quant.MXFP4_GROUP))
+    amax = groups.abs().amax(dim=-1, keepdim=True)
+    # amax = m * 2**p, m in [0.5, 1): m * 2**(p-e) <= 448 = 0.875 * 2**9 holds for e = p - 9
+    # when m <= 0.875, else e = p - 8. Exact (no log2 rounding).
+    mantissa, exponent = torch.frexp(amax)
+    e = exponent - 9 + (mantissa > 0.875).to(exponent.dtype)
+    e = torch.where(amax > 0, e, torch.zeros_like(e)).clamp(-127, 127)
+    scale = torch.pow(2.0, e.float())
+    q = (groups / scale).clamp(-448.0, 448.0).to(quant.FP8)
+    return (q.float() * scale).flatten(-2)
+
+
+def _activate(
+    problem: _Problem, h: torch.Tensor, limits: tuple[float, float, float]
+) -> torch.Tensor:
+    """g1u1: act(gate) * up (Swiglu and Situv2 have their own gate/up forms); g1u0: act(h)."""
+    limit, beta, linear_beta = limits
     act = problem.activation
     if problem.g1u1:
         if problem.interleaved:
@@ -726,6 +778,13 @@ def _activate(problem: _Problem, h: torch.Tensor, limit: float) -> torch.Tensor:
             gate = gate.clamp(max=limit)
             up = up.clamp(-limit, limit)
             return gate * torch.sigmoid(_SWIGLU_ALPHA * gate) * (up + 1)
+        if act == ActivationType.Situv2:
+            # AITER's mixed_moe_gemm_2stage.py (v0.1.19) situ_mul_vec4: the Swiglu clamps, then
+            # beta * tanh(g / beta) * sigmoid(g) * linear_beta * tanh(u / linear_beta).
+            gate = gate.clamp(max=limit)
+            up = up.clamp(-limit, limit)
+            situ = beta * torch.tanh(gate / beta) * torch.sigmoid(gate)
+            return situ * (linear_beta * torch.tanh(up / linear_beta))
         return _gate_activation(act, gate) * up
     return _gate_activation(act, h)
 

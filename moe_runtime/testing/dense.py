@@ -27,17 +27,28 @@ def _gate_up(h: torch.Tensor, inter: int, interleaved: bool) -> tuple[torch.Tens
 
 
 def _activation(
-    name: str, h: torch.Tensor, inter: int, g1u1: bool, limit: float, interleaved: bool
+    name: str,
+    h: torch.Tensor,
+    inter: int,
+    g1u1: bool,
+    limit: float,
+    interleaved: bool,
+    situ_betas: tuple[float, float],
 ) -> torch.Tensor:
-    if name == "swiglu":
+    if name in ("swiglu", "situ"):
         if not g1u1:
-            raise ValueError("swiglu needs gate and up rows (w13 [E, 2I, H])")
+            raise ValueError(f"{name} needs gate and up rows (w13 [E, 2I, H])")
         gate, up = _gate_up(h, inter, interleaved)
         gate = gate.clamp(max=limit)
         up = up.clamp(-limit, limit)
+        if name == "situ":
+            beta, linear_beta = situ_betas
+            return beta * torch.tanh(gate / beta) * torch.sigmoid(gate) * (
+                linear_beta * torch.tanh(up / linear_beta)
+            )
         return gate * torch.sigmoid(1.702 * gate) * (up + 1)
     if name not in ("silu", "gelu"):
-        raise ValueError(f"activation must be silu, gelu or swiglu, got {name!r}")
+        raise ValueError(f"activation must be silu, gelu, swiglu or situ, got {name!r}")
     gate, up = _gate_up(h, inter, interleaved) if g1u1 else (h, h)
     if name == "silu":
         activated = gate / (1 + torch.exp(-gate))
@@ -59,6 +70,7 @@ def dense_moe_float64(
     swiglu_limit: float = 0.0,
     weight_in_stage1: bool = False,
     gate_mode: str = "separated",
+    situ_betas: tuple[float, float] = (1.0, 1.0),
 ) -> torch.Tensor:
     """float64 `[M, H]` = sum over slots k of expert `topk_ids[t, k]`'s output, weighted.
 
@@ -66,7 +78,8 @@ def dense_moe_float64(
     first). Ids index `w13`/`w2` directly; ids < 0 are skipped. `weight_in_stage1` multiplies the
     stage-1 output by the weight (before `b13`) instead of the stage-2 output. `gate_mode`
     "interleave" reads w13's (and b13's) gate and up rows as alternating (row 2i gate i, row
-    2i + 1 up i) instead of gate rows then up rows ("separated").
+    2i + 1 up i) instead of gate rows then up rows ("separated"). "situ" is AITER's Situv2
+    with `situ_betas` = (beta, linear_beta), clamped like swiglu.
     """
     if gate_mode not in ("separated", "interleave"):
         raise ValueError(f"gate_mode must be 'separated' or 'interleave', got {gate_mode!r}")
@@ -86,7 +99,9 @@ def dense_moe_float64(
             h = h_e * w if weight_in_stage1 else h_e
             if b13 is not None:
                 h = h + b13[e].double()
-            a = _activation(activation, h, inter, g1u1, limit, gate_mode == "interleave")
+            a = _activation(
+                activation, h, inter, g1u1, limit, gate_mode == "interleave", situ_betas
+            )
             y = a @ w2[e].double().T
             if b2 is not None:
                 y = y + b2[e].double()
@@ -103,6 +118,7 @@ def dense_layer(
     *,
     activation: str,
     gate_mode: str = "separated",
+    situ_betas: tuple[float, float] = (1.0, 1.0),
 ) -> torch.Tensor:
     """`dense_moe_float64` of the whole batch through `weights` as built in `quant_method`'s
     layout: dequantized, with their biases; padded weights (zero rows and columns) see the
@@ -119,6 +135,7 @@ def dense_layer(
         b13=weights.b13,
         b2=weights.b2,
         gate_mode=gate_mode,
+        situ_betas=situ_betas,
     )[:, :hidden]
 
 

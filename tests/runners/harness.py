@@ -60,6 +60,9 @@ def dense_mismatch(
     return None
 
 
+_SITU_FIELDS = ("situ_beta", "situ_linear_beta")
+
+
 def layer_activation(quant: str) -> str:
     return "swiglu" if quant == "mxfp4" else "silu"
 
@@ -103,6 +106,7 @@ def run_combination(
     intermediate_pad: int = 0,
     gate_mode: GateMode = GateMode.SEPARATED,
     claimed_gate_mode: GateMode | None = None,
+    situ_betas: tuple[float, float] | None = None,
 ) -> Run:
     """Dispatch a batch (a random router-like one unless given), run the generated runner of `key`
     on every rank (with the bound kernel unless one is given), combine, and compute the dense
@@ -110,6 +114,7 @@ def run_combination(
 
     `gate_mode` lays out w13's gate and up rows (the dense reference reads them that way);
     `claimed_gate_mode`, for negative controls, is what the runners' weights say instead.
+    `situ_betas` makes the layer a situ one with (situ_beta, situ_linear_beta).
     """
     _, quant, dispatch = key
     weights = make_expert_weights(
@@ -143,7 +148,8 @@ def run_combination(
             top_k=batch.top_k,
             hidden_size=hidden,
             intermediate_size=intermediate,
-            activation=layer_activation(quant),
+            activation=layer_activation(quant) if situ_betas is None else "situ",
+            **({} if situ_betas is None else dict(zip(_SITU_FIELDS, situ_betas, strict=True))),
         )
         rank_weights = slice_experts(weights, owner * local, (owner + 1) * local)
         if claimed_gate_mode is not None:
@@ -154,6 +160,11 @@ def run_combination(
         runners.append(runner)
         combine_inputs.append(runner(dispatch_output))
     expected = dense_layer(
-        batch, weights, quant, activation=layer_activation(quant), gate_mode=gate_mode.value
+        batch,
+        weights,
+        quant,
+        activation=layer_activation(quant) if situ_betas is None else "situ",
+        gate_mode=gate_mode.value,
+        situ_betas=situ_betas or (1.0, 1.0),
     )
     return Run(batch, dispatched, combine_inputs, runners, configs, rank_weights_list, expected)

@@ -112,12 +112,21 @@ UPSCALE = "; wire upscale: " + (
 # bound kernel takes (moe_runtime.kernels.keywords), declared by the reference, read from the
 # fake's v0.1.7.post2 signature for AITER.
 REFERENCE_KEYWORDS = (
-    "; fused_moe keywords moe_sorting_dispatch_policy, swiglu_limit, gate_mode; lacks beta, "
-    "linear_beta, output, no_combine, quant_dtype_a (declared by the reference)"
+    "; fused_moe keywords moe_sorting_dispatch_policy, swiglu_limit, gate_mode, beta, "
+    "linear_beta; lacks output, no_combine, quant_dtype_a (declared by the reference)"
 )
 AITER_0_1_7_KEYWORDS = (
     "; fused_moe keywords moe_sorting_dispatch_policy; lacks swiglu_limit, gate_mode, beta, "
     "linear_beta, output, no_combine, quant_dtype_a (read from aiter.fused_moe's signature)"
+)
+# Then the per_1x32 activation rounding rule (moe_runtime.kernels.rounding): the reference's default
+# (the newest), and the fake AITER's, from its version 0.1.7.post2 and its gfx950 fp8.
+REFERENCE_ROUNDING = (
+    "; per_1x32 activation rounding: AITER v0.1.14 rule (Swiglu separated bf16 below 256 rows "
+    "else mxfp4; interleave bf16 below 256 rows else mxfp8; others mxfp4, gfx950)"
+)
+AITER_0_1_7_ROUNDING = (
+    "; per_1x32 activation rounding: AITER v0.1.7.post2 rule (Swiglu bf16, others mxfp4, gfx950)"
 )
 
 # case -> (MOE_RUNTIME_KERNEL or None for unset, pretended HIP version, fake aiter on the path,
@@ -165,7 +174,7 @@ def test_import_binds_reference_off_rocm(imported: dict[str, dict[str, Any]]) ->
     assert result["binding"] == "reference"
     assert result["describe"] == (
         "reference: MOE_RUNTIME_KERNEL unset and torch is not a ROCm build "
-        f"(torch {torch.__version__}){REFERENCE_KEYWORDS}{UPSCALE}"
+        f"(torch {torch.__version__}){REFERENCE_KEYWORDS}{REFERENCE_ROUNDING}{UPSCALE}"
     )
     assert result["kernel_module"] == "moe_runtime.kernels.reference"
     assert result["quant_type"] == "moe_runtime.enums.QuantType"
@@ -179,7 +188,7 @@ def test_import_reference_override_ignores_an_importable_aiter(
     result = imported["reference"]
     assert result["binding"] == "reference"
     assert result["describe"] == (
-        f"reference: MOE_RUNTIME_KERNEL=reference{REFERENCE_KEYWORDS}{UPSCALE}"
+        f"reference: MOE_RUNTIME_KERNEL=reference{REFERENCE_KEYWORDS}{REFERENCE_ROUNDING}{UPSCALE}"
     )
     assert result["kernel_module"] == "moe_runtime.kernels.reference"
 
@@ -189,7 +198,7 @@ def test_import_aiter_override_binds_aiter(imported: dict[str, dict[str, Any]]) 
     assert result["binding"] == "aiter"
     assert result["describe"] == (
         f"aiter 0.1.7.post2+fake from {FAKE_AITER / 'aiter'}: MOE_RUNTIME_KERNEL=aiter"
-        f"{AITER_0_1_7_KEYWORDS}{UPSCALE}"
+        f"{AITER_0_1_7_KEYWORDS}{AITER_0_1_7_ROUNDING}{UPSCALE}"
     )
     assert result["kernel_module"] == "aiter.fused_moe"
     # AITER's own enum classes, not our mirrors.
@@ -203,7 +212,8 @@ def test_import_binds_aiter_on_rocm(imported: dict[str, dict[str, Any]]) -> None
     assert result["binding"] == "aiter"
     assert result["describe"].endswith(
         "MOE_RUNTIME_KERNEL unset and torch is a ROCm build "
-        f"(torch {torch.__version__}, HIP 6.3.42131){AITER_0_1_7_KEYWORDS}{UPSCALE}"
+        f"(torch {torch.__version__}, HIP 6.3.42131){AITER_0_1_7_KEYWORDS}{AITER_0_1_7_ROUNDING}"
+        f"{UPSCALE}"
     )
 
 

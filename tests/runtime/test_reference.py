@@ -60,6 +60,7 @@ class Case:
     limit: float
     prequantized: bool
     interleaved: bool = False  # gate_mode "interleave": w13's gate and up rows alternate
+    rule: str = "v0.1.14"  # the per_1x32 activation rounding the kernel follows (AITER release)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -92,7 +93,38 @@ def _qdq(kind: str, v: torch.Tensor, static: torch.Tensor | None) -> torch.Tenso
     if kind == "a4w4":
         p, e = quant.quantize_mxfp4(v)
         return quant.dequantize_mxfp4(p, e).double()
+    if kind == "a8w4":
+        return _mxfp8(v)
     return v  # "no" and "a16w4" keep their activations
+
+
+def _mxfp8(v: torch.Tensor) -> torch.Tensor:
+    """MX fp8 in float64: per 32 elements the smallest power of two 2**e with amax / 2**e <= 448,
+    elements rounded to e4m3fn."""
+    groups = v.double().reshape(*v.shape[:-1], -1, 32)
+    amax = groups.abs().amax(dim=-1, keepdim=True)
+    e = torch.where(amax > 0, torch.ceil(torch.log2(amax / 448.0)), torch.zeros_like(amax))
+    scaled = (groups / 2.0**e).clamp(-448, 448)
+    return (scaled.to(torch.float8_e4m3fn).double() * 2.0**e).reshape(v.shape)
+
+
+def _stage_kinds(case: Case) -> tuple[str, str]:
+    """The rounding of each stage's input, as `_qdq` kinds. per_1x32 follows AITER's rule by
+    release, restated here from aiter/fused_moe.py (v0.1.20.post1:724-752 and :3098-3106 for
+    v0.1.14 onwards; v0.1.7.post2:220-221): gfx950, M = every row of the call."""
+    if case.kind not in ("a4w4", "a16w4"):
+        return case.kind, case.kind
+    swiglu = case.activation == "swiglu"
+    if case.rule == "v0.1.7.post2":
+        return ("a16w4", "a16w4") if swiglu else ("a4w4", "a4w4")
+    large = case.kwargs["topk_ids"].shape[0] >= 256
+    if swiglu and not case.interleaved:
+        return ("a4w4", "a4w4") if large else ("a16w4", "a16w4")
+    if not (swiglu or case.interleaved):
+        return "a4w4", "a4w4"
+    if large:
+        return "a8w4", "a8w4"
+    return ("a16w4", "a16w4") if swiglu else ("a16w4", "a4w4")
 
 
 def _act(
@@ -112,7 +144,9 @@ def _act(
     return out * up_h if g1u1 else out
 
 
-def _pair_oracle(case: Case) -> torch.Tensor:
+def _pair_oracle(case: Case, stages: tuple[str, str] | None = None) -> torch.Tensor:
+    """`stages` overrides the roundings of the stage inputs (`_qdq` kinds) the case implies."""
+    stage1, stage2 = stages or _stage_kinds(case)
     kw = case.kwargs
     ids = kw["topk_ids"].cpu().tolist()
     weights = kw["topk_weight"].double().cpu()
@@ -129,7 +163,7 @@ def _pair_oracle(case: Case) -> torch.Tensor:
     stage1_weight = kw.get("doweight_stage1", False)
     x = case.x[: case.rows]
     if not case.prequantized and case.rows:
-        x = _qdq(case.kind, x, kw.get("a1_scale"))
+        x = _qdq(stage1, x, kw.get("a1_scale"))
     pairs = [
         (t, k, e)
         for t in range(case.rows)
@@ -147,7 +181,7 @@ def _pair_oracle(case: Case) -> torch.Tensor:
         activated.append(a.to(out_dtype).double())  # rounding point 1
     out = torch.zeros(len(ids), hidden, dtype=torch.float64)
     if pairs:
-        stage2_in = _qdq(case.kind, torch.stack(activated), kw.get("a2_scale"))  # point 2
+        stage2_in = _qdq(stage2, torch.stack(activated), kw.get("a2_scale"))  # point 2
         for (t, k, e), a in zip(pairs, stage2_in, strict=True):
             y = w2[e] @ a
             if b2 is not None:

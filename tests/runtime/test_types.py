@@ -67,7 +67,7 @@ def test_config_ep_rank_in_range(rank: int) -> None:
 @pytest.mark.parametrize("activation", ["relu", "SiLU", "", "gelu_tanh"])
 def test_config_unknown_activation(activation: str) -> None:
     message = _config_error(activation=activation)
-    assert f"activation must be one of silu, gelu, swiglu, got {activation!r}" in message
+    assert f"activation must be one of silu, gelu, swiglu, situ, got {activation!r}" in message
 
 
 @pytest.mark.parametrize(
@@ -88,15 +88,21 @@ def test_config_swiglu_limit_not_negative() -> None:
     assert "swiglu_limit must be >= 0, got -1.0" in message
 
 
+@pytest.mark.parametrize("name", ["situ_beta", "situ_linear_beta"])
+@pytest.mark.parametrize("value", [0.0, -1.0, float("nan")])
+def test_config_situ_betas_positive(name: str, value: float) -> None:
+    assert f"{name} must be > 0, got {value!r}" in _config_error(**{name: value})
+
+
 def test_config_reports_every_problem_at_once() -> None:
     message = _config_error(hidden_size=0, activation="relu", swiglu_limit=-2.0)
     assert "hidden_size must be a positive int, got 0" in message
-    assert "activation must be one of silu, gelu, swiglu, got 'relu'" in message
+    assert "activation must be one of silu, gelu, swiglu, situ, got 'relu'" in message
     assert "swiglu_limit must be >= 0, got -2.0" in message
     assert message.count("; ") == 2
 
 
-@pytest.mark.parametrize("activation", ["silu", "gelu", "swiglu"])
+@pytest.mark.parametrize("activation", ["silu", "gelu", "swiglu", "situ"])
 def test_config_accepts_each_activation(activation: str) -> None:
     assert _config(activation=activation).activation == activation
 
@@ -198,6 +204,9 @@ def test_config_and_weights_fields_follow_design() -> None:
         ("activation", dataclasses.MISSING),
         ("apply_router_weight_on_input", False),
         ("swiglu_limit", 0.0),
+        ("moe_sorting_dispatch_policy", 0),
+        ("situ_beta", 1.0),
+        ("situ_linear_beta", 1.0),
     ]
     assert [(f.name, f.default) for f in dataclasses.fields(ExpertWeights)] == [
         ("w13_weight", dataclasses.MISSING),

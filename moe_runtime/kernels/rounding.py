@@ -1,0 +1,111 @@
+"""How AITER's `fused_moe` rounds the stage inputs of per_1x32 calls on fp4 weights, by release.
+
+Both stage inputs (the activations stage 1 reads, the stage-1 output stage 2 reads) are either
+kept as they are (bf16: the a16w4 kernels), rounded to mxfp4 (E2M1 + e8m0 per 32) or rounded to
+mxfp8 (e4m3 + e8m0 per 32). Which one is `q_dtype_a` in `fused_moe_` of aiter/fused_moe.py, chosen
+per call from the activation, the gate mode, the call's row count M (`topk_ids.shape[0]`, every
+row of the call) and the GPU, by rules that changed between releases (ROCm/aiter tags):
+
+- v0.1.7.post2 (fused_moe.py:220-221, :785-791): Swiglu keeps bf16 (a16w4), every other
+  activation rounds to mxfp4;
+- v0.1.9 (fused_moe.py:221-229): Swiglu keeps bf16 below 512 rows or off gfx950, else mxfp8;
+- v0.1.13 (fused_moe.py:266-274): the same from 256 rows;
+- v0.1.14 (fused_moe.py:303-316; unchanged to v0.1.20.post1 :724-752): Swiglu on SEPARATED rows
+  keeps bf16 below 256 rows (`GPTOSS_SWIGLU_MXFP4_BF16_BOUND`), else mxfp4; Swiglu on INTERLEAVE
+  rows, and any activation on INTERLEAVE rows, keeps bf16 below 256 rows
+  (`AITER_BF16_FP8_MOE_BOUND`) or off gfx950, else mxfp8; every other call rounds to mxfp4. A
+  bf16 choice for an activation other than Swiglu keeps stage 1's input only: stage 2 keeps bf16
+  for Swiglu alone (fused_moe_2stages, v0.1.20.post1 :3098-3106) and rounds to mxfp4 otherwise;
+- Situv2 (v0.1.19, fused_moe.py:619-631; v0.1.20.post1 :732-744): bf16 in both stages.
+
+Not modelled: AITER's env overrides of the two bounds, gfx1250 (always mxfp4) and tuned configs
+with `ksplit > 1` on shuffled weights (bf16 stage-1 input whatever the rule). Which rule applies
+is decided once, when `moe_runtime.kernels` binds the kernel (`for_version`); the reference
+kernel takes it as a constructor option (default: the newest, `NEWEST`).
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass
+
+from moe_runtime.enums import ActivationType, GateMode
+
+
+class Rounding(enum.Enum):
+    """What a stage reads of its input activations."""
+
+    BF16 = "bf16"  # as they are (the a16w4 kernels)
+    MXFP4 = "mxfp4"
+    MXFP8 = "mxfp8"
+
+
+@dataclass(frozen=True, slots=True)
+class Mxfp4ActivationRule:
+    """One release's rule (see the module docstring); `arch` is the GPU it is applied for."""
+
+    release: str  # the ROCm/aiter tag that introduced it
+    swiglu_bound: int  # rows from which Swiglu stops keeping bf16 (0: it always keeps bf16)
+    gate_mode_aware: bool  # v0.1.14's split between SEPARATED and INTERLEAVE rows
+    arch: str = "gfx950"
+
+    def stages(
+        self, activation: ActivationType, gate_mode: GateMode, rows: int
+    ) -> tuple[Rounding, Rounding]:
+        """The roundings of stage 1's and stage 2's inputs for a call of `rows` rows."""
+        if activation == ActivationType.Situv2:
+            # Situv2 (v0.1.19 on) runs only the a16w4 kernels: bf16 in both stages.
+            return Rounding.BF16, Rounding.BF16
+        swiglu = activation == ActivationType.Swiglu
+        large = self.swiglu_bound > 0 and rows >= self.swiglu_bound
+        fp8_or_bf16 = Rounding.MXFP8 if large and self.arch == "gfx950" else Rounding.BF16
+        if not self.gate_mode_aware:
+            return (fp8_or_bf16, fp8_or_bf16) if swiglu else (Rounding.MXFP4, Rounding.MXFP4)
+        if swiglu and gate_mode == GateMode.SEPARATED:
+            first = Rounding.MXFP4 if large else Rounding.BF16
+            return first, first
+        if swiglu or gate_mode == GateMode.INTERLEAVE:
+            # bf16 on stage 2 is Swiglu's alone; other activations round it to mxfp4.
+            second = fp8_or_bf16 if swiglu or fp8_or_bf16 is Rounding.MXFP8 else Rounding.MXFP4
+            return fp8_or_bf16, second
+        return Rounding.MXFP4, Rounding.MXFP4
+
+    def describe(self) -> str:
+        """`per_1x32 activation rounding: AITER <release> rule (<what it does>, <arch>)`."""
+        if self.swiglu_bound == 0:
+            what = "Swiglu bf16, others mxfp4"
+        elif not self.gate_mode_aware:
+            what = f"Swiglu bf16 below {self.swiglu_bound} rows else mxfp8, others mxfp4"
+        else:
+            what = (
+                f"Swiglu separated bf16 below {self.swiglu_bound} rows else mxfp4; interleave "
+                f"bf16 below {self.swiglu_bound} rows else mxfp8; others mxfp4"
+            )
+        return f"per_1x32 activation rounding: AITER {self.release} rule ({what}, {self.arch})"
+
+
+# Oldest first: `for_version` takes the last one at or below the installed release.
+RULES = (
+    Mxfp4ActivationRule("v0.1.7.post2", 0, False),
+    Mxfp4ActivationRule("v0.1.9", 512, False),
+    Mxfp4ActivationRule("v0.1.13", 256, False),
+    Mxfp4ActivationRule("v0.1.14", 256, True),
+)
+NEWEST = RULES[-1]
+_RELEASES = ((0, 1, 7), (0, 1, 9), (0, 1, 13), (0, 1, 14))
+
+
+def for_version(version: str, arch: str = "gfx950") -> Mxfp4ActivationRule:
+    """The rule of an AITER version string (`0.1.14`, `0.1.20.post1+rocm`); an unreadable one gets
+    the newest rule (AITER's main branch), never an older guess."""
+    match = re.match(r"v?(\d+)\.(\d+)\.(\d+)", version)
+    if match is None:
+        rule = NEWEST
+    else:
+        release = tuple(int(part) for part in match.groups())
+        rule = RULES[0]
+        for candidate, since in zip(RULES, _RELEASES, strict=True):
+            if release >= since:
+                rule = candidate
+    return Mxfp4ActivationRule(rule.release, rule.swiglu_bound, rule.gate_mode_aware, arch)
