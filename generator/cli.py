@@ -338,8 +338,8 @@ def _report_write(out_dir: Path, result: Written) -> int:
     }
     unchanged = len(result.files) + 1 - counts["missing"] - counts["stale"]
     print(
-        f"{_shown(out_dir)}: {result.modules} runner modules, __init__.py, py.typed and "
-        f"{MANIFEST_NAME}: {counts['missing']} added, {counts['stale']} updated, "
+        f"{_shown(out_dir)}: {result.modules} runner modules, __init__.py, FEATURES.md, "
+        f"py.typed and {MANIFEST_NAME}: {counts['missing']} added, {counts['stale']} updated, "
         f"{unchanged} unchanged, {counts['orphaned']} removed; "
         f"verified{'' if result.typechecked else ' (compiled and LibCST only, not imported)'} "
         f"in {result.seconds:.1f}s"

@@ -115,7 +115,7 @@ def _entry(cls: type[DataclassInstance]) -> dict[str, Any]:
     hints = get_type_hints(cls)
     schema: dict[str, Any] = {
         "type": "object",
-        "required": [f.name for f in keys],
+        "required": [f.name for f in keys if not f.metadata.get("optional")],
         "additionalProperties": False,
         "properties": {f.name: _property(f, hints[f.name]) for f in keys},
     }
@@ -131,6 +131,8 @@ def _property(field: dataclasses.Field[Any], kind: object) -> dict[str, Any]:
     refers_to = field.metadata.get("refers_to")
     if isinstance(kind, type) and issubclass(kind, Enum):
         return {**described, "enum": [member.value for member in kind]}
+    if kind == tuple[str, ...] and choices:  # a list of values from a closed set
+        return {**described, "type": "array", "uniqueItems": True, "items": {"enum": list(choices)}}
     if choices:
         return {**described, "enum": list(choices)}
     if kind is bool:

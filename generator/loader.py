@@ -37,6 +37,7 @@ from generator.model import (
     QuantMethod,
     key_names,
     matrix_keys,
+    required_key_names,
 )
 
 if TYPE_CHECKING:
@@ -78,6 +79,11 @@ BACKEND_KEYS = key_names(A2ABackend)
 FORMAT_KEYS = key_names(DispatchFormat)
 QUANT_KEYS = key_names(QuantMethod)
 EXCLUSION_KEYS = key_names(Exclusion)
+# Keys an entry may leave out (the support facts of generated/FEATURES.md), by section.
+OPTIONAL_KEYS = {
+    cls: tuple(sorted(set(key_names(cls)) - set(required_key_names(cls))))
+    for cls in (A2ABackend, DispatchFormat, QuantMethod)
+}
 _NOUNS = {
     "a2a_backends": "a2a backend",
     "dispatch_formats": "dispatch format",
@@ -364,11 +370,13 @@ class _Loader:
     def backend(
         self, what: str, key: ScalarNode, node: MappingNode, defined: _Names | None
     ) -> A2ABackend:
-        props = _Fields(self, node, key, what, BACKEND_KEYS)
-        return A2ABackend(key.value, props.text("description"), props.formats(defined), _at(key))
+        props = _Fields(self, node, key, what, BACKEND_KEYS, OPTIONAL_KEYS[A2ABackend])
+        description, formats = props.text("description"), props.formats(defined)
+        support = props.properties(A2ABackend, only=OPTIONAL_KEYS[A2ABackend])
+        return A2ABackend(key.value, description, formats, _at(key), **support)
 
     def dispatch_format(self, what: str, key: ScalarNode, node: MappingNode) -> DispatchFormat:
-        props = _Fields(self, node, key, what, FORMAT_KEYS)
+        props = _Fields(self, node, key, what, FORMAT_KEYS, OPTIONAL_KEYS[DispatchFormat])
         built = DispatchFormat(
             name=key.value, location=_at(key), **props.properties(DispatchFormat)
         )
@@ -376,7 +384,7 @@ class _Loader:
         return built
 
     def quant_method(self, what: str, key: ScalarNode, node: MappingNode) -> QuantMethod:
-        props = _Fields(self, node, key, what, QUANT_KEYS)
+        props = _Fields(self, node, key, what, QUANT_KEYS, OPTIONAL_KEYS[QuantMethod])
         built = QuantMethod(name=key.value, location=_at(key), **props.properties(QuantMethod))
         props.check(QUANT_RULES)
         return built
@@ -444,7 +452,13 @@ class _Fields:
     reports why and returns a placeholder, which never leaves the loader."""
 
     def __init__(
-        self, loader: _Loader, node: MappingNode, anchor: Node, what: str, keys: tuple[str, ...]
+        self,
+        loader: _Loader,
+        node: MappingNode,
+        anchor: Node,
+        what: str,
+        keys: tuple[str, ...],
+        optional: tuple[str, ...] = (),
     ) -> None:
         self.loader = loader
         self.what = what
@@ -463,16 +477,25 @@ class _Fields:
                 f"{', '.join(keys)}",
             )  # fmt: skip
         for name in keys:
-            if name not in self.entries and name not in explained:
+            if name not in self.entries and name not in explained and name not in optional:
                 loader.error(anchor, f"{what}: missing key '{name}'")
 
-    def properties(self, cls: type[DataclassInstance]) -> dict[str, Any]:
-        """Every key of `cls` read by the getter its type calls for (see generator/model.py)."""
+    def properties(
+        self, cls: type[DataclassInstance], *, only: tuple[str, ...] | None = None
+    ) -> dict[str, Any]:
+        """Every key of `cls` (or those in `only`) read by the getter its type calls for (see
+        generator/model.py); an optional key left out is left to the field's default."""
         hints = get_type_hints(cls)
         values: dict[str, Any] = {}
         for field in matrix_keys(cls):
             kind = hints[field.name]
-            if kind is bool:
+            if (only is not None and field.name not in only) or (
+                field.metadata.get("optional") and field.name not in self.entries
+            ):
+                continue
+            if kind == tuple[str, ...] and field.metadata.get("choices"):
+                values[field.name] = self.some_of(field.name, field.metadata["choices"])
+            elif kind is bool:
                 values[field.name] = self.flag(field.name)
             elif isinstance(kind, type) and issubclass(kind, Enum):
                 values[field.name] = self.enum(field.name, kind)
@@ -522,6 +545,28 @@ class _Fields:
             return choices[0]
         self.values[key] = (value, node)
         return value
+
+    def some_of(self, key: str, choices: tuple[str, ...]) -> tuple[str, ...]:
+        """A list (possibly empty) of distinct values from `choices`, in `choices`' order."""
+        node = self.pop(key)
+        what = f"{self.what}.{key}"
+        if node is None:
+            return ()
+        if not isinstance(node, SequenceNode) or node.tag != _SEQ:
+            self.loader.error(node, f"{what}: expected a list of {', '.join(choices)}")
+            return ()
+        listed: set[str] = set()
+        for index, item in enumerate(node.value):
+            value = self.loader.string(item, f"{what}[{index}]", "one of " + ", ".join(choices))
+            if value is None:
+                continue
+            if value not in choices or value in listed:
+                why = "listed twice" if value in listed else "unknown value"
+                self.loader.error(
+                    item, f"{what}[{index}]: {why} '{value}'; valid values: {', '.join(choices)}"
+                )
+            listed.add(value)
+        return tuple(choice for choice in choices if choice in listed)
 
     def enum(self, key: str, enum: type[E]) -> E:
         """A member of `enum`, by value."""

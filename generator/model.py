@@ -34,6 +34,11 @@ COMBINE_INPUTS = (
     "MoriEPNormalCombineInput",
     "MoriEPLLCombineInput",
 )
+# The SGLang releases and AITER releases the support facts (generated/FEATURES.md) may name, oldest
+# first: the releases this project tests against or binds (moe_runtime/kernels/keywords.py).
+SGLANG_RELEASES = ("0.5.13", "0.5.23")
+# "after v0.1.20.post1": a keyword in no tagged release yet (keywords.ADDED_IN says which).
+AITER_RELEASES = ("v0.1.7.post2", "v0.1.14", "v0.1.19", "after v0.1.20.post1")
 # torch dtype names that expert weights can be stored in.
 WEIGHT_DTYPES = (
     "bfloat16",
@@ -50,10 +55,13 @@ WEIGHT_DTYPES = (
 )
 
 
-def _key(doc: str = "", *, choices: tuple[str, ...] = (), refers_to: str = "") -> dict[str, Any]:
+def _key(
+    doc: str = "", *, choices: tuple[str, ...] = (), refers_to: str = "", optional: bool = False
+) -> dict[str, Any]:
     """Field metadata of a matrix key: its description, its closed set of string values, or the
-    section whose names it holds (a plain `str` key without choices is free, non-empty text)."""
-    return {"doc": doc, "choices": choices, "refers_to": refers_to}
+    section whose names it holds (a plain `str` key without choices is free, non-empty text). An
+    optional key may be left out; the field's default then stands."""
+    return {"doc": doc, "choices": choices, "refers_to": refers_to, "optional": optional}
 
 
 # Field metadata of what the loader fills from the file's structure (a mapping's name, a position).
@@ -67,6 +75,10 @@ def matrix_keys(cls: type[DataclassInstance]) -> tuple[dataclasses.Field[Any], .
 
 def key_names(cls: type[DataclassInstance]) -> tuple[str, ...]:
     return tuple(f.name for f in matrix_keys(cls))
+
+
+def required_key_names(cls: type[DataclassInstance]) -> tuple[str, ...]:
+    return tuple(f.name for f in matrix_keys(cls) if not f.metadata.get("optional"))
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -160,6 +172,30 @@ class A2ABackend:
         )
     )
     location: Location = field(metadata=_NOT_A_KEY)
+    # Support facts, for generated/FEATURES.md only (no runner reads them): optional keys.
+    sglang: tuple[str, ...] = field(
+        default=(),
+        metadata=_key(
+            "SGLang releases whose AITER MoE path serves this entry (may be empty).",
+            choices=SGLANG_RELEASES,
+            optional=True,
+        ),
+    )
+    min_aiter: str = field(
+        default="",
+        metadata=_key(
+            "Oldest AITER release a generated runner for this entry works with.",
+            choices=AITER_RELEASES,
+            optional=True,
+        ),
+    )
+    support_source: str = field(
+        default="",
+        metadata=_key(
+            "Where the sglang and min_aiter facts come from (file:line per release).",
+            optional=True,
+        ),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +222,30 @@ class DispatchFormat:
         metadata=_key("Drop rows past dispatch_output.recv_cap (MORI).")
     )
     location: Location = field(metadata=_NOT_A_KEY)
+    # Support facts, for generated/FEATURES.md only (no runner reads them): optional keys.
+    sglang: tuple[str, ...] = field(
+        default=(),
+        metadata=_key(
+            "SGLang releases whose AITER MoE path serves this entry (may be empty).",
+            choices=SGLANG_RELEASES,
+            optional=True,
+        ),
+    )
+    min_aiter: str = field(
+        default="",
+        metadata=_key(
+            "Oldest AITER release a generated runner for this entry works with.",
+            choices=AITER_RELEASES,
+            optional=True,
+        ),
+    )
+    support_source: str = field(
+        default="",
+        metadata=_key(
+            "Where the sglang and min_aiter facts come from (file:line per release).",
+            optional=True,
+        ),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +267,30 @@ class QuantMethod:
     pads_hidden: bool  # H and I are padded; activations are padded to the weights' H
     router_weight_in_stage1: bool  # apply_router_weight_on_input becomes doweight_stage1
     location: Location = field(metadata=_NOT_A_KEY)
+    # Support facts, for generated/FEATURES.md only (no runner reads them): optional keys.
+    sglang: tuple[str, ...] = field(
+        default=(),
+        metadata=_key(
+            "SGLang releases whose AITER MoE path serves this entry (may be empty).",
+            choices=SGLANG_RELEASES,
+            optional=True,
+        ),
+    )
+    min_aiter: str = field(
+        default="",
+        metadata=_key(
+            "Oldest AITER release a generated runner for this entry works with.",
+            choices=AITER_RELEASES,
+            optional=True,
+        ),
+    )
+    support_source: str = field(
+        default="",
+        metadata=_key(
+            "Where the sglang and min_aiter facts come from (file:line per release).",
+            optional=True,
+        ),
+    )
 
 
 @dataclass(frozen=True, slots=True)

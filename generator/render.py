@@ -19,7 +19,7 @@ from pathlib import Path
 
 import jinja2
 
-from generator import __version__
+from generator import __version__, feature_table
 from generator.fragments import NAMES, STEPS
 from generator.model import Combination, Exclusion
 from generator.plan import Plan
@@ -229,8 +229,12 @@ def render_all(
     env = _environment()
     digests = _Digests(inputs)
     plans = sorted(plans, key=lambda plan: plan.combination)
+    excluded = tuple(excluded)
     files = {f"{plan.module_name}.py": render_runner(env, plan, inputs, digests) for plan in plans}
     files["__init__.py"] = render_init(env, plans, excluded, inputs, digests)
+    files[feature_table.FILE_NAME] = feature_table.features_text(
+        plans, excluded, inputs.matrix_path
+    )
     files["py.typed"] = ""
     return dict(sorted(files.items()))
 

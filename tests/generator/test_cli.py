@@ -98,6 +98,7 @@ def test_committed_generated_code_is_up_to_date(capsys: pytest.CaptureFixture[st
 def test_write_creates_one_module_per_combination(out: Path) -> None:
     names = sorted(p.name for p in out.iterdir())
     assert names == [
+        "FEATURES.md",
         "__init__.py",
         "deepep__fp8_block__deepep_normal.py",
         "deepep__unquant__deepep_ll.py",

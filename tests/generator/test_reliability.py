@@ -460,7 +460,7 @@ def test_headers_hash_the_matrix_once(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(render.hashlib, "sha256", Counting)
     plans = [plan_combination(matrix, c) for c in enumerate_combinations(matrix)]
     files = render.render_all(plans, excluded_combinations(matrix), render.Inputs("m", data))
-    assert len(files) == len(plans) + 2
+    assert len(files) == len(plans) + 3  # __init__.py, FEATURES.md, py.typed
     assert fed == [len(data)]
 
 
@@ -533,12 +533,12 @@ def test_the_count_line_adds_up(tmp_path: Path, capsys: pytest.CaptureFixture[st
     code, stdout, _ = _run("--matrix", BASE_MATRIX, "--out", out, "--no-typecheck", capsys=capsys)
     assert code == 0
     assert stdout.startswith(
-        f"{out}: 5 runner modules, __init__.py, py.typed and {MANIFEST_NAME}: "
-        "8 added, 0 updated, 0 unchanged, 0 removed; verified"
+        f"{out}: 5 runner modules, __init__.py, FEATURES.md, py.typed and {MANIFEST_NAME}: "
+        "9 added, 0 updated, 0 unchanged, 0 removed; verified"
     )
-    assert len(list(out.iterdir())) == 8
+    assert len(list(out.iterdir())) == 9
     code, stdout, _ = _run("--matrix", BASE_MATRIX, "--out", out, "--no-typecheck", capsys=capsys)
-    assert "0 added, 0 updated, 8 unchanged, 0 removed" in stdout
+    assert "0 added, 0 updated, 9 unchanged, 0 removed" in stdout
 
 
 def test_select_takes_the_explain_spelling(
