@@ -65,7 +65,7 @@ def _fp4_as_uint8(tensor: torch.Tensor) -> torch.nn.Parameter:
     return torch.nn.Parameter(tensor.view(torch.uint8), requires_grad=False)
 
 
-def _mxfp4_method(config: Any) -> Any:
+def _mxfp4_method() -> Any:
     method = mxfp4.Mxfp4MoEMethod.__new__(mxfp4.Mxfp4MoEMethod)
     # Mxfp4MoEMethod.__init__ / create_weights on ROCm with AITER and no flashinfer or marlin.
     method.use_triton_kernels = method.use_flashinfer = method.use_marlin = False
@@ -115,7 +115,7 @@ class Layer(FusedMoE):
             self.w13_weight_scale, self.w2_weight_scale = weights.w13_scale, weights.w2_scale
         if quant == "mxfp4":
             self.w13_weight_bias, self.w2_weight_bias = weights.b13, weights.b2
-            method = _mxfp4_method(config)
+            method = _mxfp4_method()
         elif quant == "quark_w4a4_mxfp4":
             self.scheme = _quark_w4a4_scheme()
             method = quark.QuarkFusedMoEMethod.__new__(quark.QuarkFusedMoEMethod)
@@ -137,7 +137,7 @@ class Case:
     expected: torch.Tensor
 
 
-def _case(quant: str, a2a: str, dispatch: str, ep_size: int = 2) -> Case:
+def _case(quant: str, a2a: str, dispatch: str, ep_size: int = EP_SIZE) -> Case:
     harness.set_a2a_backend(a2a)
     weights = make_expert_weights(quant, NUM_EXPERTS, HIDDEN, INTERMEDIATE, seed=5)
     batch = emulate.make_batch(TOKENS, HIDDEN, NUM_EXPERTS, TOP_K, ep_size=ep_size, seed=6)
