@@ -112,8 +112,8 @@ UPSCALE = "; wire upscale: " + (
 # bound kernel takes (moe_runtime.kernels.keywords), declared by the reference, read from the
 # fake's v0.1.7.post2 signature for AITER.
 REFERENCE_KEYWORDS = (
-    "; fused_moe keywords moe_sorting_dispatch_policy, swiglu_limit, gate_mode; lacks beta, "
-    "linear_beta, output, no_combine, quant_dtype_a (declared by the reference)"
+    "; fused_moe keywords moe_sorting_dispatch_policy, swiglu_limit, gate_mode, output; lacks "
+    "beta, linear_beta, no_combine, quant_dtype_a (declared by the reference)"
 )
 AITER_0_1_7_KEYWORDS = (
     "; fused_moe keywords moe_sorting_dispatch_policy; lacks swiglu_limit, gate_mode, beta, "
