@@ -83,6 +83,8 @@ def plan_checks(fmt: DispatchFormat) -> CheckPlan:
             assert_never(fmt.row_count)
     if fmt.id_space is IdSpace.LOCAL_WITH_MINUS_ONE:
         steps.append("recv_counts")
+    if fmt.dispatch_output == "MoriEPV2DispatchOutput":
+        steps.append("expert_output")
 
     match fmt.id_space:
         case IdSpace.GLOBAL:

@@ -38,6 +38,7 @@ STEPS: Mapping[str, Mapping[str, str]] = MappingProxyType(
                 "ids_minus_one_to_sink": "top-k ids",
                 "ids_slab_slots": "top-k ids",
                 "wire_upscale": "wire",
+                "writes_output": "expert output",
                 "bind_kernel_arguments": ALWAYS,
             }
         ),
@@ -78,6 +79,7 @@ STEPS: Mapping[str, Mapping[str, str]] = MappingProxyType(
                 "origin_routing": "row count",
                 "masked_m": "row count",
                 "recv_counts": "top-k ids",
+                "expert_output": "expert output",
             }
         ),
     }

@@ -103,7 +103,13 @@ class Rule:
     why: str
 
 
-_MORI_OUTPUTS = ("MoriEPNormalDispatchOutput", "MoriEPLLDispatchOutput")
+_MORI_OUTPUTS = ("MoriEPNormalDispatchOutput", "MoriEPLLDispatchOutput", "MoriEPV2DispatchOutput")
+# The dispatch outputs whose dispatcher takes each combine input back, in COMBINE_INPUTS' order:
+# SGLang 0.5.23's EPv2 combine takes the normal combine input (token_dispatcher/moriep.py:1572).
+_COMBINED_FROM = tuple(
+    (dispatch,) + (("MoriEPV2DispatchOutput",) if dispatch == "MoriEPNormalDispatchOutput" else ())
+    for dispatch in DISPATCH_OUTPUTS[: len(COMBINE_INPUTS)]
+)
 _FLOAT8 = ("float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2", "float8_e5m2fnuz")
 # Property combinations that no planner can turn into a runner.
 FORMAT_RULES = (
@@ -145,10 +151,10 @@ FORMAT_RULES = (
     ),
     *(
         Rule(
-            "combine_input", (combine,), "dispatch_output", (dispatch,),
+            "combine_input", (combine,), "dispatch_output", dispatches,
             "a combine input goes back to the dispatcher whose output the runner consumed",
         )
-        for dispatch, combine in zip(DISPATCH_OUTPUTS, COMBINE_INPUTS, strict=True)
+        for dispatches, combine in zip(_COMBINED_FROM, COMBINE_INPUTS, strict=True)
     ),
 )  # fmt: skip
 QUANT_RULES = (

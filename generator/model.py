@@ -26,6 +26,7 @@ DISPATCH_OUTPUTS = (
     "DeepEPLLDispatchOutput",
     "MoriEPNormalDispatchOutput",
     "MoriEPLLDispatchOutput",
+    "MoriEPV2DispatchOutput",
 )
 COMBINE_INPUTS = (
     "StandardCombineInput",

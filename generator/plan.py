@@ -96,6 +96,7 @@ class Plan:
     weight_dtypes: str  # a tuple expression of torch dtypes
     kernel_ids_name: str
     kernel_weights_name: str
+    bound_kernel_name: str  # the load-time local the kernel arguments are bound into
     kernel_arguments: tuple[KernelArgument, ...]  # passed on every call
     bound_kernel_arguments: tuple[KernelArgument, ...]  # bound into the kernel at load
     upscaler: str  # the upscaler of an upscaled wire ("" otherwise): loadtime.bind_upscaler's name
@@ -121,6 +122,11 @@ def _carries_topk_output(fmt: DispatchFormat) -> bool:
     return fmt.dispatch_output == "StandardDispatchOutput"
 
 
+def _carries_expert_output(fmt: DispatchFormat) -> bool:
+    """Only MORI EPv2's dispatch output carries combine's staging buffer (`expert_output`)."""
+    return fmt.dispatch_output == "MoriEPV2DispatchOutput"
+
+
 # Per quantized wire: the runtime function that dequantizes it, and its scale group.
 _UPSCALERS = {Wire.FP8_1X128: "dequantize_fp8_1x128", Wire.FP4_1X32: "dequantize_mxfp4"}
 _WIRE_GROUPS = {Wire.BF16: "", Wire.FP8_1X128: "1x128", Wire.FP4_1X32: "1x32"}
@@ -144,6 +150,7 @@ def plan_combination(matrix: Matrix, combination: Combination) -> Plan:
         _gate_mode_decision(_interleaved_gate_up(quant)),
         Decision("apply_router_weight_on_input", router_weight.value, router_reason),
         *_row_decisions(fmt),
+        *_expert_output_decisions(fmt),
         *_method_decisions(quant),
         _checked_decision(checks),
     )
@@ -162,13 +169,16 @@ def plan_combination(matrix: Matrix, combination: Combination) -> Plan:
         router_weight=router_weight,
         decisions=decisions,
         imports=_imports(fmt, wire),
-        load_fragments=_load_fragments(quant, mask, ids, router_weight, wire),
+        load_fragments=_load_fragments(
+            quant, mask, ids, router_weight, wire, _carries_expert_output(fmt)
+        ),
         call_fragments=_call_fragments(fmt, ids, wire),
         weight_rules=_weight_rules(quant),
         shape_rules=_shape_rules(quant),
         weight_dtypes=_weight_dtypes(quant),
         kernel_ids_name="topk_ids" if ids is IdConversion.NONE else NAMES.kernel_topk_ids,
         kernel_weights_name=NAMES.kernel_topk_weights if slabs else "topk_weights",
+        bound_kernel_name="output_kernel" if _carries_expert_output(fmt) else "bound_kernel",
         kernel_arguments=_kernel_arguments(fmt, wire, num_local_tokens),
         bound_kernel_arguments=_bound_kernel_arguments(quant, router_weight),
         # Without an out_dtype on the wire, the low-latency output is DeepEP's bf16.
@@ -228,6 +238,23 @@ def _row_decisions(fmt: DispatchFormat) -> tuple[Decision, ...]:
         )
     )
     return tuple(decisions)
+
+
+def _expert_output_decisions(fmt: DispatchFormat) -> tuple[Decision, ...]:
+    """MORI EPv2: where the kernel writes its output."""
+    if not _carries_expert_output(fmt):
+        return ()
+    return (
+        Decision(
+            "expert output",
+            "output = dispatch_output.expert_output, handed back to combine as the kernel "
+            "returns it; the kernel must take AITER's `output` keyword (refused at load "
+            "otherwise)",
+            "MORI EPv2's combine skips staging its copy when it gets back its own combine view "
+            "(SGLang 0.5.23 token_dispatcher/moriep.py:1552-1558, moe_runner/aiter.py:249-257); "
+            "padded-H weights compute wider rows and leave the copy to combine",
+        ),
+    )
 
 
 def _method_decisions(quant: QuantMethod) -> tuple[Decision, ...]:
@@ -328,6 +355,7 @@ def _load_fragments(
     ids: IdConversion,
     router_weight: RouterWeight,
     wire: WireHandling,
+    expert_output: bool,
 ) -> tuple[str, ...]:
     steps = [
         "check_weights",
@@ -352,6 +380,8 @@ def _load_fragments(
     steps += _ID_STEPS[ids]
     if wire is WireHandling.UPSCALE:
         steps.append("wire_upscale")
+    if expert_output:
+        steps.append("writes_output")
     # Last: it binds what the steps above stored.
     steps.append("bind_kernel_arguments")
     return tuple(steps)
@@ -617,6 +647,8 @@ def _kernel_arguments(
             KernelArgument("num_local_tokens", "dispatch_output.num_recv_tokens_per_expert")
         )
         args.append(KernelArgument("dtype", "dispatch_output.out_dtype"))
+    if _carries_expert_output(fmt):
+        args.append(KernelArgument("output", "dispatch_output.expert_output"))
     return tuple(args)
 
 

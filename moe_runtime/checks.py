@@ -58,6 +58,14 @@ def out_dtype(value: object, dtypes: Sequence[torch.dtype]) -> None:
         raise DispatchOutputError(f"out_dtype must be {_dtype_names(dtypes)}, got {value!r}")
 
 
+def expert_output(value: object, rows: int, width: int, dtype: object) -> None:
+    """Host check of MORI EPv2's combine view: None (the kernel allocates) or `[rows, width]` in
+    the output dtype, which the kernel writes as it is."""
+    if value is not None:
+        dtypes = (dtype,) if isinstance(dtype, torch.dtype) else ()
+        tensor("expert_output", value, dtypes, (rows, width))
+
+
 def counts(name: str, value: object, length: int) -> None:
     """Host check: a per-expert list of counts (DeepEP normal) has one entry per local expert."""
     if not isinstance(value, list) or len(value) != length:

@@ -12,7 +12,13 @@ import torch
 from moe_runtime import kernels, quant
 from moe_runtime.enums import GateMode
 from moe_runtime.kernels import upscale
-from moe_runtime.types import ConfigError, ExpertWeights, FusedMoeKernel, MoeLayerConfig
+from moe_runtime.types import (
+    ConfigError,
+    ExpertWeights,
+    FusedMoeKernel,
+    FusedMoeOutputKernel,
+    MoeLayerConfig,
+)
 
 _ACTIVATIONS = {
     "silu": kernels.ActivationType.Silu,
@@ -137,6 +143,37 @@ class HiddenPaddedKernel:
     def __call__(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         padded = torch.nn.functional.pad(hidden_states, (0, self._hidden_pad))
         return self._kernel(padded, *args, **kwargs)[:, : self._hidden_size]
+
+
+def writes_output(kernel: FusedMoeKernel | None, bound: FusedMoeKernel) -> FusedMoeOutputKernel:
+    """For MORI EPv2: the kernel that writes the expert output into combine's staging buffer
+    (`output=dispatch_output.expert_output`), so that MORI's combine stages no copy.
+
+    The kernel that `bind_kernel` bound (`kernel`, else `moe_runtime.kernels`) must take AITER's
+    `output` keyword, or the runner is refused here with the release that added it. Padded weights
+    (`pad_hidden` wrapped `bound`) compute `[R, H_pad]` rows, which cannot go into the `[R, H]`
+    buffer: their kernel drops `output` and returns the cropped rows, which combine copies.
+    """
+    raw = kernels.fused_moe if kernel is None else kernel
+    named = kernels.describe() if kernel is None else repr(kernel)
+    kernels.keywords_of(raw).require(
+        "output", "MORI EPv2's combine buffer (dispatch_output.expert_output)", named
+    )
+    if isinstance(bound, HiddenPaddedKernel):
+        return cast(FusedMoeOutputKernel, _OutputDropped(bound))
+    return cast(FusedMoeOutputKernel, bound)
+
+
+class _OutputDropped:
+    """A padded-H kernel called without the `[R, H]` buffer it cannot write (see writes_output)."""
+
+    def __init__(self, kernel: HiddenPaddedKernel) -> None:
+        self._kernel = kernel
+
+    def __call__(
+        self, *args: Any, output: torch.Tensor | None = None, **kwargs: Any
+    ) -> torch.Tensor:
+        return self._kernel(*args, **kwargs)
 
 
 def bind_upscaler(name: upscale.UpscalerName, device: torch.device) -> upscale.Upscaler:
@@ -464,6 +501,14 @@ def bias_shapes(sizes: Sizes, weights: ExpertWeights) -> dict[str, Expected]:
     }
 
 
+# Our dispatch outputs that SGLang spells with another class name: 0.5.23's EPv2 dispatcher
+# returns its MoriEPNormalDispatchOutput with an `expert_output` field (moriep.py:169-182); the
+# field check below refuses 0.5.13's class of that name, which lacks it.
+_SGLANG_NAMES: dict[str, tuple[str, ...]] = {
+    "MoriEPV2DispatchOutput": ("MoriEPNormalDispatchOutput",),
+}
+
+
 class DispatchOutputTypes(dict[type, bool]):
     """The classes a runner accepts as its dispatch output, looked up once per call by the class.
 
@@ -476,12 +521,13 @@ class DispatchOutputTypes(dict[type, bool]):
     def __init__(self, expected: type, dispatch_format: str) -> None:
         super().__init__({expected: True})
         self._name = expected.__name__
+        self._names = (self._name, *_SGLANG_NAMES.get(self._name, ()))
         self._fields: tuple[str, ...] = getattr(expected, "_fields", ())
         self._dispatch_format = dispatch_format
 
     def __missing__(self, cls: type) -> bool:
         fields = getattr(cls, "_fields", None)
-        if cls.__name__ == self._name and isinstance(fields, tuple):
+        if cls.__name__ in self._names and isinstance(fields, tuple):
             missing = [name for name in self._fields if name not in fields]
             if not missing:
                 self[cls] = True

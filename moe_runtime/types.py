@@ -188,6 +188,29 @@ class MoriEPLLDispatchOutput(NamedTuple):
     recv_cap: int
 
 
+class MoriEPV2DispatchOutput(NamedTuple):
+    """MORI EPv2 (SGLang 0.5.23's default): MORI's normal output plus combine's staging buffer.
+
+    SGLang 0.5.23 returns it as its own `MoriEPNormalDispatchOutput` with the extra field
+    `expert_output` before `recv_cap` (token_dispatcher/moriep.py:169-182, :1555-1570); runners of
+    the `mori_v2*` formats accept that class as it is. `hidden_states_scale` is a strided view
+    (`[:, :H/128]` fp32 or `[:, :H/32]` e8m0) of MORI's wider scale rows (moriep.py:1536-1545);
+    `expert_output` is `[R, H]` in `out_dtype`, the rows MORI's combine reads (None where MORI has
+    no `combine_in_view`: the kernel then allocates and combine stages a copy).
+    """
+
+    hidden_states: torch.Tensor
+    hidden_states_scale: torch.Tensor | None
+    topk_ids: torch.Tensor
+    topk_weights: torch.Tensor
+    num_recv_tokens_per_expert: torch.Tensor
+    origin_topk_ids: torch.Tensor
+    origin_topk_weights: torch.Tensor
+    out_dtype: torch.dtype
+    expert_output: torch.Tensor | None
+    recv_cap: int
+
+
 class StandardCombineInput(NamedTuple):
     hidden_states: torch.Tensor
 
@@ -222,6 +245,7 @@ DispatchOutput = (
     | DeepEPLLDispatchOutput
     | MoriEPNormalDispatchOutput
     | MoriEPLLDispatchOutput
+    | MoriEPV2DispatchOutput
 )
 CombineInput = (
     StandardCombineInput
@@ -258,6 +282,40 @@ class FusedMoeKernel(Protocol):
         intermediate_pad: int = 0,
         bias1: torch.Tensor | None = None,
         bias2: torch.Tensor | None = None,
+    ) -> torch.Tensor: ...
+
+
+class FusedMoeOutputKernel(Protocol):
+    """`FusedMoeKernel` that also takes AITER's newer `output` keyword (in no tagged release up to
+    v0.1.20.post1: moe_runtime.kernels.keywords): the result is written into `output`, `[M, H]` in
+    the output dtype, and that same tensor is returned (SGLang 0.5.23 passes MORI EPv2's combine
+    view, layers/moe/moe_runner/aiter.py:249-257). With `output=None` the kernel allocates."""
+
+    def __call__(
+        self,
+        hidden_states: torch.Tensor,
+        w1: torch.Tensor,
+        w2: torch.Tensor,
+        topk_weight: torch.Tensor,
+        topk_ids: torch.Tensor,
+        expert_mask: torch.Tensor | None = None,
+        activation: ActivationType = ActivationType.Silu,
+        quant_type: QuantType = QuantType.No,
+        doweight_stage1: bool = False,
+        w1_scale: torch.Tensor | None = None,
+        w2_scale: torch.Tensor | None = None,
+        a1_scale: torch.Tensor | None = None,
+        a2_scale: torch.Tensor | None = None,
+        block_size_M: int | None = None,
+        num_local_tokens: torch.Tensor | None = None,
+        moe_sorting_dispatch_policy: int = 0,
+        dtype: torch.dtype | None = None,
+        hidden_pad: int = 0,
+        intermediate_pad: int = 0,
+        bias1: torch.Tensor | None = None,
+        bias2: torch.Tensor | None = None,
+        *,
+        output: torch.Tensor | None = None,
     ) -> torch.Tensor: ...
 
 

@@ -44,6 +44,9 @@ _MORI_WIRE = {
     emulate.MORI_NORMAL_FP4: "fp4",
     emulate.MORI_LL_FP8: "fp8",
     emulate.MORI_LL_FP4: "fp4",
+    emulate.MORI_V2: "bf16",
+    emulate.MORI_V2_FP8: "fp8",
+    emulate.MORI_V2_FP4: "fp4",
 }
 _MORI_LL = frozenset({emulate.MORI_LL, emulate.MORI_LL_FP8, emulate.MORI_LL_FP4})
 # Activation dtypes a dispatcher accepts, by header code (every rank must send the same one).
@@ -481,12 +484,15 @@ def _mori(call: _Call) -> tuple[DispatchOutput, DispatchHandle]:
         out_dtype=hidden.dtype,
         recv_cap=call.recv_cap,
     )
+    # EPv2: the same rows, with its scales as strided views and combine's staging view.
+    v2 = call.format in emulate.MORI_V2_FORMATS
+    handed: DispatchOutput = emulate.as_mori_v2(output) if v2 else output
     # MORI's combine reads only rows below total_recv (and a positive recv_cap): rows that
     # arrived past the cap never go back, on any rank.
     table, recv_cap = call.table, call.recv_cap
     back = tuple(_returned(table, d, rank, world, capacity, recv_cap) for d in range(world))
     ret = tuple(_returned(table, rank, s, world, capacity, recv_cap) for s in range(world))
-    return output, _handle(call, back_rows=back, return_rows=ret)
+    return handed, _handle(call, back_rows=back, return_rows=ret)
 
 
 def _returned(

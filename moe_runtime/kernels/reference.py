@@ -43,7 +43,7 @@ _ACTIVATION_FP8 = quant.FP8
 # The keywords newer than AITER v0.1.7.post2's fused_moe that this kernel takes (it declares them;
 # moe_runtime.kernels binds them as the reference's capabilities, a test holds them to __call__).
 KEYWORDS = frozenset(
-    {"moe_sorting_dispatch_policy", "swiglu_limit", "gate_mode", "beta", "linear_beta"}
+    {"moe_sorting_dispatch_policy", "swiglu_limit", "gate_mode", "beta", "linear_beta", "output"}
 )
 
 
@@ -148,8 +148,13 @@ class ReferenceFusedMoe:
         gate_mode: GateMode | str = GateMode.SEPARATED,
         beta: float | None = None,
         linear_beta: float | None = None,
+        output: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Compute the MoE layer output `[M, w2.shape[1]]` in `dtype or hidden_states.dtype`.
+
+        With `output` (AITER's newer keyword, keywords.ADDED_IN) the result is written into that
+        tensor, which must have the output's shape and dtype (a strided view is fine), and the
+        same tensor is returned.
 
         `block_size_M`, `moe_sorting_dispatch_policy`, `hidden_pad` and `intermediate_pad` are
         tuning hints for AITER's kernels (the weights are stored padded with zeros); they do not
@@ -178,7 +183,11 @@ class ReferenceFusedMoe:
         a = self._stage1(problem, pairs, x, w1, w1_scale, bias1, doweight_stage1, limits)
         # Rounding point 2: the stage-2 kernel reads it quantized per quant type.
         a = _stage2_input(problem, a, a2_scale)
-        return self._stage2(problem, pairs, a, w2, w2_scale, bias2, doweight_stage1)
+        out = self._stage2(problem, pairs, a, w2, w2_scale, bias2, doweight_stage1)
+        if output is None:
+            return out
+        _check_output(output, out)
+        return output.copy_(out)
 
     def _stage1(
         self,
@@ -263,6 +272,15 @@ class ReferenceFusedMoe:
                 index = torch.nonzero(pair_valid & (expert_of_pair == e)).squeeze(-1)
                 out[index] = rows[row_of_pair[index]] @ w.T
         return out
+
+
+def _check_output(output: torch.Tensor, out: torch.Tensor) -> None:
+    """`output=` must take the result as it is: same shape, dtype and device."""
+    if output.shape != out.shape or output.dtype != out.dtype or output.device != out.device:
+        raise ValueError(
+            f"output must be {list(out.shape)} {_dtype_name(out.dtype)} on {out.device}, got "
+            f"{list(output.shape)} {_dtype_name(output.dtype)} on {output.device}"
+        )
 
 
 def _check_call(

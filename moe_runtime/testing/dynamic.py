@@ -960,6 +960,13 @@ _WHY_PAD_BEFORE_UPSCALE = (
 )
 
 
+def has_path(a2a: str, dispatch: str) -> bool:
+    """Whether SGLang 0.5.13's path has this (a2a backend, dispatch format) at all: MORI EPv2
+    (`mori_v2*`) came later (SGLang 0.5.23 token_dispatcher/moriep.py:1355), so 0.5.13 has no
+    row to compare the EPv2 runners with."""
+    return dispatch in _A2A_FORMATS.get(a2a, ())
+
+
 def known_wrong(
     a2a: str,
     quant: str,

@@ -29,6 +29,7 @@ from moe_runtime.types import (
     MoriEPLLDispatchOutput,
     MoriEPNormalCombineInput,
     MoriEPNormalDispatchOutput,
+    MoriEPV2DispatchOutput,
     StandardCombineInput,
     StandardDispatchOutput,
     TopKOutput,
@@ -44,6 +45,9 @@ MORI_NORMAL_FP8 = "mori_normal_fp8"
 MORI_NORMAL_FP4 = "mori_normal_fp4"
 MORI_LL_FP8 = "mori_ll_fp8"
 MORI_LL_FP4 = "mori_ll_fp4"
+MORI_V2 = "mori_v2"
+MORI_V2_FP8 = "mori_v2_fp8"
+MORI_V2_FP4 = "mori_v2_fp4"
 
 # Wire of each MORI format: bf16, fp8 per 1x128, or mxfp4 per 1x32.
 _MORI_WIRES = {
@@ -53,8 +57,12 @@ _MORI_WIRES = {
     MORI_NORMAL_FP4: "fp4",
     MORI_LL_FP8: "fp8",
     MORI_LL_FP4: "fp4",
+    MORI_V2: "bf16",
+    MORI_V2_FP8: "fp8",
+    MORI_V2_FP4: "fp4",
 }
 _MORI_LL = frozenset({MORI_LL, MORI_LL_FP8, MORI_LL_FP4})
+MORI_V2_FORMATS = frozenset({MORI_V2, MORI_V2_FP8, MORI_V2_FP4})
 FORMATS: tuple[str, ...] = (STANDARD, DEEPEP_NORMAL, DEEPEP_LL, DEEPEP_LL_FP8, *_MORI_WIRES)
 
 _COMBINE_INPUT_TYPES: dict[str, type] = {
@@ -75,6 +83,11 @@ _GARBAGE_FP8_SCALE = 1024.0
 _GARBAGE_FP4_BYTES = (0x77, 0xFF, 0x7F, 0xF7)  # nibble pairs of +-6.0, E2M1's largest magnitude
 _GARBAGE_E8M0 = 127 + 16  # scale 2**16
 _GARBAGE_SEED = 0x5EED
+# MORI EPv2 moves each row's scales as int32 dwords in rows wider than the scales, and SGLang
+# 0.5.23 hands them over as the view [:, :H/group] (token_dispatcher/moriep.py:1536-1545); its
+# combine arena has rows of its own past the R the runner sees (moriep.py:1555-1558).
+_V2_SCALE_PAD = 16
+_V2_ARENA_EXTRA_ROWS = 3
 
 
 @dataclass(frozen=True)
@@ -439,12 +452,54 @@ def _mori_stale(
     return _garbage_bf16((rows, width), hidden.dtype, device), None
 
 
+def as_mori_v2(
+    output: MoriEPNormalDispatchOutput | MoriEPLLDispatchOutput,
+) -> MoriEPV2DispatchOutput:
+    """What MORI EPv2 hands over for the same arrival as MORI's normal kernel: the scales
+    `[R, H/group]` as a strided view of wider rows (their padding stale), and combine's staging
+    view `[R, H]` in `out_dtype` (`expert_output`), full of stale values that a runner which does
+    not write it leaves for combine to read."""
+    rows = output.hidden_states.shape[0]
+    device = output.hidden_states.device
+    width = output.hidden_states.shape[1] * (2 if output.hidden_states.dtype == FP4X2 else 1)
+    arena = _garbage_bf16((rows + _V2_ARENA_EXTRA_ROWS, width), output.out_dtype, device)
+    return MoriEPV2DispatchOutput(
+        hidden_states=output.hidden_states,
+        hidden_states_scale=_strided_scale(output.hidden_states_scale),
+        topk_ids=output.topk_ids,
+        topk_weights=output.topk_weights,
+        num_recv_tokens_per_expert=output.num_recv_tokens_per_expert,
+        origin_topk_ids=output.origin_topk_ids,
+        origin_topk_weights=output.origin_topk_weights,
+        out_dtype=output.out_dtype,
+        expert_output=arena[:rows],
+        recv_cap=output.recv_cap,
+    )
+
+
+def _strided_scale(scale: torch.Tensor | None) -> torch.Tensor | None:
+    """`scale` as the leading columns of wider rows whose other columns are stale."""
+    if scale is None:
+        return None
+    rows, cols = scale.shape
+    if scale.dtype == torch.float32:
+        wide = torch.full((rows, cols + _V2_SCALE_PAD), _GARBAGE_FP8_SCALE, device=scale.device)
+        wide[:, :cols] = scale
+        return wide[:, :cols]
+    wide_bytes = torch.full(
+        (rows, cols + _V2_SCALE_PAD), _GARBAGE_E8M0, dtype=torch.uint8, device=scale.device
+    )
+    wide_bytes[:, :cols] = _as_bytes(scale)
+    return wide_bytes.view(scale.dtype)[:, :cols]
+
+
 def _dispatch_mori(batch: GlobalBatch, format: str, capacity: int, recv_cap: int) -> Dispatched:
     wire = _MORI_WIRES[format]
     wire_hidden, wire_scale = _mori_wire(batch, wire)
     device = batch.hidden_states.device
     reaches = _destination_ranks(batch)
     output_type = MoriEPLLDispatchOutput if format in _MORI_LL else MoriEPNormalDispatchOutput
+    v2 = format in MORI_V2_FORMATS
     generator = _garbage_generator()
     outputs: list[DispatchOutput] = []
     row_tokens: list[torch.Tensor] = []
@@ -465,21 +520,20 @@ def _dispatch_mori(batch: GlobalBatch, format: str, capacity: int, recv_cap: int
         ids[:total_recv] = batch.topk_ids[tokens]  # the full routing, ids < 0 included verbatim
         weights[:total_recv] = batch.topk_weights[tokens]
         sent = batch.tokens_slice(rank)
-        outputs.append(
-            output_type(
-                hidden_states=hidden,
-                hidden_states_scale=scale,
-                topk_ids=ids,
-                topk_weights=weights,
-                num_recv_tokens_per_expert=torch.tensor(
-                    [total_recv], dtype=torch.int32, device=device
-                ),
-                origin_topk_ids=batch.topk_ids[sent],
-                origin_topk_weights=batch.topk_weights[sent],
-                out_dtype=batch.hidden_states.dtype,
-                recv_cap=recv_cap,
-            )
+        output = output_type(
+            hidden_states=hidden,
+            hidden_states_scale=scale,
+            topk_ids=ids,
+            topk_weights=weights,
+            num_recv_tokens_per_expert=torch.tensor(
+                [total_recv], dtype=torch.int32, device=device
+            ),
+            origin_topk_ids=batch.topk_ids[sent],
+            origin_topk_weights=batch.topk_weights[sent],
+            out_dtype=batch.hidden_states.dtype,
+            recv_cap=recv_cap,
         )
+        outputs.append(as_mori_v2(output) if v2 else output)
         stale = torch.full((capacity - total_recv,), -1, dtype=torch.long, device=device)
         row_tokens.append(torch.cat([tokens, stale]))
         capped = 0 < recv_cap < capacity

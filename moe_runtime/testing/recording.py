@@ -94,17 +94,30 @@ def vector_output(call: KernelCall) -> torch.Tensor:
     return (rows * mix).expand(m, h).to(dtype)
 
 
+# `output` not passed (a passed None is recorded as None).
+_NO_OUTPUT: Any = object()
+
+
 class RecordingKernel:
-    """Records every call; answers with `respond(call)` (the vectors' function by default)."""
+    """Records every call; answers with `respond(call)` (the vectors' function by default).
+
+    It takes AITER's newer `output` keyword by name (MORI EPv2's runners pass it, and refuse a
+    kernel without it): a call records it only when passed, and the answer is written into it and
+    returned, as AITER does.
+    """
 
     def __init__(self, respond: Callable[[KernelCall], torch.Tensor] = vector_output) -> None:
         self.calls: list[KernelCall] = []
         self._respond = respond
 
-    def __call__(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-        call = KernelCall(args, kwargs)
+    def __call__(self, *args: Any, output: Any = _NO_OUTPUT, **kwargs: Any) -> torch.Tensor:
+        passed = kwargs if output is _NO_OUTPUT else {**kwargs, "output": output}
+        call = KernelCall(args, passed)
         self.calls.append(call)
-        return self._respond(call)
+        answer = self._respond(call)
+        if isinstance(output, torch.Tensor):
+            return output.copy_(answer)
+        return answer
 
     def only_call(self) -> KernelCall:
         if len(self.calls) != 1:

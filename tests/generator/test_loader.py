@@ -63,7 +63,7 @@ def raw(path: Path) -> dict[str, Any]:
 def test_amd_matrix_enumerates_every_backend_format_with_every_quant_method() -> None:
     data = raw(AMD)
     formats_per_backend = {name: b["formats"] for name, b in data["a2a_backends"].items()}
-    assert [len(f) for f in formats_per_backend.values()] == [1, 3, 2, 2, 6]
+    assert [len(f) for f in formats_per_backend.values()] == [1, 3, 2, 2, 9]
     assert len(data["quant_methods"]) == 7
     assert data["exclusions"] == []
     expected = sorted(
@@ -72,7 +72,7 @@ def test_amd_matrix_enumerates_every_backend_format_with_every_quant_method() ->
         for dispatch in formats
         for quant in data["quant_methods"]
     )
-    assert len(expected) == 98
+    assert len(expected) == 119
 
     matrix = load_matrix(AMD)
     combinations = enumerate_combinations(matrix)

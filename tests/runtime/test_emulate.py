@@ -100,13 +100,14 @@ def expert_work(rank: int, output: Any, num_local: int) -> Any:
         experts = torch.arange(first, first + num_local).view(-1, 1, 1)
         hidden = decode(output.hidden_states, output.hidden_states_scale) * factor(experts)
         return t.DeepEPLLCombineInput(hidden, output.topk_ids, output.topk_weights)
-    assert isinstance(output, t.MoriEPNormalDispatchOutput | t.MoriEPLLDispatchOutput)
+    assert isinstance(output, MoriOutput)
     scale = row_scale(output.topk_ids, output.topk_weights, first, num_local)
     combine_type = (
         t.MoriEPLLCombineInput
         if isinstance(output, t.MoriEPLLDispatchOutput)
         else t.MoriEPNormalCombineInput
     )
+    # EPv2's combine also takes MORI's normal combine input (SGLang 0.5.23 moriep.py:1572).
     return combine_type(
         decode(output.hidden_states, output.hidden_states_scale) * scale,
         output.origin_topk_ids,
@@ -130,7 +131,7 @@ def batch_with_idle_rank(num_tokens: int = 9) -> emulate.GlobalBatch:
     return emulate.GlobalBatch(base.hidden_states, ids, base.topk_weights, NUM_EXPERTS, 4)
 
 
-MoriOutput = t.MoriEPNormalDispatchOutput | t.MoriEPLLDispatchOutput
+MoriOutput = t.MoriEPNormalDispatchOutput | t.MoriEPLLDispatchOutput | t.MoriEPV2DispatchOutput
 
 
 def mori_outputs(dispatched: emulate.Dispatched) -> list[MoriOutput]:
@@ -287,7 +288,13 @@ def test_mori_capacity_full_routing_and_stale_rows(format: str) -> None:
     dispatched = emulate.dispatch(batch, format, max_tokens_per_rank=4, recv_cap=7)
     capacity = 4 * 4
     wire = wire_roundtrip(batch, wire_of(format))
-    output_type = t.MoriEPLLDispatchOutput if "_ll" in format else t.MoriEPNormalDispatchOutput
+    output_type = (
+        t.MoriEPV2DispatchOutput
+        if format in emulate.MORI_V2_FORMATS
+        else t.MoriEPLLDispatchOutput
+        if "_ll" in format
+        else t.MoriEPNormalDispatchOutput
+    )
     for rank, output in enumerate(dispatched.outputs):
         assert type(output) is output_type
         ids = batch.topk_ids.long()
@@ -329,6 +336,30 @@ def test_wire_dtypes_and_scales() -> None:
     assert fp4.hidden_states_scale.dtype == torch.float8_e8m0fnu
     assert fp4.hidden_states_scale.shape == (4, HIDDEN // 32)
     assert emulate.dispatch(batch, "mori_ll").outputs[0].hidden_states_scale is None
+
+
+@pytest.mark.parametrize(
+    ("format", "dtype", "group"),
+    [("mori_v2_fp8", torch.float32, 128), ("mori_v2_fp4", torch.float8_e8m0fnu, 32)],
+)
+def test_mori_v2_scales_are_strided_views_and_expert_output_is_stale(
+    format: str, dtype: torch.dtype, group: int
+) -> None:
+    batch = emulate.make_batch(4, HIDDEN, NUM_EXPERTS, TOP_K, ep_size=2, seed=2)
+    v1 = emulate.dispatch(batch, format.replace("_v2", "_normal")).outputs[0]
+    v2 = emulate.dispatch(batch, format).outputs[0]
+    assert isinstance(v2, t.MoriEPV2DispatchOutput)
+    scale = v2.hidden_states_scale
+    assert scale is not None and scale.dtype == dtype and scale.shape == (4, HIDDEN // group)
+    assert not scale.is_contiguous() and scale.stride(0) > scale.shape[1]  # rows are wider
+    assert v1.hidden_states_scale is not None
+    assert torch.equal(scale.view(torch.uint8), v1.hidden_states_scale.view(torch.uint8))
+    same = decode(v1.hidden_states, v1.hidden_states_scale)
+    assert torch.equal(decode(v2.hidden_states, scale), same)
+    out = v2.expert_output
+    assert out is not None and out.shape == (4, HIDDEN) and out.dtype == torch.bfloat16
+    assert bool((out.float().abs() >= 512).all())  # stale until a runner writes it
+    assert emulate.dispatch(batch, "mori_v2").outputs[0].hidden_states_scale is None
 
 
 # --------------------------------------------------------------------------- recv_cap

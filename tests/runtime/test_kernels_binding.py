@@ -113,7 +113,7 @@ UPSCALE = "; wire upscale: " + (
 # fake's v0.1.7.post2 signature for AITER.
 REFERENCE_KEYWORDS = (
     "; fused_moe keywords moe_sorting_dispatch_policy, swiglu_limit, gate_mode, beta, "
-    "linear_beta; lacks output, no_combine, quant_dtype_a (declared by the reference)"
+    "linear_beta, output; lacks no_combine, quant_dtype_a (declared by the reference)"
 )
 AITER_0_1_7_KEYWORDS = (
     "; fused_moe keywords moe_sorting_dispatch_policy; lacks swiglu_limit, gate_mode, beta, "

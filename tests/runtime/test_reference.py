@@ -537,6 +537,34 @@ def test_expert_mask_maps_by_cumulative_sum(device: str, kernel: ReferenceFusedM
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kernel", [fused_moe, fused_moe_graph_safe], ids=["default", "graph"])
+def test_output_keyword_writes_into_a_strided_buffer(
+    device: str, kernel: ReferenceFusedMoe
+) -> None:
+    # MORI EPv2's combine view: rows of a wider arena, full of stale values before the call.
+    kwargs = _tiny(device)
+    expected = _dense(kwargs, kwargs["topk_ids"].cpu())
+    arena = torch.full((6, 12), 1024.0, dtype=torch.bfloat16, device=device)
+    view = arena[:4, 2:10]
+    returned = _run(kernel, {**kwargs, "output": view})
+    assert returned.data_ptr() == view.data_ptr() and returned.stride() == view.stride()
+    assert_moe_close(view.cpu(), expected, "unquant")
+    assert not moe_close(arena[:4, :8].cpu(), expected, "unquant")  # negative control: beside it
+    assert bool((arena[4:] == 1024.0).all()) and bool((arena[:, :2] == 1024.0).all())
+    assert returned.equal(_run(kernel, kwargs))  # the same values as without the keyword
+
+
+@pytest.mark.parametrize(
+    "output",
+    [torch.zeros(4, 9, dtype=torch.bfloat16), torch.zeros(4, 8, dtype=torch.float16)],
+    ids=["shape", "dtype"],
+)
+def test_output_keyword_refuses_a_buffer_of_another_shape_or_dtype(output: torch.Tensor) -> None:
+    with pytest.raises(ValueError, match="output must be"):
+        _run(fused_moe, {**_tiny(), "output": output})
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_without_mask_ids_are_local(device: str) -> None:
     kwargs = _tiny(device)
     expected = _dense(kwargs, kwargs["topk_ids"].cpu())

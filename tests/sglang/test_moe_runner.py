@@ -18,14 +18,18 @@ import pytest
 import torch
 
 import generated
-from moe_runtime.testing.dynamic import known_wrong
+from moe_runtime.testing.dynamic import has_path, known_wrong
 from tests.runners.harness import dense_mismatch
 from tests.sglang import compare, harness
 from tests.sglang.conftest import COUNTS
 from tests.sglang.paths import Paths, run_paths
 
 EP_SIZES = (1, 2, 4)
-CASES = [(key, ep) for key in sorted(generated.RUNNERS) for ep in EP_SIZES]
+# The keys whose path SGLang 0.5.13 has too: MORI EPv2 (mori_v2*, 0.5.23 only) has no 0.5.13 row
+# and no differential here yet (tests/runners/test_mori_v2.py checks it against dense math).
+CASES = [
+    (key, ep) for key in sorted(generated.RUNNERS) if has_path(key[0], key[2]) for ep in EP_SIZES
+]
 FP4_WIRES = ("mori_normal_fp4", "mori_ll_fp4")
 FP8_WIRES = ("mori_normal_fp8", "mori_ll_fp8")
 FP8_WEIGHTS = ("fp8_block", "fp8_channel", "quark_int4fp8", "ct_w8a8_fp8")
