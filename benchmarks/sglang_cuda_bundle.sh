@@ -112,6 +112,14 @@ tar -C "$root/site" -xJf "$here/site.tar.xz"
 tar -C "$root/tree" -xJf "$here/tree.tar.xz"
 cd "$root/tree"
 export PYTHONPATH="$root/tree:$root/site"
+# SGLang's CUDA branches import sgl_kernel, its CUDA-only kernel package, which is not carried (the
+# benchmark times a stub kernel). Hiding torch's CUDA version makes SGLang's is_cuda() false, so
+# it imports as it does on a CPU; the tensors and the stub still run on the GPU.
+cat >"$root/site/sitecustomize.py" <<'PY'
+import torch
+
+torch.version.cuda = None
+PY
 python3 -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', \
 torchvision.__version__, 'cuda', torch.cuda.is_available())"
 python3 -c "import sglang.srt.layers.moe.moe_runner.aiter, importlib.metadata as m; \
