@@ -19,7 +19,7 @@ from benchmarks.common import (
     Workload,
     same_call,
 )
-from moe_runtime.testing.dynamic import DynamicRunner, known_wrong
+from moe_runtime.testing.dynamic import DynamicRunner, has_path, known_wrong
 from moe_runtime.testing.recording import KernelCall, RecordingKernel
 from moe_runtime.types import DispatchOutput
 
@@ -60,7 +60,7 @@ def build_case(workload: Workload, key: Key, tokens: int) -> Case:
     The hand-written runner must make exactly the generated runner's kernel call; a difference
     is a bug in one of them and stops the benchmark.
     """
-    a2a, quant, dispatch_format = key
+    _, quant, dispatch_format = key
     placed = workload.dispatched(dispatch_format, tokens)
     d = placed.dispatch_output
     config = workload.config(placed.rank)
@@ -82,15 +82,7 @@ def build_case(workload: Workload, key: Key, tokens: int) -> Case:
             f"generated one in {', '.join(differences)}"
         )
 
-    dynamic: Callable[[Any], Any] | None = DynamicRunner(
-        config, weights, quant, kernel=stub, a2a_backend=a2a
-    )
-    note = known_wrong(a2a, quant, dispatch_format, ep_size=config.ep_size, hidden_pad=0)
-    try:
-        dynamic(d)  # type: ignore[misc]
-    except Exception as error:  # SGLang's own failure modes: reported, not benchmarked
-        dynamic = None
-        note = f"raises {type(error).__name__}" + (f": {note}" if note else "")
+    dynamic, note = _dynamic(key, config, weights, stub, d)
     return Case(
         key=key,
         tokens=tokens,
@@ -104,3 +96,22 @@ def build_case(workload: Workload, key: Key, tokens: int) -> Case:
         dynamic=dynamic,
         dynamic_note=note,
     )
+
+
+def _dynamic(
+    key: tuple[str, str, str], config: Any, weights: Any, stub: Any, d: Any
+) -> tuple[Callable[[Any], Any] | None, str]:
+    """SGLang 0.5.13's path for this case, or None with the reason it is not benchmarked."""
+    a2a, quant, dispatch_format = key
+    if not has_path(a2a, dispatch_format):
+        return None, "SGLang 0.5.13 has no such path (MORI EPv2 came in a later release)"
+    dynamic: Callable[[Any], Any] | None = DynamicRunner(
+        config, weights, quant, kernel=stub, a2a_backend=a2a
+    )
+    note = known_wrong(a2a, quant, dispatch_format, ep_size=config.ep_size, hidden_pad=0)
+    try:
+        dynamic(d)  # type: ignore[misc]
+    except Exception as error:  # SGLang's own failure modes: reported, not benchmarked
+        dynamic = None
+        note = f"raises {type(error).__name__}" + (f": {note}" if note else "")
+    return dynamic, note
