@@ -530,7 +530,7 @@ def _wire(fmt: DispatchFormat, quant: QuantMethod) -> tuple[KernelQuant, WireHan
             return (
                 quant.kernel_quant,
                 WireHandling.UPSCALE,
-                "the kernel expects one activation scale per row"
+                _fp8_weight_upscale_reason(quant)
                 if fp8
                 else "no fp8-weight kernel takes fp4 activations",
             )
@@ -555,6 +555,15 @@ def _wire(fmt: DispatchFormat, quant: QuantMethod) -> tuple[KernelQuant, WireHan
             )
         case _:
             assert_never(quant.weight_kind)
+
+
+def _fp8_weight_upscale_reason(quant: QuantMethod) -> str:
+    """Why an fp8 wire with 1x128 scales is upscaled for a per-row or per-tensor kernel."""
+    if quant.kernel_quant is KernelQuant.PER_TENSOR:
+        # AITER's per_Tensor path repeats one [1] a1_scale over the rows (aiter/fused_moe.py
+        # e4048607a5:3404-3407); 1x128 groups have no such scale.
+        return "the kernel expects one activation scale for the whole tensor"
+    return "the kernel expects one activation scale per row"
 
 
 def _activation_reason(quant: QuantMethod) -> str:

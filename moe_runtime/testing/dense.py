@@ -161,6 +161,7 @@ TOLERANCES: dict[str, Tolerance] = {
     "mxfp4": _SPEC,
     "fp8_block": _FP8_ACTIVATIONS,
     "fp8_channel": _FP8_ACTIVATIONS,
+    "fp8_tensor": _FP8_ACTIVATIONS,
     "ct_w8a8_fp8": _FP8_ACTIVATIONS,
     "quark_int4fp8": _FP8_ACTIVATIONS,
     "quark_w4a4_mxfp4": _FP4_ACTIVATIONS,

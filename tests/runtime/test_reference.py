@@ -624,6 +624,7 @@ METHOD_CALLS = {
     "unquant": (QuantType.No, "silu"),
     "fp8_block": (QuantType.per_128x128, "silu"),
     "fp8_channel": (QuantType.per_Token, "gelu"),
+    "fp8_tensor": (QuantType.per_Tensor, "silu"),
     "mxfp4": (QuantType.per_1x32, "swiglu"),
     "quark_w4a4_mxfp4": (QuantType.per_1x32, "silu"),
     "quark_int4fp8": (QuantType.per_Token, "silu"),
