@@ -47,7 +47,14 @@ PRESETS = {
 # Relative error bound (sqrt of the tests' whole-output dissimilarity bound) per coarsest rounding
 # of the path (tests/runners/harness.py: bf16 1e-4, fp8 5e-3, fp4 8e-2).
 _BOUNDS = {"bf16": 1e-2, "fp8": 7.1e-2, "fp4": 2.9e-1}
-_FP8_METHODS = ("fp8_block", "fp8_channel", "fp8_tensor", "ct_w8a8_fp8", "quark_int4fp8")
+_FP8_METHODS = (
+    "fp8_block",
+    "fp8_channel",
+    "fp8_tensor",
+    "ct_w8a8_fp8",
+    "quark_int4fp8",
+    "quark_w8a8_fp8",
+)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -163,6 +163,7 @@ TOLERANCES: dict[str, Tolerance] = {
     "fp8_channel": _FP8_ACTIVATIONS,
     "fp8_tensor": _FP8_ACTIVATIONS,
     "ct_w8a8_fp8": _FP8_ACTIVATIONS,
+    "quark_w8a8_fp8": _FP8_ACTIVATIONS,
     "quark_int4fp8": _FP8_ACTIVATIONS,
     "quark_w4a4_mxfp4": _FP4_ACTIVATIONS,
 }

@@ -31,7 +31,9 @@ INTERLEAVED_KEYS = [
     ("mori", "quark_w4a4_mxfp4", "mori_normal"),
 ]
 CASES = [(key, ep) for key in INTERLEAVED_KEYS for ep in EP_SIZES]
-SEPARATED_ONLY = ["unquant", "fp8_channel", "fp8_tensor", "ct_w8a8_fp8", "quark_int4fp8"]
+SEPARATED_ONLY = [
+    "unquant", "fp8_channel", "fp8_tensor", "ct_w8a8_fp8", "quark_int4fp8", "quark_w8a8_fp8"
+]
 
 
 @pytest.mark.parametrize("device", DEVICES)

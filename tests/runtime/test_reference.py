@@ -629,6 +629,7 @@ METHOD_CALLS = {
     "quark_w4a4_mxfp4": (QuantType.per_1x32, "silu"),
     "quark_int4fp8": (QuantType.per_Token, "silu"),
     "ct_w8a8_fp8": (QuantType.per_Token, "silu"),
+    "quark_w8a8_fp8": (QuantType.per_Token, "gelu"),
 }
 
 
