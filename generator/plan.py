@@ -559,6 +559,10 @@ def _wire(fmt: DispatchFormat, quant: QuantMethod) -> tuple[KernelQuant, WireHan
 
 def _fp8_weight_upscale_reason(quant: QuantMethod) -> str:
     """Why an fp8 wire with 1x128 scales is upscaled for a per-row or per-tensor kernel."""
+    if quant.kernel_quant is KernelQuant.PER_1X32:
+        # mxfp8 weights: the kernel quantizes bf16 activations to fp8 with e8m0 scales per 32
+        # (aiter/fused_moe.py v0.1.20.post1:728-730, 3028-3039); fp32 1x128 scales do not fit.
+        return "the kernel quantizes activations to fp8 with e8m0 scales per 32 itself"
     if quant.kernel_quant is KernelQuant.PER_TENSOR:
         # AITER's per_Tensor path repeats one [1] a1_scale over the rows (aiter/fused_moe.py
         # e4048607a5:3404-3407); 1x128 groups have no such scale.

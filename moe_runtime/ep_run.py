@@ -54,6 +54,7 @@ _FP8_METHODS = (
     "ct_w8a8_fp8",
     "quark_int4fp8",
     "quark_w8a8_fp8",
+    "mxfp8",
 )
 
 
@@ -249,7 +250,7 @@ def run_rank(layer: Layer, rank: int, world: int, iters: int, warmup: int) -> bo
     )
     rows = batch.tokens_slice(rank)
     weights = _local_weights(layer, rank, world, device)
-    activation = "swiglu" if layer.quant == "mxfp4" else "silu"
+    activation = "swiglu" if layer.quant in ("mxfp4", "mxfp8") else "silu"
     config = MoeLayerConfig(
         num_experts=layer.experts,
         num_local_experts=local,

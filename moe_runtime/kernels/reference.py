@@ -7,6 +7,7 @@ The kernel works on (token, slot) pairs: pair (t, k) routes row t of the activat
     h = x[t] @ W1[e].T  (fp32)          [* w if doweight_stage1]   [+ bias1[e]]
     a = act(gate) * up  (g1u1)   or   act(h)  (g1u0)
     a = round(a to the output dtype), then quantize/dequantize per quant type
+        (per_1x32: mxfp4 for fp4 weights, none for fp4 weights with Swiglu, mxfp8 for fp8 weights)
     y = a @ W2[e].T  (fp32)  [+ bias2[e]]   [* w unless doweight_stage1]
 
 where gate and up are `h[:I]` and `h[I:]` (`gate_mode` SEPARATED, the default) or `h[0::2]` and
@@ -64,6 +65,7 @@ class _Problem:
     prequantized: bool  # hidden_states arrive already quantized (fp8 or fp4x2)
     a16w4: bool  # per_1x32 with Swiglu: bf16 activations, no activation quantization
     interleaved: bool  # gate_mode INTERLEAVE: w1's gate and up rows alternate
+    mxfp8: bool  # per_1x32 with fp8 weights: mxfp8 activations in both stages, whatever the act
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,9 +276,12 @@ def _check_call(
     experts, hidden, inter, g1u1 = _check_weights(w1, w2, act, mode)
     out_dtype = _output_dtype(hidden_states, dtype)
     prequantized = _check_hidden_states(hidden_states, hidden, w2)
-    a16w4 = qt == QuantType.per_1x32 and act == ActivationType.Swiglu
+    # AITER (v0.1.17 onwards) quantizes activations to mxfp8 for fp8 per_1x32 weights, and only
+    # fp4 weights with Swiglu keep bf16 ones (fused_moe.py v0.1.20.post1:728-730, 3028-3039).
+    mxfp8 = qt == QuantType.per_1x32 and w1.dtype in quant.FP8_DTYPES
+    a16w4 = qt == QuantType.per_1x32 and act == ActivationType.Swiglu and not mxfp8
     problem = _Problem(tokens, top_k, hidden, inter, experts, g1u1, out_dtype, act, qt,
-                       prequantized, a16w4, mode == GateMode.INTERLEAVE)
+                       prequantized, a16w4, mode == GateMode.INTERLEAVE, mxfp8)
     _check_mask_and_rows(problem, expert_mask, num_local_tokens)
     _check_biases(problem, w1, bias1, bias2)
     _check_weight_quant(problem, "w1", w1, w1_scale)
@@ -457,6 +462,11 @@ def _check_weight_quant(
             f"{name} is float4_e2m1fn_x2: it needs QuantType.per_1x32 and e8m0 {name}_scale "
             f"[L, N, K/32]; got {qt.name} with {name}_scale {shape}"
         )
+    if scale is None and qt == QuantType.per_1x32 and w.dtype in quant.FP8_DTYPES:
+        raise ValueError(
+            f"{name} is fp8 with QuantType.per_1x32 (mxfp8): it needs e8m0 {name}_scale "
+            "[L, N, K/32]"
+        )
     if scale is None:
         # Weights used as they are: bf16 weights may meet a quantized wire (MORI).
         return
@@ -480,10 +490,10 @@ def _check_weight_quant(
             )
         want = (problem.experts, rows // quant.FP8_GROUP, cols // quant.FP8_GROUP)
     else:
-        if w.dtype != quant.FP4X2:
+        if w.dtype not in (quant.FP4X2, *quant.FP8_DTYPES):
             raise ValueError(
-                f"{name}_scale for per_1x32 needs float4_e2m1fn_x2 weights, got "
-                f"{_dtype_name(w.dtype)}"
+                f"{name}_scale for per_1x32 needs float4_e2m1fn_x2 (mxfp4) or float8_e4m3fn(uz) "
+                f"(mxfp8) weights, got {_dtype_name(w.dtype)}"
             )
         if scale.dtype not in (quant.E8M0, torch.uint8):
             raise TypeError(
@@ -651,6 +661,8 @@ def _dequantize_expert(
         return w[e].float() * scale[e].float()
     if qt in (QuantType.per_1x128, QuantType.per_128x128):
         return quant.dequantize_fp8_128x128(w[e], scale[e])
+    if problem.mxfp8:
+        return quant.dequantize_mxfp8(w[e], scale[e].view(quant.E8M0))
     return quant.dequantize_mxfp4(w[e], scale[e].view(quant.E8M0))
 
 
@@ -710,6 +722,9 @@ def _quantize_dequantize(
     if qt in (QuantType.per_1x128, QuantType.per_128x128):
         q, scale = quant.quantize_fp8_1x128(x, _ACTIVATION_FP8)
         return quant.dequantize_fp8_1x128(q, scale)
+    if problem.mxfp8:
+        q, e8m0 = quant.quantize_mxfp8(x, _ACTIVATION_FP8)
+        return quant.dequantize_mxfp8(q, e8m0)
     packed, e8m0 = quant.quantize_mxfp4(x)
     return quant.dequantize_mxfp4(packed, e8m0)
 

@@ -162,6 +162,7 @@ TOLERANCES: dict[str, Tolerance] = {
     "fp8_block": _FP8_ACTIVATIONS,
     "fp8_channel": _FP8_ACTIVATIONS,
     "fp8_tensor": _FP8_ACTIVATIONS,
+    "mxfp8": _FP8_ACTIVATIONS,
     "ct_w8a8_fp8": _FP8_ACTIVATIONS,
     "quark_w8a8_fp8": _FP8_ACTIVATIONS,
     "quark_int4fp8": _FP8_ACTIVATIONS,

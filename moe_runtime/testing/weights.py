@@ -9,6 +9,8 @@ Layouts (L experts, H = hidden_size + hidden_pad, I = intermediate_size + interm
 - `quark_w8a8_fp8`: as `ct_w8a8_fp8` (a checkpoint with dynamic input scales has none)
 - `mxfp4`, `quark_w4a4_mxfp4`: `float4_e2m1fn_x2` `w13 [L, 2I, H/2]`, `w2 [L, H, I/2]`, e8m0
   `w13_scale [L, 2I, H/32]`, `w2_scale [L, H, I/32]`; `mxfp4` also fp32 `b13 [L, 2I]`, `b2 [L, H]`
+- `mxfp8`: fp8 `w13 [L, 2I, H]`, `w2 [L, H, I]`, e8m0 `w13_scale [L, 2I, H/32]`,
+  `w2_scale [L, H, I/32]`
 - `quark_int4fp8`: int8 holding int4 values in [-7, 7], fp32 `w13_scale [L, 2I, 1]`,
   `w2_scale [L, H, 1]`
 
@@ -37,6 +39,7 @@ QUANT_METHODS = (
     "fp8_block",
     "fp8_channel",
     "fp8_tensor",
+    "mxfp8",
     "mxfp4",
     "quark_w4a4_mxfp4",
     "quark_int4fp8",
@@ -63,6 +66,7 @@ _QUANTIZERS: dict[str, Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor
     "fp8_block": quant.quantize_fp8_128x128,
     "fp8_channel": quant.quantize_fp8_per_row,
     "fp8_tensor": _quantize_fp8_per_expert,
+    "mxfp8": quant.quantize_mxfp8,
     "ct_w8a8_fp8": quant.quantize_fp8_per_row,
     "quark_w8a8_fp8": quant.quantize_fp8_per_row,
     "mxfp4": quant.quantize_mxfp4,
@@ -73,6 +77,7 @@ _DEQUANTIZERS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] =
     "fp8_block": quant.dequantize_fp8_128x128,
     "fp8_channel": quant.dequantize_fp8_per_row,
     "fp8_tensor": _dequantize_fp8_per_expert,
+    "mxfp8": quant.dequantize_mxfp8,
     "ct_w8a8_fp8": quant.dequantize_fp8_per_row,
     "quark_w8a8_fp8": quant.dequantize_fp8_per_row,
     "mxfp4": quant.dequantize_mxfp4,
@@ -159,7 +164,7 @@ def _check_sizes(
     h, i = hidden_size + hidden_pad, intermediate_size + intermediate_pad
     if quant_method == "fp8_block":
         _check_divisible(quant_method, quant.FP8_GROUP, {"H": h, "I": i})
-    if quant_method in ("mxfp4", "quark_w4a4_mxfp4"):
+    if quant_method in ("mxfp4", "quark_w4a4_mxfp4", "mxfp8"):
         _check_divisible(quant_method, quant.MXFP4_GROUP, {"H": h, "I": i})
 
 

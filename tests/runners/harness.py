@@ -30,7 +30,8 @@ DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
 # whole-output dissimilarities above 0.1 and row dissimilarities near 1.
 DISSIMILARITY_BOUNDS = {"bf16": (1e-4, 2e-4), "fp8": (5e-3, 1e-2), "fp4": (8e-2, 1.5e-1)}
 FP8_ACTIVATION_METHODS = (
-    "fp8_block", "fp8_channel", "fp8_tensor", "ct_w8a8_fp8", "quark_int4fp8", "quark_w8a8_fp8"
+    "fp8_block", "fp8_channel", "fp8_tensor", "ct_w8a8_fp8", "quark_int4fp8", "quark_w8a8_fp8",
+    "mxfp8",
 )
 
 
@@ -63,7 +64,7 @@ def dense_mismatch(
 
 
 def layer_activation(quant: str) -> str:
-    return "swiglu" if quant == "mxfp4" else "silu"
+    return "swiglu" if quant in ("mxfp4", "mxfp8") else "silu"
 
 
 @dataclasses.dataclass

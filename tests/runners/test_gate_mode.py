@@ -29,6 +29,9 @@ INTERLEAVED_KEYS = [
     ("none", "quark_w4a4_mxfp4", "standard"),
     ("deepep", "quark_w4a4_mxfp4", "deepep_ll"),
     ("mori", "quark_w4a4_mxfp4", "mori_normal"),
+    ("none", "mxfp8", "standard"),
+    ("deepep", "mxfp8", "deepep_ll"),
+    ("mori", "mxfp8", "mori_normal_fp8"),
 ]
 CASES = [(key, ep) for key in INTERLEAVED_KEYS for ep in EP_SIZES]
 SEPARATED_ONLY = [
@@ -62,7 +65,7 @@ def test_a_wrong_gate_mode_fails_the_comparison(key: tuple[str, str, str]) -> No
 
 
 def _config(quant: str) -> t.MoeLayerConfig:
-    activation = "swiglu" if quant == "mxfp4" else "silu"
+    activation = "swiglu" if quant in ("mxfp4", "mxfp8") else "silu"
     return t.MoeLayerConfig(8, 8, 0, 1, 2, HIDDEN, INTERMEDIATE, activation)
 
 
