@@ -244,15 +244,24 @@ def _method_decisions(quant: QuantMethod) -> tuple[Decision, ...]:
         )
     if quant.static_input_scales:
         decisions.append(
-            Decision(
-                "static input scales",
-                "not passed",
-                f"AITER's {quant.kernel_quant.value} activation quantizer refuses a static scale "
-                "for bf16 input; the kernel quantizes each row dynamically instead (a row's own "
-                "amax never exceeds the calibrated range)",
-            )
+            Decision("static input scales", "not passed", _static_scales_reason(quant))
         )
     return tuple(decisions)
+
+
+def _static_scales_reason(quant: QuantMethod) -> str:
+    if quant.kernel_quant is KernelQuant.PER_1X32:
+        # aiter/fused_moe.py v0.1.20.post1: the per_1x32 Swiglu path sets a1_scale to None for
+        # bf16 activations and computes its own e8m0 scales for fp8 and fp4 ones (3005-3039).
+        return (
+            "AITER's per_1x32 Swiglu path never reads a static activation scale: it keeps bf16 "
+            "activations or quantizes them to mxfp8 or mxfp4 with its own e8m0 scales"
+        )
+    return (
+        f"AITER's {quant.kernel_quant.value} activation quantizer refuses a static scale "
+        "for bf16 input; the kernel quantizes each row dynamically instead (a row's own "
+        "amax never exceeds the calibrated range)"
+    )
 
 
 def _checked_decision(checks: CheckPlan) -> Decision:

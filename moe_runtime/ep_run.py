@@ -250,7 +250,8 @@ def run_rank(layer: Layer, rank: int, world: int, iters: int, warmup: int) -> bo
     )
     rows = batch.tokens_slice(rank)
     weights = _local_weights(layer, rank, world, device)
-    activation = "swiglu" if layer.quant in ("mxfp4", "mxfp8") else "silu"
+    swiglu = ("mxfp4", "mxfp8", "quark_w4a8_mxfp4")
+    activation = "swiglu" if layer.quant in swiglu else "silu"
     config = MoeLayerConfig(
         num_experts=layer.experts,
         num_local_experts=local,

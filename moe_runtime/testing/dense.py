@@ -159,6 +159,7 @@ _FP4_ACTIVATIONS = Tolerance(2e-1, 2e-1, 0.10, 1e-1, 3e-1)
 TOLERANCES: dict[str, Tolerance] = {
     "unquant": _SPEC,
     "mxfp4": _SPEC,
+    "quark_w4a8_mxfp4": _SPEC,
     "fp8_block": _FP8_ACTIVATIONS,
     "fp8_channel": _FP8_ACTIVATIONS,
     "fp8_tensor": _FP8_ACTIVATIONS,

@@ -64,7 +64,7 @@ def dense_mismatch(
 
 
 def layer_activation(quant: str) -> str:
-    return "swiglu" if quant in ("mxfp4", "mxfp8") else "silu"
+    return "swiglu" if quant in ("mxfp4", "mxfp8", "quark_w4a8_mxfp4") else "silu"
 
 
 @dataclasses.dataclass

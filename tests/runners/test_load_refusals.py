@@ -33,7 +33,7 @@ def weights(quant: str) -> t.ExpertWeights:
 
 
 def build(key: tuple[str, str, str], layer_weights: t.ExpertWeights, **changes: object) -> object:
-    activation = "swiglu" if key[1] in ("mxfp4", "mxfp8") else "silu"
+    activation = "swiglu" if key[1] in ("mxfp4", "mxfp8", "quark_w4a8_mxfp4") else "silu"
     layer = config(activation=activation, **changes)
     return generated.select(*key)(layer, layer_weights, kernel=RecordingKernel())
 

@@ -639,6 +639,7 @@ METHOD_CALLS = {
     "ct_w8a8_fp8": (QuantType.per_Token, "silu"),
     "quark_w8a8_fp8": (QuantType.per_Token, "gelu"),
     "mxfp8": (QuantType.per_1x32, "swiglu"),
+    "quark_w4a8_mxfp4": (QuantType.per_1x32, "swiglu"),
 }
 
 
@@ -682,7 +683,7 @@ def _method_run(method: str, device: str, seed: int) -> MethodRun:
 
 # How much noise, relative to a row's rms, each method's bounds must detect
 # (see moe_runtime.testing.dense).
-_PERTURBATION = {"unquant": 0.1, "mxfp4": 0.1, "quark_w4a4_mxfp4": 2.0}
+_PERTURBATION = {"unquant": 0.1, "mxfp4": 0.1, "quark_w4a8_mxfp4": 0.1, "quark_w4a4_mxfp4": 2.0}
 
 
 @pytest.mark.parametrize("device", DEVICES)
