@@ -171,8 +171,8 @@ QUANT_RULES = (
         "fp4 weights come with e8m0 scales per 1x32 group",
     ),
     Rule(
-        "kernel_quant", ("per_1x32",), "weight_kind", ("fp4",),
-        "per_1x32 is AITER's mxfp4 path",
+        "kernel_quant", ("per_1x32",), "weight_kind", ("fp4", "fp8"),
+        "per_1x32 is AITER's mxfp4 path, and from v0.1.17 its mxfp8 one",
     ),
     Rule(
         "weight_kind", ("fp8", "int4", "fp4"), "has_weight_scales", ("true",),

@@ -39,7 +39,7 @@ COMBINE_INPUTS = (
 # first: the releases this project tests against or binds (moe_runtime/kernels/keywords.py).
 SGLANG_RELEASES = ("0.5.13", "0.5.23")
 # "after v0.1.20.post1": a keyword in no tagged release yet (keywords.ADDED_IN says which).
-AITER_RELEASES = ("v0.1.7.post2", "v0.1.14", "v0.1.19", "after v0.1.20.post1")
+AITER_RELEASES = ("v0.1.7.post2", "v0.1.14", "v0.1.16.post1", "v0.1.19", "after v0.1.20.post1")
 # torch dtype names that expert weights can be stored in.
 WEIGHT_DTYPES = (
     "bfloat16",

@@ -271,15 +271,24 @@ def _method_decisions(quant: QuantMethod) -> tuple[Decision, ...]:
         )
     if quant.static_input_scales:
         decisions.append(
-            Decision(
-                "static input scales",
-                "not passed",
-                f"AITER's {quant.kernel_quant.value} activation quantizer refuses a static scale "
-                "for bf16 input; the kernel quantizes each row dynamically instead (a row's own "
-                "amax never exceeds the calibrated range)",
-            )
+            Decision("static input scales", "not passed", _static_scales_reason(quant))
         )
     return tuple(decisions)
+
+
+def _static_scales_reason(quant: QuantMethod) -> str:
+    if quant.kernel_quant is KernelQuant.PER_1X32:
+        # aiter/fused_moe.py v0.1.20.post1: the per_1x32 Swiglu path sets a1_scale to None for
+        # bf16 activations and computes its own e8m0 scales for fp8 and fp4 ones (3005-3039).
+        return (
+            "AITER's per_1x32 Swiglu path never reads a static activation scale: it keeps bf16 "
+            "activations or quantizes them to mxfp8 or mxfp4 with its own e8m0 scales"
+        )
+    return (
+        f"AITER's {quant.kernel_quant.value} activation quantizer refuses a static scale "
+        "for bf16 input; the kernel quantizes each row dynamically instead (a row's own "
+        "amax never exceeds the calibrated range)"
+    )
 
 
 def _checked_decision(checks: CheckPlan) -> Decision:
@@ -560,7 +569,7 @@ def _wire(fmt: DispatchFormat, quant: QuantMethod) -> tuple[KernelQuant, WireHan
             return (
                 quant.kernel_quant,
                 WireHandling.UPSCALE,
-                "the kernel expects one activation scale per row"
+                _fp8_weight_upscale_reason(quant)
                 if fp8
                 else "no fp8-weight kernel takes fp4 activations",
             )
@@ -585,6 +594,19 @@ def _wire(fmt: DispatchFormat, quant: QuantMethod) -> tuple[KernelQuant, WireHan
             )
         case _:
             assert_never(quant.weight_kind)
+
+
+def _fp8_weight_upscale_reason(quant: QuantMethod) -> str:
+    """Why an fp8 wire with 1x128 scales is upscaled for a per-row or per-tensor kernel."""
+    if quant.kernel_quant is KernelQuant.PER_1X32:
+        # mxfp8 weights: the kernel quantizes bf16 activations to fp8 with e8m0 scales per 32
+        # (aiter/fused_moe.py v0.1.20.post1:728-730, 3028-3039); fp32 1x128 scales do not fit.
+        return "the kernel quantizes activations to fp8 with e8m0 scales per 32 itself"
+    if quant.kernel_quant is KernelQuant.PER_TENSOR:
+        # AITER's per_Tensor path repeats one [1] a1_scale over the rows (aiter/fused_moe.py
+        # e4048607a5:3404-3407); 1x128 groups have no such scale.
+        return "the kernel expects one activation scale for the whole tensor"
+    return "the kernel expects one activation scale per row"
 
 
 def _activation_reason(quant: QuantMethod) -> str:

@@ -92,7 +92,25 @@ def _dict_entry(key: tuple[str, ...], value: str, *, indent: int) -> str:
     line = f"{head}{py_literal(value)},"
     if len(line) <= LINE_LENGTH:
         return line
-    return f"{head}(\n{' ' * (indent + 4)}{py_literal(value)}\n{' ' * indent}),"
+    inner = " " * (indent + 4)
+    parts = "\n".join(inner + py_literal(part) for part in _string_pieces(value, indent + 4))
+    return f"{head}(\n{parts}\n{' ' * indent}),"
+
+
+def _string_pieces(value: str, indent: int) -> list[str]:
+    """`value` cut after spaces into pieces whose literals fit a line at `indent` (implicit
+    concatenation, which `ruff format` keeps one piece a line when they do not fit together); a
+    word longer than a line stays whole."""
+    width = LINE_LENGTH - indent
+    pieces = [""]
+    for word in value.split(" "):
+        candidate = f"{pieces[-1]}{word} "
+        if pieces[-1] and len(py_literal(candidate)) > width:
+            pieces.append(f"{word} ")
+        else:
+            pieces[-1] = candidate
+    pieces[-1] = pieces[-1][:-1]
+    return pieces
 
 
 def docstring_text(text: str) -> str:

@@ -47,7 +47,15 @@ PRESETS = {
 # Relative error bound (sqrt of the tests' whole-output dissimilarity bound) per coarsest rounding
 # of the path (tests/runners/harness.py: bf16 1e-4, fp8 5e-3, fp4 8e-2).
 _BOUNDS = {"bf16": 1e-2, "fp8": 7.1e-2, "fp4": 2.9e-1}
-_FP8_METHODS = ("fp8_block", "fp8_channel", "ct_w8a8_fp8", "quark_int4fp8")
+_FP8_METHODS = (
+    "fp8_block",
+    "fp8_channel",
+    "fp8_tensor",
+    "ct_w8a8_fp8",
+    "quark_int4fp8",
+    "quark_w8a8_fp8",
+    "mxfp8",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -242,7 +250,8 @@ def run_rank(layer: Layer, rank: int, world: int, iters: int, warmup: int) -> bo
     )
     rows = batch.tokens_slice(rank)
     weights = _local_weights(layer, rank, world, device)
-    activation = "swiglu" if layer.quant == "mxfp4" else "silu"
+    swiglu = ("mxfp4", "mxfp8", "quark_w4a8_mxfp4")
+    activation = "swiglu" if layer.quant in swiglu else "silu"
     config = MoeLayerConfig(
         num_experts=layer.experts,
         num_local_experts=local,

@@ -6,7 +6,8 @@ separated rows the same way, for the weights, their e8m0 scales and the biases a
 (layers/quantization/mxfp4.py, process_weights_after_loading, the `gate_up_interleaved` branch:
 `view(e, n // 2, 2, k).permute(0, 2, 1, 3)`). Scales move with their rows, so only scales with one
 entry per row can follow (per-row fp32, per_1x32 e8m0); 128x128 block scales cover gate and up rows
-together in SEPARATED order and have no interleaved form.
+together in SEPARATED order and have no interleaved form. A per-tensor scale `[L, 1]` (one per
+expert weight) covers every row alike and stays as it is.
 """
 
 from __future__ import annotations
@@ -65,7 +66,9 @@ def _relaid(
             f"gate_mode {mode.name} needs gated w13 weights [L, 2I, H]; w13_weight has {rows} rows"
         )
     scale = weights.w13_scale
-    if scale is not None and (scale.dim() != 3 or int(scale.shape[1]) != rows):
+    # One scale per expert weight (per_Tensor [L, 1]): no row to move.
+    per_expert = scale is not None and scale.dim() == 2 and int(scale.shape[1]) == 1
+    if scale is not None and not per_expert and (scale.dim() != 3 or int(scale.shape[1]) != rows):
         raise ConfigError(
             f"w13_scale {list(scale.shape)} has no entry per w13 row ({rows} rows): block scales "
             "span gate and up rows together and cannot follow a gate/up re-layout"
@@ -73,7 +76,7 @@ def _relaid(
     return dataclasses.replace(
         weights,
         w13_weight=relayout(weights.w13_weight),
-        w13_scale=None if scale is None else relayout(scale),
+        w13_scale=scale if scale is None or per_expert else relayout(scale),
         b13=None if weights.b13 is None else relayout(weights.b13.unsqueeze(-1)).squeeze(-1),
         gate_mode=mode,
     )

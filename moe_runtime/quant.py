@@ -1,4 +1,5 @@
-"""Quantize/dequantize helpers: fp8 (e4m3fn, e4m3fnuz), mxfp4 (E2M1 + e8m0) and int4-in-int8.
+"""Quantize/dequantize helpers: fp8 (e4m3fn, e4m3fnuz), mxfp4 (E2M1 + e8m0), mxfp8 (e4m3 + e8m0)
+and int4-in-int8.
 
 These replicate the roundings AITER's `fused_moe` applies (docs/aiter_fused_moe.md): the reference
 kernel uses them for its activation rounding points, tests use them to build quantized weights, and
@@ -12,6 +13,8 @@ rounded up so that `amax / scale <= 6`.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -217,6 +220,34 @@ def dequantize_mxfp4(
     values = torch.unflatten((magnitude | sign).view(FP8).to(torch.float32), -1, (-1, MXFP4_GROUP))
     factor = scale.to(torch.float32) * _E2M1_IN_E4M3_FACTOR
     return (values * factor.unsqueeze(-1)).flatten(-2).to(out_dtype)
+
+
+def quantize_mxfp8(x: torch.Tensor, dtype: torch.dtype = FP8) -> tuple[torch.Tensor, torch.Tensor]:
+    """MX fp8: returns (`dtype [..., K]`, scales `float8_e8m0fnu [..., K/32]`).
+
+    Each 32 consecutive elements of the last dim share a power-of-two scale `2**e`, with `e` the
+    smallest integer such that `amax / 2**e <= qmax` (448 for e4m3fn; zero groups get `e = 0`), so
+    nothing saturates; elements are then cast as `quantize_fp8_static` does.
+    """
+    _require_groups(x, MXFP4_GROUP, "mxfp8 quantization")
+    groups = torch.unflatten(x.float(), -1, (-1, MXFP4_GROUP))
+    amax = groups.abs().amax(dim=-1, keepdim=True)
+    # qmax = q * 2**b with q in [0.5, 1) (448 = 0.875 * 2**9); amax = m * 2**p with m in [0.5, 1):
+    # m * 2**(p-e) <= q * 2**b holds for e = p-b when m <= q, else e = p-b+1. Exact (no log2).
+    q_mantissa, q_exponent = math.frexp(fp8_max(dtype))
+    mantissa, exponent = torch.frexp(amax)
+    e = exponent - q_exponent + (mantissa > q_mantissa).to(exponent.dtype)
+    e = torch.where(amax > 0, e, torch.zeros_like(e)).clamp(-127, 127)
+    q = quantize_fp8_static(groups, torch.pow(2.0, e.float()), dtype).flatten(-2)
+    return q, (e.squeeze(-1) + 127).to(torch.uint8).view(E8M0)
+
+
+def dequantize_mxfp8(
+    q: torch.Tensor, scale: torch.Tensor, out_dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """Upscale fp8 `[..., K]` with e8m0 scales `[..., K/32]` into `out_dtype`."""
+    values = torch.unflatten(q.to(torch.float32), -1, (-1, MXFP4_GROUP))
+    return (values * scale.to(torch.float32).unsqueeze(-1)).flatten(-2).to(out_dtype)
 
 
 def quantize_int4_per_row(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -145,6 +145,11 @@ def _prepare(
     """
     # int() accepts our mirrors and AITER's own (pybind11) members alike.
     quant = QuantType(int(quant_type))
+    if quant == QuantType.per_1x32 and weights.w13_weight.dtype in (
+        torch.float8_e4m3fn,
+        torch.float8_e4m3fnuz,
+    ):
+        return _prepare_mxfp8(ops, gate_up.separated(weights), has_gate_mode)
     weights = _fp8_for_device(ops, gate_up.separated(weights))
     if quant == QuantType.per_1x32:
         if activation is not None and ActivationType(int(activation)) == ActivationType.Swiglu:
@@ -269,6 +274,37 @@ def _prepare_a16w4(
         w13_scale=ops.shuffle_scale_a16w4(w13_scale, experts, True),
         w2_scale=ops.shuffle_scale_a16w4(w2_scale, experts, False),
         gate_mode=GateMode.INTERLEAVE if has_gate_mode else GateMode.SEPARATED,
+    )
+
+
+def _prepare_mxfp8(
+    ops: _AiterOps, weights: ExpertWeights, has_gate_mode: bool
+) -> ExpertWeights:
+    """fp8 weights with e8m0 scales per 1x32 (mxfp8) in the layout of AITER's a8w8 kernels.
+
+    Mirrors SGLang 0.5.23's Fp8MoEMethod for mxfp8 on gfx950 (fp8.py:2586-2608):
+    `shuffle_weight_a16w4(w13, 16, True)`, `shuffle_scale_a16w4(w13_scale, experts, True)`,
+    `shuffle_weight_a16w4(w2, 16, False)` and, unlike the mxfp4 method, `e8m0_shuffle(w2_scale)`;
+    the runner passes `gate_mode=INTERLEAVE` (fp8.py:3448-3451). AITER has fp8 per_1x32 kernels
+    from v0.1.17 (fused_moe.py v0.1.20.post1:728-730) and on gfx950 only (SGLang converts mxfp8 to
+    block fp8 on gfx942: fp8.py:2319-2325), so an AITER without `gate_mode` or computing in
+    e4m3fnuz is refused here rather than handed a layout it does not read.
+    """
+    if not has_gate_mode or ops.fp8_dtype != torch.float8_e4m3fn:
+        raise ValueError(
+            "mxfp8 weights (fp8 with per_1x32 e8m0 scales) need AITER v0.1.17 or later on gfx950 "
+            f"(fused_moe with gate_mode: {has_gate_mode}; AITER's fp8: {ops.fp8_dtype})"
+        )
+    experts = weights.num_local_experts
+    w13_scale = _rows(_required_scale(weights.w13_scale, "w13_scale"))
+    w2_scale = _rows(_required_scale(weights.w2_scale, "w2_scale"))
+    return dataclasses.replace(
+        weights,
+        w13_weight=ops.shuffle_weight_a16w4(weights.w13_weight.contiguous(), _A16W4_LANES, True),
+        w2_weight=ops.shuffle_weight_a16w4(weights.w2_weight.contiguous(), _A16W4_LANES, False),
+        w13_scale=ops.shuffle_scale_a16w4(w13_scale, experts, True),
+        w2_scale=ops.e8m0_shuffle(w2_scale),
+        gate_mode=GateMode.INTERLEAVE,
     )
 
 

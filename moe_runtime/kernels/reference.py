@@ -7,6 +7,7 @@ The kernel works on (token, slot) pairs: pair (t, k) routes row t of the activat
     h = x[t] @ W1[e].T  (fp32)          [* w if doweight_stage1]   [+ bias1[e]]
     a = act(gate) * up  (g1u1)   or   act(h)  (g1u0)
     a = round(a to the output dtype), then quantize/dequantize per quant type
+        (per_1x32: mxfp4 for fp4 weights, none for fp4 weights with Swiglu, mxfp8 for fp8 weights)
     y = a @ W2[e].T  (fp32)  [+ bias2[e]]   [* w unless doweight_stage1]
 
 where gate and up are `h[:I]` and `h[I:]` (`gate_mode` SEPARATED, the default) or `h[0::2]` and
@@ -69,6 +70,7 @@ class _Problem:
     stage1: Rounding | None
     stage2: Rounding | None
     interleaved: bool  # gate_mode INTERLEAVE: w1's gate and up rows alternate
+    mxfp8: bool  # per_1x32 with fp8 weights: mxfp8 activations in both stages, whatever the act
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,9 +321,17 @@ def _check_call(
         raise ValueError(
             "Situv2 runs on AITER's a16w4 kernels only: it needs per_1x32 and fp4 weights"
         )
-    stage1, stage2 = rounding.stages(act, mode, tokens) if per_1x32 else (None, None)
+    # AITER (v0.1.17 onwards) quantizes both stages' activations to mxfp8 for fp8 per_1x32
+    # weights, whatever the activation (fused_moe.py v0.1.20.post1:728-730, 3028-3039); for fp4
+    # weights the release's rule decides by activation, gate mode and M (kernels.rounding).
+    mxfp8 = per_1x32 and w1.dtype in quant.FP8_DTYPES
+    stage1, stage2 = (
+        (Rounding.MXFP8, Rounding.MXFP8)
+        if mxfp8
+        else rounding.stages(act, mode, tokens) if per_1x32 else (None, None)
+    )
     problem = _Problem(tokens, top_k, hidden, inter, experts, g1u1, out_dtype, act, qt,
-                       prequantized, stage1, stage2, mode == GateMode.INTERLEAVE)
+                       prequantized, stage1, stage2, mode == GateMode.INTERLEAVE, mxfp8)
     _check_mask_and_rows(problem, expert_mask, num_local_tokens)
     _check_biases(problem, w1, bias1, bias2)
     _check_weight_quant(problem, "w1", w1, w1_scale)
@@ -503,6 +513,11 @@ def _check_weight_quant(
             f"{name} is float4_e2m1fn_x2: it needs QuantType.per_1x32 and e8m0 {name}_scale "
             f"[L, N, K/32]; got {qt.name} with {name}_scale {shape}"
         )
+    if scale is None and qt == QuantType.per_1x32 and w.dtype in quant.FP8_DTYPES:
+        raise ValueError(
+            f"{name} is fp8 with QuantType.per_1x32 (mxfp8): it needs e8m0 {name}_scale "
+            "[L, N, K/32]"
+        )
     if scale is None:
         # Weights used as they are: bf16 weights may meet a quantized wire (MORI).
         return
@@ -526,10 +541,10 @@ def _check_weight_quant(
             )
         want = (problem.experts, rows // quant.FP8_GROUP, cols // quant.FP8_GROUP)
     else:
-        if w.dtype != quant.FP4X2:
+        if w.dtype not in (quant.FP4X2, *quant.FP8_DTYPES):
             raise ValueError(
-                f"{name}_scale for per_1x32 needs float4_e2m1fn_x2 weights, got "
-                f"{_dtype_name(w.dtype)}"
+                f"{name}_scale for per_1x32 needs float4_e2m1fn_x2 (mxfp4) or float8_e4m3fn(uz) "
+                f"(mxfp8) weights, got {_dtype_name(w.dtype)}"
             )
         if scale.dtype not in (quant.E8M0, torch.uint8):
             raise TypeError(
@@ -697,6 +712,8 @@ def _dequantize_expert(
         return w[e].float() * scale[e].float()
     if qt in (QuantType.per_1x128, QuantType.per_128x128):
         return quant.dequantize_fp8_128x128(w[e], scale[e])
+    if problem.mxfp8:
+        return quant.dequantize_mxfp8(w[e], scale[e].view(quant.E8M0))
     return quant.dequantize_mxfp4(w[e], scale[e].view(quant.E8M0))
 
 
@@ -761,24 +778,10 @@ def _quantize_dequantize(
         q, scale = quant.quantize_fp8_1x128(x, _ACTIVATION_FP8)
         return quant.dequantize_fp8_1x128(q, scale)
     if rounding is Rounding.MXFP8:
-        return _mxfp8_quantize_dequantize(x)
+        q, e8m0 = quant.quantize_mxfp8(x, _ACTIVATION_FP8)
+        return quant.dequantize_mxfp8(q, e8m0)
     packed, e8m0 = quant.quantize_mxfp4(x)
     return quant.dequantize_mxfp4(packed, e8m0)
-
-
-def _mxfp8_quantize_dequantize(x: torch.Tensor) -> torch.Tensor:
-    """MX fp8: each 32 elements share a power-of-two scale `2**e`, `e` the smallest integer with
-    `amax / 2**e <= 448` (zero groups: `e = 0`); elements round to e4m3fn, ties to even."""
-    groups = torch.unflatten(x.float(), -1, (-1, quant.MXFP4_GROUP))
-    amax = groups.abs().amax(dim=-1, keepdim=True)
-    # amax = m * 2**p, m in [0.5, 1): m * 2**(p-e) <= 448 = 0.875 * 2**9 holds for e = p - 9
-    # when m <= 0.875, else e = p - 8. Exact (no log2 rounding).
-    mantissa, exponent = torch.frexp(amax)
-    e = exponent - 9 + (mantissa > 0.875).to(exponent.dtype)
-    e = torch.where(amax > 0, e, torch.zeros_like(e)).clamp(-127, 127)
-    scale = torch.pow(2.0, e.float())
-    q = (groups / scale).clamp(-448.0, 448.0).to(quant.FP8)
-    return (q.float() * scale).flatten(-2)
 
 
 def _activate(

@@ -176,9 +176,13 @@ _FP4_ACTIVATIONS = Tolerance(2e-1, 2e-1, 0.10, 1e-1, 3e-1)
 TOLERANCES: dict[str, Tolerance] = {
     "unquant": _SPEC,
     "mxfp4": _SPEC,
+    "quark_w4a8_mxfp4": _SPEC,
     "fp8_block": _FP8_ACTIVATIONS,
     "fp8_channel": _FP8_ACTIVATIONS,
+    "fp8_tensor": _FP8_ACTIVATIONS,
+    "mxfp8": _FP8_ACTIVATIONS,
     "ct_w8a8_fp8": _FP8_ACTIVATIONS,
+    "quark_w8a8_fp8": _FP8_ACTIVATIONS,
     "quark_int4fp8": _FP8_ACTIVATIONS,
     "quark_w4a4_mxfp4": _FP4_ACTIVATIONS,
 }

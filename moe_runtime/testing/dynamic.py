@@ -833,6 +833,9 @@ _QUANT_METHODS: Mapping[str, _QuantMethod] = {
     "quark_int4fp8": _QuantMethod(AiterQuantType.PER_TOKEN, _apply_quark_int4fp8),
     "ct_w8a8_fp8": _QuantMethod(AiterQuantType.PER_TOKEN, _apply_ct_w8a8_fp8),
 }
+# The matrix's quant methods that SGLang 0.5.13's AITER path has (the matrix's newer ones, such as
+# fp8_tensor, have no dynamic counterpart here).
+QUANT_METHODS = tuple(_QUANT_METHODS)
 
 
 class DynamicRunner:

@@ -4,9 +4,14 @@ Layouts (L experts, H = hidden_size + hidden_pad, I = intermediate_size + interm
 - `unquant`: bf16 `w13 [L, 2I, H]` (gate rows then up rows), `w2 [L, H, I]`
 - `fp8_block`: fp8 weights, fp32 `w13_scale [L, 2I/128, H/128]`, `w2_scale [L, H/128, I/128]`
 - `fp8_channel`: fp8 weights, fp32 `w13_scale [L, 2I, 1]`, `w2_scale [L, H, 1]`
+- `fp8_tensor`: fp8 weights, fp32 `w13_scale [L, 1]`, `w2_scale [L, 1]` (one per expert weight)
 - `ct_w8a8_fp8`: as `fp8_channel`, plus static fp32 `a13_scale`, `a2_scale` `[1]`
+- `quark_w8a8_fp8`: as `ct_w8a8_fp8` (a checkpoint with dynamic input scales has none)
 - `mxfp4`, `quark_w4a4_mxfp4`: `float4_e2m1fn_x2` `w13 [L, 2I, H/2]`, `w2 [L, H, I/2]`, e8m0
   `w13_scale [L, 2I, H/32]`, `w2_scale [L, H, I/32]`; `mxfp4` also fp32 `b13 [L, 2I]`, `b2 [L, H]`
+- `quark_w4a8_mxfp4`: as `mxfp4`, plus static fp32 `a13_scale`, `a2_scale` `[1]`
+- `mxfp8`: fp8 `w13 [L, 2I, H]`, `w2 [L, H, I]`, e8m0 `w13_scale [L, 2I, H/32]`,
+  `w2_scale [L, H, I/32]`
 - `quark_int4fp8`: int8 holding int4 values in [-7, 7], fp32 `w13_scale [L, 2I, 1]`,
   `w2_scale [L, H, 1]`
 
@@ -34,20 +39,39 @@ QUANT_METHODS = (
     "unquant",
     "fp8_block",
     "fp8_channel",
+    "fp8_tensor",
+    "mxfp8",
     "mxfp4",
     "quark_w4a4_mxfp4",
     "quark_int4fp8",
     "ct_w8a8_fp8",
+    "quark_w8a8_fp8",
+    "quark_w4a8_mxfp4",
 )
 # Static input scales of ct_w8a8_fp8: fp8 e4m3fn covers |x| <= 8 at these, enough for unit-scale
 # activations and the stage-1 outputs they give with these weights (larger values saturate).
 _STATIC_INPUT_SCALE = 8.0 / 448.0
 _BIAS_STD = 0.1
+
+
+def _quantize_fp8_per_expert(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp8 `[L, N, K]` with one dynamic scale per expert: (q, scale `[L, 1]` fp32)."""
+    pairs = [quant.quantize_fp8_per_tensor(expert) for expert in w]
+    return torch.stack([q for q, _ in pairs]), torch.stack([s for _, s in pairs])
+
+
+def _dequantize_fp8_per_expert(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return q.float() * scale.float().reshape(-1, 1, 1)
+
 # How each quantized method stores a weight matrix, and how the kernel reads it back.
 _QUANTIZERS: dict[str, Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]] = {
     "fp8_block": quant.quantize_fp8_128x128,
     "fp8_channel": quant.quantize_fp8_per_row,
+    "fp8_tensor": _quantize_fp8_per_expert,
+    "mxfp8": quant.quantize_mxfp8,
+    "quark_w4a8_mxfp4": quant.quantize_mxfp4,
     "ct_w8a8_fp8": quant.quantize_fp8_per_row,
+    "quark_w8a8_fp8": quant.quantize_fp8_per_row,
     "mxfp4": quant.quantize_mxfp4,
     "quark_w4a4_mxfp4": quant.quantize_mxfp4,
     "quark_int4fp8": quant.quantize_int4_per_row,
@@ -55,7 +79,11 @@ _QUANTIZERS: dict[str, Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor
 _DEQUANTIZERS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "fp8_block": quant.dequantize_fp8_128x128,
     "fp8_channel": quant.dequantize_fp8_per_row,
+    "fp8_tensor": _dequantize_fp8_per_expert,
+    "mxfp8": quant.dequantize_mxfp8,
+    "quark_w4a8_mxfp4": quant.dequantize_mxfp4,
     "ct_w8a8_fp8": quant.dequantize_fp8_per_row,
+    "quark_w8a8_fp8": quant.dequantize_fp8_per_row,
     "mxfp4": quant.dequantize_mxfp4,
     "quark_w4a4_mxfp4": quant.dequantize_mxfp4,
     "quark_int4fp8": quant.dequantize_int4_per_row,
@@ -140,7 +168,7 @@ def _check_sizes(
     h, i = hidden_size + hidden_pad, intermediate_size + intermediate_pad
     if quant_method == "fp8_block":
         _check_divisible(quant_method, quant.FP8_GROUP, {"H": h, "I": i})
-    if quant_method in ("mxfp4", "quark_w4a4_mxfp4"):
+    if quant_method in ("mxfp4", "quark_w4a4_mxfp4", "mxfp8", "quark_w4a8_mxfp4"):
         _check_divisible(quant_method, quant.MXFP4_GROUP, {"H": h, "I": i})
 
 
@@ -180,10 +208,10 @@ def make_expert_weights(
     a2_scale: torch.Tensor | None = None
     w13_weight, w13_scale = _stored(quant_method, w13)
     w2_weight, w2_scale = _stored(quant_method, w2)
-    if quant_method == "mxfp4":
+    if quant_method in ("mxfp4", "quark_w4a8_mxfp4"):
         b13, b2 = _padded_biases(num_experts, hidden_size, intermediate_size, hidden_pad,
                                  intermediate_pad, generator)
-    if quant_method == "ct_w8a8_fp8":
+    if quant_method in ("ct_w8a8_fp8", "quark_w8a8_fp8", "quark_w4a8_mxfp4"):
         a13_scale = torch.tensor([_STATIC_INPUT_SCALE])
         a2_scale = torch.tensor([_STATIC_INPUT_SCALE])
     separated = ExpertWeights(

@@ -29,7 +29,10 @@ DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
 # about 3x the worst seen. Negative controls (a zeroed or dropped rank, a leaked garbage row) give
 # whole-output dissimilarities above 0.1 and row dissimilarities near 1.
 DISSIMILARITY_BOUNDS = {"bf16": (1e-4, 2e-4), "fp8": (5e-3, 1e-2), "fp4": (8e-2, 1.5e-1)}
-FP8_ACTIVATION_METHODS = ("fp8_block", "fp8_channel", "ct_w8a8_fp8", "quark_int4fp8")
+FP8_ACTIVATION_METHODS = (
+    "fp8_block", "fp8_channel", "fp8_tensor", "ct_w8a8_fp8", "quark_int4fp8", "quark_w8a8_fp8",
+    "mxfp8",
+)
 
 
 def activation_rounding(quant: str, dispatch: str) -> str:
@@ -64,7 +67,7 @@ _SITU_FIELDS = ("situ_beta", "situ_linear_beta")
 
 
 def layer_activation(quant: str) -> str:
-    return "swiglu" if quant == "mxfp4" else "silu"
+    return "swiglu" if quant in ("mxfp4", "mxfp8", "quark_w4a8_mxfp4") else "silu"
 
 
 @dataclasses.dataclass

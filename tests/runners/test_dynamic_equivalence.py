@@ -17,13 +17,13 @@ import generated
 from moe_runtime import kernels
 from moe_runtime.kernels.reference import ReferenceFusedMoe
 from moe_runtime.testing import emulate
-from moe_runtime.testing.dynamic import DynamicRunner, has_path, known_wrong
+from moe_runtime.testing.dynamic import QUANT_METHODS, DynamicRunner, has_path, known_wrong
 from moe_runtime.testing.recording import RecordingKernel
 from tests.runners.harness import EP_SIZES, KEYS, dense_mismatch, run_combination
 
-# The keys SGLang 0.5.13 has a path for (it has no MORI EPv2); the harness's weights are unpadded
-# (hidden_pad 0).
-SGLANG_KEYS = [k for k in KEYS if has_path(k[0], k[2])]
+# The keys SGLang 0.5.13 has a path for (its quant methods; no MORI EPv2); the harness's weights
+# are unpadded (hidden_pad 0).
+SGLANG_KEYS = [k for k in KEYS if k[1] in QUANT_METHODS and has_path(k[0], k[2])]
 RIGHT = [
     (k, ep)
     for k in SGLANG_KEYS
@@ -57,9 +57,14 @@ def same(a: Any, b: Any) -> bool:
 
 
 def test_the_two_lists_cover_the_matrix() -> None:
-    assert len(KEYS) == len(generated.RUNNERS) == 119
-    # Only the MORI EPv2 formats lack a 0.5.13 path.
-    assert {k[2] for k in KEYS if k not in SGLANG_KEYS} == {"mori_v2", "mori_v2_fp8", "mori_v2_fp4"}
+    assert len(KEYS) == len(generated.RUNNERS)
+    # 98 of SGLang 0.5.13's methods and formats; the rest are new methods or MORI EPv2 formats.
+    assert len(SGLANG_KEYS) == 98
+    assert {k[2] for k in KEYS if k[1] in QUANT_METHODS and k not in SGLANG_KEYS} == {
+        "mori_v2",
+        "mori_v2_fp8",
+        "mori_v2_fp4",
+    }
     assert {k for k, _ in WRONG} | {k for k, _ in RIGHT} == set(SGLANG_KEYS)
     assert 0 < len(WRONG) < len(SGLANG_KEYS)
 

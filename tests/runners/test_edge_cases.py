@@ -150,6 +150,8 @@ def test_num_local_tokens_below_the_row_count() -> None:
         ("deepep", "mxfp4", "deepep_normal"),
         ("deepep", "mxfp4", "deepep_ll"),
         ("mori", "mxfp4", "mori_ll_fp4"),
+        ("none", "quark_w4a8_mxfp4", "standard"),
+        ("mori", "quark_w4a8_mxfp4", "mori_normal_fp4"),
     ],
     ids="/".join,
 )

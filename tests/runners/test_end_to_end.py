@@ -22,6 +22,7 @@ NEGATIVE_KEYS = [
     ("deepep", "unquant", "deepep_ll"),
     ("nixl", "fp8_block", "deepep_ll_fp8"),
     ("mori", "fp8_channel", "mori_normal"),
+    ("mori", "fp8_tensor", "mori_normal_fp8"),
     ("mori", "quark_w4a4_mxfp4", "mori_ll_fp4"),
     ("mori", "fp8_block", "mori_v2_fp8"),
     ("mori", "quark_w4a4_mxfp4", "mori_v2_fp4"),

@@ -29,9 +29,15 @@ INTERLEAVED_KEYS = [
     ("none", "quark_w4a4_mxfp4", "standard"),
     ("deepep", "quark_w4a4_mxfp4", "deepep_ll"),
     ("mori", "quark_w4a4_mxfp4", "mori_normal"),
+    ("none", "mxfp8", "standard"),
+    ("deepep", "quark_w4a8_mxfp4", "deepep_normal"),
+    ("deepep", "mxfp8", "deepep_ll"),
+    ("mori", "mxfp8", "mori_normal_fp8"),
 ]
 CASES = [(key, ep) for key in INTERLEAVED_KEYS for ep in EP_SIZES]
-SEPARATED_ONLY = ["unquant", "fp8_channel", "ct_w8a8_fp8", "quark_int4fp8"]
+SEPARATED_ONLY = [
+    "unquant", "fp8_channel", "fp8_tensor", "ct_w8a8_fp8", "quark_int4fp8", "quark_w8a8_fp8"
+]
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -60,7 +66,7 @@ def test_a_wrong_gate_mode_fails_the_comparison(key: tuple[str, str, str]) -> No
 
 
 def _config(quant: str) -> t.MoeLayerConfig:
-    activation = "swiglu" if quant == "mxfp4" else "silu"
+    activation = "swiglu" if quant in ("mxfp4", "mxfp8", "quark_w4a8_mxfp4") else "silu"
     return t.MoeLayerConfig(8, 8, 0, 1, 2, HIDDEN, INTERMEDIATE, activation)
 
 

@@ -33,7 +33,7 @@ def weights(quant: str) -> t.ExpertWeights:
 
 
 def build(key: tuple[str, str, str], layer_weights: t.ExpertWeights, **changes: object) -> object:
-    activation = "swiglu" if key[1] == "mxfp4" else "silu"
+    activation = "swiglu" if key[1] in ("mxfp4", "mxfp8", "quark_w4a8_mxfp4") else "silu"
     layer = config(activation=activation, **changes)
     return generated.select(*key)(layer, layer_weights, kernel=RecordingKernel())
 
@@ -126,6 +126,31 @@ def test_static_input_scales_a_method_does_not_have_are_refused() -> None:
     static = weights("ct_w8a8_fp8")
     fp8 = dataclasses.replace(weights("fp8_channel"), a13_scale=static.a13_scale)
     with pytest.raises(t.ConfigError, match="fp8_channel has no static input scales, yet a13"):
+        build(("none", "fp8_channel", "standard"), fp8)
+
+
+def test_quark_w8a8_fp8_takes_static_or_dynamic_input_scales_and_passes_neither() -> None:
+    """Quark's fp8 MoE checkpoints come with static or without (dynamic) input scales
+    (quark_w8a8_fp8_moe.py:37-46, 134-151): both load, and the kernel call is the same, because
+    AITER's per_Token quantizer refuses a static scale for bf16 input (docs/quant_methods.md)."""
+    static = weights("quark_w8a8_fp8")
+    assert static.a13_scale is not None and static.a2_scale is not None
+    dynamic = dataclasses.replace(static, a13_scale=None, a2_scale=None)
+    batch = emulate.make_batch(3, HIDDEN, E, 2, ep_size=1, seed=1)
+    calls = []
+    for layer_weights in (static, dynamic):
+        kernel = RecordingKernel()
+        runner = generated.select("none", "quark_w8a8_fp8", "standard")(
+            config(), layer_weights, kernel=kernel
+        )
+        runner(emulate.dispatch(batch, "standard").outputs[0])
+        calls.append(kernel.only_call())
+    assert calls[0].get("a1_scale") is None and calls[0].get("a2_scale") is None
+    assert calls[0].keys() == calls[1].keys()
+    assert all(calls[0][name] is calls[1][name] for name in ("w1", "w2", "w1_scale", "w2_scale"))
+    # Negative control: a method without static input scales refuses the same tensors.
+    fp8 = dataclasses.replace(weights("fp8_channel"), a13_scale=static.a13_scale)
+    with pytest.raises(t.ConfigError, match="no static input scales"):
         build(("none", "fp8_channel", "standard"), fp8)
 
 

@@ -457,6 +457,56 @@ def test_prepare_a16w4_for_swiglu_uses_the_cktile_layout(fake_aiter: ModuleType)
     assert prepared.b13 is weights.b13 and prepared.b2 is weights.b2
 
 
+def _mxfp8_weights() -> ExpertWeights:
+    return ExpertWeights(
+        _fp8(L, 2 * N, H), _fp8(L, H, N), _e8m0(L, 2 * N, H // 32), _e8m0(L, H, N // 32)
+    )
+
+
+@pytest.mark.parametrize("given", [GateMode.SEPARATED, GateMode.INTERLEAVE])
+def test_prepare_mxfp8_uses_sglangs_a8w8_layout(
+    fake_aiter: ModuleType, monkeypatch: pytest.MonkeyPatch, given: GateMode
+) -> None:
+    """SGLang 0.5.23 (fp8.py:2586-2608): the a16w4 shuffles of both weights and of w13's scales,
+    but e8m0_shuffle of w2's scales; the kernel is told INTERLEAVE."""
+    import aiter.fused_moe as fake_module
+
+    monkeypatch.setattr(fake_module, "fused_moe", fake_module.fused_moe_v0_1_14)
+    weights = _mxfp8_weights()
+    logical = gate_up.interleaved(weights) if given == GateMode.INTERLEAVE else weights
+    prepared = aiter_binding.load().prepare(logical, QuantType.per_1x32, ActivationType.Swiglu)
+
+    calls = fake_aiter.CALLS
+    assert [call.name for call in calls] == [
+        "shuffle_weight_a16w4", "shuffle_weight_a16w4", "shuffle_scale_a16w4", "e8m0_shuffle"
+    ]  # fmt: skip
+    w13_call, w2_call, s13_call, s2_call = calls
+    assert _same(w13_call.args[0], weights.w13_weight) and w13_call.args[1:] == (16, True)
+    assert _same(w2_call.args[0], weights.w2_weight) and w2_call.args[1:] == (16, False)
+    assert _same(s13_call.args[0], weights.w13_scale.reshape(L * 2 * N, H // 32))  # type: ignore[union-attr]
+    assert s13_call.args[1:] == (L, True)
+    assert _same(s2_call.args[0], weights.w2_scale.reshape(L * H, N // 32))  # type: ignore[union-attr]
+    assert prepared.w2_scale is s2_call.result and prepared.w13_scale is s13_call.result
+    assert prepared.gate_mode == GateMode.INTERLEAVE
+
+
+@pytest.mark.parametrize("where", ["before v0.1.14", "gfx942"])
+def test_prepare_mxfp8_is_refused_where_aiter_has_no_mxfp8_kernels(
+    fake_aiter: ModuleType, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    import aiter.fused_moe as fake_module
+
+    if where == "gfx942":
+        monkeypatch.setattr(fake_module, "fused_moe", fake_module.fused_moe_v0_1_14)
+        monkeypatch.setattr(fake_aiter.dtypes, "fp8", torch.float8_e4m3fnuz)
+    with pytest.raises(ValueError, match=r"mxfp8 weights .* need AITER v0\.1\.17 or later on gfx"):
+        aiter_binding.load().prepare(_mxfp8_weights(), QuantType.per_1x32, ActivationType.Swiglu)
+    assert fake_aiter.CALLS == []
+    # Control: mxfp4 weights on the same AITER are prepared.
+    aiter_binding.load().prepare(_mxfp4_weights(), QuantType.per_1x32, ActivationType.Swiglu)
+    assert fake_aiter.CALLS
+
+
 def test_prepare_per_1x32_needs_scales(fake_aiter: ModuleType) -> None:
     weights = ExpertWeights(_fp4(L, 2 * N, H // 2), _fp4(L, H, N // 2))
     with pytest.raises(ValueError, match=r"per_1x32 weights need w13_scale"):

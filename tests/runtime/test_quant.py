@@ -261,3 +261,28 @@ def test_upscalers_do_not_sync(device: str) -> None:
     with no_host_sync(device):
         quant.dequantize_fp8_1x128(q, s, torch.bfloat16)
         quant.dequantize_mxfp4(p, e, torch.bfloat16)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_mxfp8_scales_by_hand(device: str) -> None:
+    """Groups of 32 with amax 448 (e = 0), 449 (e = 1: 449 > 448), 1.0 (e = -8: 1/2**-8 = 256 <=
+    448 < 512), 0 (e = 0), and one 1.75 * 2**-8 (e = -16: 448 = 1.75 * 2**8)."""
+    rows = [448.0, 449.0, 1.0, 0.0, 1.75 * 2**-8]
+    x = torch.zeros(1, 32 * len(rows), device=device)
+    for group, amax in enumerate(rows):
+        x[0, 32 * group] = amax
+        x[0, 32 * group + 1] = -amax / 4
+    q, scale = quant.quantize_mxfp8(x)
+    assert q.dtype == torch.float8_e4m3fn and scale.dtype == torch.float8_e8m0fnu
+    assert scale.view(torch.uint8).cpu().tolist() == [[127, 128, 119, 127, 111]]
+    back = quant.dequantize_mxfp8(q, scale)
+    # At scale 2: 449 / 2 = 224.5 rounds to 224 (e4m3 spacing 16 in [128, 256)), back 448; and
+    # -449 / 8 = -56.125 rounds to -56 (spacing 4 in [32, 64)), back -112. The rest are exact.
+    expected = x.clone()
+    expected[0, 32], expected[0, 33] = 448.0, -112.0
+    assert torch.equal(back, expected)
+    # Negative control: a scale one power of two too small saturates the 449 group.
+    assert not torch.equal(quant.dequantize_mxfp8(q, scale.view(torch.uint8).sub(1).view(
+        torch.float8_e8m0fnu)), expected)
+    with pytest.raises(ValueError, match="mxfp8 quantization"):
+        quant.quantize_mxfp8(torch.ones(2, 33, device=device))

@@ -41,6 +41,7 @@ KINDS = {
     "per_128x128": (QuantType.per_128x128, 128),
     "a4w4": (QuantType.per_1x32, 32),
     "a16w4": (QuantType.per_1x32, 32),
+    "mxfp8": (QuantType.per_1x32, 32),  # fp8 weights: mxfp8 activations with every activation
 }
 PREQUANTIZABLE = {"per_tensor", "per_token_fp8", "per_1x128", "per_128x128", "a4w4", "a16w4"}
 
@@ -93,7 +94,7 @@ def _qdq(kind: str, v: torch.Tensor, static: torch.Tensor | None) -> torch.Tenso
     if kind == "a4w4":
         p, e = quant.quantize_mxfp4(v)
         return quant.dequantize_mxfp4(p, e).double()
-    if kind == "a8w4":
+    if kind in ("a8w4", "mxfp8"):  # an independent float64 restatement, not quant.quantize_mxfp8
         return _mxfp8(v)
     return v  # "no" and "a16w4" keep their activations
 
@@ -223,6 +224,10 @@ def _quantized_weights(
         )
         d13 = quant.dequantize_fp8_128x128(q13, s13).double()
         d2 = quant.dequantize_fp8_128x128(q2, s2).double()
+    elif kind == "mxfp8":
+        (q13, s13), (q2, s2) = quant.quantize_mxfp8(w13, fp8), quant.quantize_mxfp8(w2, fp8)
+        d13 = quant.dequantize_mxfp8(q13, s13).double()
+        d2 = quant.dequantize_mxfp8(q2, s2).double()
     else:
         (q13, s13), (q2, s2) = quant.quantize_mxfp4(w13), quant.quantize_mxfp4(w2)
         d13 = quant.dequantize_mxfp4(q13, s13).double()
@@ -686,10 +691,14 @@ METHOD_CALLS = {
     "unquant": (QuantType.No, "silu"),
     "fp8_block": (QuantType.per_128x128, "silu"),
     "fp8_channel": (QuantType.per_Token, "gelu"),
+    "fp8_tensor": (QuantType.per_Tensor, "silu"),
     "mxfp4": (QuantType.per_1x32, "swiglu"),
     "quark_w4a4_mxfp4": (QuantType.per_1x32, "silu"),
     "quark_int4fp8": (QuantType.per_Token, "silu"),
     "ct_w8a8_fp8": (QuantType.per_Token, "silu"),
+    "quark_w8a8_fp8": (QuantType.per_Token, "gelu"),
+    "mxfp8": (QuantType.per_1x32, "swiglu"),
+    "quark_w4a8_mxfp4": (QuantType.per_1x32, "swiglu"),
 }
 
 
@@ -733,7 +742,7 @@ def _method_run(method: str, device: str, seed: int) -> MethodRun:
 
 # How much noise, relative to a row's rms, each method's bounds must detect
 # (see moe_runtime.testing.dense).
-_PERTURBATION = {"unquant": 0.1, "mxfp4": 0.1, "quark_w4a4_mxfp4": 2.0}
+_PERTURBATION = {"unquant": 0.1, "mxfp4": 0.1, "quark_w4a8_mxfp4": 0.1, "quark_w4a4_mxfp4": 2.0}
 
 
 @pytest.mark.parametrize("device", DEVICES)

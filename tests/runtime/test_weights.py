@@ -31,10 +31,23 @@ LAYOUTS: dict[str, dict[str, tuple[torch.dtype, tuple[int, ...]] | None]] = {
     "fp8_channel": {"w13_weight": (FP8, (3, 256, 256)), "w2_weight": (FP8, (3, 256, 128)),
                     "w13_scale": (torch.float32, (3, 256, 1)),
                     "w2_scale": (torch.float32, (3, 256, 1)), "a13_scale": None},
+    "fp8_tensor": {"w13_weight": (FP8, (3, 256, 256)), "w2_weight": (FP8, (3, 256, 128)),
+                   "w13_scale": (torch.float32, (3, 1)), "w2_scale": (torch.float32, (3, 1)),
+                   "a13_scale": None},
     "ct_w8a8_fp8": {"w13_weight": (FP8, (3, 256, 256)), "w2_weight": (FP8, (3, 256, 128)),
                     "w13_scale": (torch.float32, (3, 256, 1)),
                     "w2_scale": (torch.float32, (3, 256, 1)),
                     "a13_scale": (torch.float32, (1,)), "a2_scale": (torch.float32, (1,))},
+    "quark_w8a8_fp8": {"w13_weight": (FP8, (3, 256, 256)), "w2_weight": (FP8, (3, 256, 128)),
+                       "w13_scale": (torch.float32, (3, 256, 1)),
+                       "w2_scale": (torch.float32, (3, 256, 1)),
+                       "a13_scale": (torch.float32, (1,)), "a2_scale": (torch.float32, (1,))},
+    "quark_w4a8_mxfp4": {"w13_weight": (FP4X2, (3, 256, 128)), "w2_weight": (FP4X2, (3, 256, 64)),
+                         "w13_scale": (E8M0, (3, 256, 8)), "w2_scale": (E8M0, (3, 256, 4)),
+                         "b13": (torch.float32, (3, 256)), "b2": (torch.float32, (3, 256)),
+                         "a13_scale": (torch.float32, (1,)), "a2_scale": (torch.float32, (1,))},
+    "mxfp8": {"w13_weight": (FP8, (3, 256, 256)), "w2_weight": (FP8, (3, 256, 128)),
+              "w13_scale": (E8M0, (3, 256, 8)), "w2_scale": (E8M0, (3, 256, 4)), "b13": None},
     "mxfp4": {"w13_weight": (FP4X2, (3, 256, 128)), "w2_weight": (FP4X2, (3, 256, 64)),
               "w13_scale": (E8M0, (3, 256, 8)), "w2_scale": (E8M0, (3, 256, 4)),
               "b13": (torch.float32, (3, 256)), "b2": (torch.float32, (3, 256))},
@@ -51,7 +64,9 @@ LAYOUTS: dict[str, dict[str, tuple[torch.dtype, tuple[int, ...]] | None]] = {
 # int4 by half a step (amax/14). On top, the bf16 draws the comparison starts from are within
 # 2**-8 of the fp32 draws that were quantized.
 STEP = {"unquant": 0.0, "fp8_block": 2**-4, "fp8_channel": 2**-4, "ct_w8a8_fp8": 2**-4,
-        "mxfp4": 1 / 3, "quark_w4a4_mxfp4": 1 / 3, "quark_int4fp8": 1 / 14}
+        "fp8_tensor": 2**-4, "quark_w8a8_fp8": 2**-4, "mxfp8": 2**-4,
+        "mxfp4": 1 / 3, "quark_w4a4_mxfp4": 1 / 3, "quark_w4a8_mxfp4": 1 / 3,
+        "quark_int4fp8": 1 / 14}
 
 
 def test_every_method_has_a_layout() -> None:
