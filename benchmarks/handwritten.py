@@ -37,8 +37,11 @@ from moe_runtime.types import (
 Kernel = Callable[..., torch.Tensor]
 HandWritten = Callable[[Any], Any]
 
-_FP8_WIRES = frozenset({emulate.DEEPEP_LL_FP8, emulate.MORI_NORMAL_FP8, emulate.MORI_LL_FP8})
-_FP4_WIRES = frozenset({emulate.MORI_NORMAL_FP4, emulate.MORI_LL_FP4})
+_FP8_WIRES = frozenset(
+    {emulate.DEEPEP_LL_FP8, emulate.MORI_NORMAL_FP8, emulate.MORI_LL_FP8, emulate.MORI_V2_FP8}
+)
+_FP4_WIRES = frozenset({emulate.MORI_NORMAL_FP4, emulate.MORI_LL_FP4, emulate.MORI_V2_FP4})
+_MORI_V2 = frozenset({emulate.MORI_V2, emulate.MORI_V2_FP8, emulate.MORI_V2_FP4})
 _MORI_LL = frozenset({emulate.MORI_LL, emulate.MORI_LL_FP8, emulate.MORI_LL_FP4})
 
 
@@ -66,6 +69,8 @@ def build(
         torch.float16,
     )
     per_call = {"num_local_tokens", "dtype"} if dispatch_format.startswith("mori") else set()
+    if dispatch_format in _MORI_V2:
+        per_call.add("output")
     if quantized_wire and not upscale:
         per_call.add("a1_scale")
     static = {k: v for k, v in reference_call.kwargs.items() if k not in per_call}
@@ -82,6 +87,8 @@ def build(
         return deepep_ll_fp8_upscale(kernel, w13, w2, static, slabs)
     if dispatch_format == emulate.DEEPEP_LL_FP8:
         return deepep_ll_fp8(kernel, w13, w2, static, slabs)
+    if dispatch_format in _MORI_V2:
+        return mori_v2(kernel, w13, w2, static, dispatch_format, upscale)
     combine = MoriEPLLCombineInput if dispatch_format in _MORI_LL else MoriEPNormalCombineInput
     if not quantized_wire:
         return mori_bf16(kernel, w13, w2, static, combine)
@@ -265,3 +272,48 @@ def mori_upscale(
         return combine(out, d.origin_topk_ids, d.origin_topk_weights)
 
     return run
+
+
+def mori_v2(
+    kernel: Kernel,
+    w13: torch.Tensor,
+    w2: torch.Tensor,
+    static: Mapping[str, Any],
+    dispatch_format: str,
+    upscale: bool,
+) -> HandWritten:
+    """MORI EPv2: the normal format's call with the expert output written into combine's buffer
+    (`output=d.expert_output`); the wire as it arrives, its scales passed, or upscaled."""
+    combine = MoriEPNormalCombineInput
+    if dispatch_format == emulate.MORI_V2 or not upscale:
+        scaled = dispatch_format != emulate.MORI_V2
+
+        def run(d: Any) -> Any:
+            hidden_states = d.hidden_states
+            if hidden_states.shape[0] == 0:
+                return combine(hidden_states, d.origin_topk_ids, d.origin_topk_weights)
+            scale = {"a1_scale": d.hidden_states_scale} if scaled else {}
+            out = kernel(
+                hidden_states, w13, w2, d.topk_weights, d.topk_ids,
+                num_local_tokens=d.num_recv_tokens_per_expert, dtype=d.out_dtype,
+                output=d.expert_output, **scale, **static,
+            )
+            return combine(out, d.origin_topk_ids, d.origin_topk_weights)
+
+        return run
+    name = "dequantize_fp8_1x128" if dispatch_format in _FP8_WIRES else "dequantize_mxfp4"
+    dequantize = loadtime.bind_upscaler(name, w13.device)
+
+    def run_upscaled(d: Any) -> Any:
+        wire = d.hidden_states
+        if wire.shape[0] == 0:
+            return combine(wire, d.origin_topk_ids, d.origin_topk_weights)
+        hidden_states = dequantize(wire, d.hidden_states_scale, d.out_dtype)
+        out = kernel(
+            hidden_states, w13, w2, d.topk_weights, d.topk_ids,
+            num_local_tokens=d.num_recv_tokens_per_expert, dtype=d.out_dtype,
+            output=d.expert_output, **static,
+        )
+        return combine(out, d.origin_topk_ids, d.origin_topk_weights)
+
+    return run_upscaled
