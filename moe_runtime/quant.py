@@ -168,6 +168,19 @@ def _e2m1_round(magnitude: torch.Tensor) -> torch.Tensor:
     return (torch.round(magnitude / step) * step).clamp(max=FP4_MAX)
 
 
+def _mx_exponent(groups: torch.Tensor, qmax: float) -> torch.Tensor:
+    """Per group of the last dim, the smallest integer `e` with `amax / 2**e <= qmax` (0 for a
+    zero group), clamped to e8m0's range, as `[..., G, 1]` ints.
+
+    qmax = q * 2**b and amax = m * 2**p with q, m in [0.5, 1): m * 2**(p-e) <= q * 2**b holds for
+    e = p-b when m <= q, else e = p-b+1. Exact (no log2 rounding)."""
+    amax = groups.abs().amax(dim=-1, keepdim=True)
+    q_mantissa, q_exponent = math.frexp(qmax)
+    mantissa, exponent = torch.frexp(amax)
+    e = exponent - q_exponent + (mantissa > q_mantissa).to(exponent.dtype)
+    return torch.where(amax > 0, e, torch.zeros_like(e)).clamp(-127, 127)
+
+
 def quantize_mxfp4(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """MX fp4: returns (packed `float4_e2m1fn_x2 [..., K/2]`, scales `float8_e8m0fnu [..., K/32]`).
 
@@ -178,12 +191,7 @@ def quantize_mxfp4(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """
     _require_groups(x, MXFP4_GROUP, "mxfp4 quantization")
     groups = torch.unflatten(x.float(), -1, (-1, MXFP4_GROUP))
-    amax = groups.abs().amax(dim=-1, keepdim=True)
-    # amax = m * 2**p with m in [0.5, 1): m * 2**(p-e) <= 6 holds for e = p-3 when m <= 0.75,
-    # else e = p-2. Exact (no log2 rounding).
-    mantissa, exponent = torch.frexp(amax)
-    e = exponent - 3 + (mantissa > 0.75).to(exponent.dtype)
-    e = torch.where(amax > 0, e, torch.zeros_like(e)).clamp(-127, 127)
+    e = _mx_exponent(groups, 6.0)
     scaled = groups / torch.pow(2.0, e.float())
     magnitude = _e2m1_round(scaled.abs())
     # Code of an E2M1 magnitude: 2 * value up to 2 (0, .5, 1, 1.5, 2 -> 0..4), then one more per
@@ -231,13 +239,7 @@ def quantize_mxfp8(x: torch.Tensor, dtype: torch.dtype = FP8) -> tuple[torch.Ten
     """
     _require_groups(x, MXFP4_GROUP, "mxfp8 quantization")
     groups = torch.unflatten(x.float(), -1, (-1, MXFP4_GROUP))
-    amax = groups.abs().amax(dim=-1, keepdim=True)
-    # qmax = q * 2**b with q in [0.5, 1) (448 = 0.875 * 2**9); amax = m * 2**p with m in [0.5, 1):
-    # m * 2**(p-e) <= q * 2**b holds for e = p-b when m <= q, else e = p-b+1. Exact (no log2).
-    q_mantissa, q_exponent = math.frexp(fp8_max(dtype))
-    mantissa, exponent = torch.frexp(amax)
-    e = exponent - q_exponent + (mantissa > q_mantissa).to(exponent.dtype)
-    e = torch.where(amax > 0, e, torch.zeros_like(e)).clamp(-127, 127)
+    e = _mx_exponent(groups, fp8_max(dtype))
     q = quantize_fp8_static(groups, torch.pow(2.0, e.float()), dtype).flatten(-2)
     return q, (e.squeeze(-1) + 127).to(torch.uint8).view(E8M0)
 
