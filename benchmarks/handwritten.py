@@ -285,22 +285,34 @@ def mori_v2(
     """MORI EPv2: the normal format's call with the expert output written into combine's buffer
     (`output=d.expert_output`); the wire as it arrives, its scales passed, or upscaled."""
     combine = MoriEPNormalCombineInput
-    if dispatch_format == emulate.MORI_V2 or not upscale:
-        scaled = dispatch_format != emulate.MORI_V2
+    if dispatch_format == emulate.MORI_V2:
 
-        def run(d: Any) -> Any:
+        def run_bf16(d: Any) -> Any:
             hidden_states = d.hidden_states
             if hidden_states.shape[0] == 0:
                 return combine(hidden_states, d.origin_topk_ids, d.origin_topk_weights)
-            scale = {"a1_scale": d.hidden_states_scale} if scaled else {}
             out = kernel(
                 hidden_states, w13, w2, d.topk_weights, d.topk_ids,
                 num_local_tokens=d.num_recv_tokens_per_expert, dtype=d.out_dtype,
-                output=d.expert_output, **scale, **static,
+                output=d.expert_output, **static,
             )
             return combine(out, d.origin_topk_ids, d.origin_topk_weights)
 
-        return run
+        return run_bf16
+    if not upscale:
+
+        def run_pass_through(d: Any) -> Any:
+            hidden_states = d.hidden_states
+            if hidden_states.shape[0] == 0:
+                return combine(hidden_states, d.origin_topk_ids, d.origin_topk_weights)
+            out = kernel(
+                hidden_states, w13, w2, d.topk_weights, d.topk_ids,
+                a1_scale=d.hidden_states_scale, num_local_tokens=d.num_recv_tokens_per_expert,
+                dtype=d.out_dtype, output=d.expert_output, **static,
+            )
+            return combine(out, d.origin_topk_ids, d.origin_topk_weights)
+
+        return run_pass_through
     name = "dequantize_fp8_1x128" if dispatch_format in _FP8_WIRES else "dequantize_mxfp4"
     dequantize = loadtime.bind_upscaler(name, w13.device)
 
