@@ -22,6 +22,7 @@ from types import FrameType
 
 from generator.diagnostics import MatrixError, closest
 from generator.explain import explain_plan, list_combinations
+from generator.fragments import TemplateProblem
 from generator.json_schema import SCHEMA_PATH
 from generator.model import Combination
 from generator.naming import module_name
@@ -40,7 +41,6 @@ from generator.pipeline import (
     load,
 )
 from generator.plan import plan_combination
-from generator.render import TemplateProblem
 from generator.writer import MANIFEST_NAME, NotOurs, Phase
 
 DEFAULT_OUT = REPO_ROOT / "generated"

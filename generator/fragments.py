@@ -1,10 +1,13 @@
 """The contract between the plan and the templates, stated once.
 
-`STEPS` registers every fragment the plan may choose (`templates/fragments/<kind>/<name>.py.j2`)
-with the decision that chooses it; `render.check_fragments` compares it with the templates
-directory before anything is rendered, so a missing or unused fragment is an error naming both,
-not a `TemplateNotFound` halfway through. `NAMES` holds the Python names that fragments define
-and the plan's expressions read: both take them from here, and templates get them as `names`.
+`STEPS` registers every fragment a decision record may choose
+(`templates/fragments/<kind>/<name>.py.j2`) under the topic of the record that chooses it, in the
+order the generated module runs them; `KERNEL_KEYWORDS` the kernel keywords a record may pass, in
+fused_moe's order. Making a plan (generator/decision.py) checks each record's choices against
+them, and `render.check_fragments` compares `STEPS` with the templates directory before anything
+is rendered, so a missing or unused fragment is an error naming both, not a `TemplateNotFound`
+halfway through. `NAMES` holds the Python names that fragments define and the records'
+expressions read: both take them from here, and templates get them as `names`.
 """
 
 from __future__ import annotations
@@ -14,13 +17,20 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 ALWAYS = "every runner"
+# pyproject.toml's [tool.ruff] line-length: generated code is laid out as `ruff format` keeps it.
+LINE_LENGTH = 100
 
-# kind -> fragment name -> the decision or matrix fact that chooses the fragment.
+
+class TemplateProblem(Exception):
+    """A template that fails to render, or a plan that breaks the contract; names both."""
+
+
+# kind -> fragment name -> the topic of the decision record that chooses it, in program order.
 STEPS: Mapping[str, Mapping[str, str]] = MappingProxyType(
     {
         "load": MappingProxyType(
             {
-                "check_weights": ALWAYS,
+                "check_weights": "weights",
                 "dispatch_types": ALWAYS,
                 "router_weight_refused": "apply_router_weight_on_input",
                 "router_weight_stage1": "apply_router_weight_on_input",
@@ -28,8 +38,8 @@ STEPS: Mapping[str, Mapping[str, str]] = MappingProxyType(
                 "activation_swiglu": "activation",
                 "refuse_hidden_pad": "hidden padding",
                 "bind_kernel": ALWAYS,
-                "weight_scales": "quant method's weight scales",
-                "biases": "quant method's biases",
+                "weight_scales": "weights",
+                "biases": "weights",
                 "pads": "hidden padding",
                 "router_weight_input_scaling": "apply_router_weight_on_input",
                 "mask_standard": "expert mask",
@@ -58,7 +68,7 @@ STEPS: Mapping[str, Mapping[str, str]] = MappingProxyType(
                 "wire_upscale": "wire",
                 "wire_upscale_slabs": "wire",
                 "kernel_call": ALWAYS,
-                "combine": ALWAYS,
+                "combine": "combine input",
             }
         ),
         "check": MappingProxyType(
@@ -74,15 +84,36 @@ STEPS: Mapping[str, Mapping[str, str]] = MappingProxyType(
                 "scale_flat": "wire",
                 "no_scale": "wire",
                 "routing": ALWAYS,
-                "ids_in_range": "row count",
-                "total_recv": "row count",
-                "origin_routing": "row count",
-                "masked_m": "row count",
+                "total_recv": "valid rows",
+                "origin_routing": "valid rows",
+                "masked_m": "valid rows",
+                "ids_in_range": "valid rows",
                 "recv_counts": "top-k ids",
                 "expert_output": "expert output",
             }
         ),
     }
+)
+
+
+# The keywords a record may pass to the kernel, in fused_moe's order (moe_runtime.types'
+# FusedMoeKernel, then FusedMoeOutputKernel's `output`), which the generated calls follow; mypy
+# checks every generated call against those protocols.
+KERNEL_KEYWORDS = (
+    "expert_mask",
+    "activation",
+    "quant_type",
+    "doweight_stage1",
+    "w1_scale",
+    "w2_scale",
+    "a1_scale",
+    "num_local_tokens",
+    "dtype",
+    "hidden_pad",
+    "intermediate_pad",
+    "bias1",
+    "bias2",
+    "output",
 )
 
 

@@ -1,7 +1,11 @@
-"""Planner: every specialization decision for one combination, made once, with its reason.
+"""Planner: every specialization decision for one combination, made once, as a record.
 
-The plan is the only place that looks at axis properties. Templates receive its fields and
-substitute them; they never decide (STYLE.md guideline 5).
+`plan_combination` lists the records of one combination in order; each function below makes one
+record (generator/decision.py): what was decided, the matrix fact behind it, and what the module
+owes to it (fragments, kernel keywords, imports, values). This is the only place that looks at
+axis properties: adding a property value is one record here (and, if it needs new code, one
+fragment registered in generator/fragments.py). Templates substitute; they never decide
+(STYLE.md guideline 5).
 """
 
 from __future__ import annotations
@@ -10,10 +14,9 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import assert_never
 
-from generator.checked import CheckPlan, plan_checks
-from generator.fragments import NAMES
+from generator.decision import Decision, Import, KernelArgument, Plan
+from generator.fragments import ALWAYS, NAMES
 from generator.model import (
-    A2ABackend,
     ActivationRule,
     Combination,
     DispatchFormat,
@@ -29,6 +32,8 @@ from generator.model import (
     Wire,
 )
 from generator.naming import module_name
+
+__all__ = ["Plan", "plan_combination"]
 
 
 class MaskKind(Enum):
@@ -58,63 +63,65 @@ class RouterWeight(Enum):
 
 
 @dataclass(frozen=True, slots=True)
-class Decision:
-    """One specialization decision, as `--explain` prints it."""
+class WireFacts:
+    """What a wire carries, as the checked prologue bounds it, and how it is dequantized."""
 
-    topic: str
-    choice: str
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class KernelArgument:
-    keyword: str
-    expression: str  # Python source in the generated hot path
+    hidden_dtypes: str  # a tuple expression of torch dtypes; bf16 stands for the layer's dtype
+    hidden_width: str
+    scale_dtypes: str  # "" on a bf16 wire (the scale must be None)
+    scale_width: str
+    upscaler: str  # loadtime.bind_upscaler's name ("" where nothing dequantizes)
+    group: str  # the scale group, as comments name it
 
 
-@dataclass(frozen=True, slots=True)
-class Plan:
-    """Every decision for one combination, and the names and expressions its module is made of."""
+_FP8 = "(torch.float8_e4m3fn, torch.float8_e4m3fnuz)"
+_E8M0 = "(torch.float8_e8m0fnu, torch.uint8)"
+_H = "self._layer.hidden_size"
+WIRES = {
+    Wire.BF16: WireFacts("(torch.bfloat16, torch.float16)", _H, "", "", "", ""),
+    Wire.FP8_1X128: WireFacts(
+        _FP8, _H, "(torch.float32,)", f"{_H} // 128", "dequantize_fp8_1x128", "1x128"
+    ),
+    # Two fp4 values per byte.
+    Wire.FP4_1X32: WireFacts(
+        "(torch.float4_e2m1fn_x2,)", f"{_H} // 2", _E8M0, f"{_H} // 32", "dequantize_mxfp4", "1x32"
+    ),
+}
 
-    combination: Combination
-    module_name: str
-    a2a: A2ABackend
-    dispatch: DispatchFormat
-    quant: QuantMethod
-    kernel_quant: KernelQuant
-    mask: MaskKind
-    ids: IdConversion
-    wire: WireHandling
-    router_weight: RouterWeight
-    decisions: tuple[Decision, ...]
-    # What the templates substitute, decided here.
-    imports: tuple[str, ...]
-    load_fragments: tuple[str, ...]
-    call_fragments: tuple[str, ...]
-    weight_rules: tuple[str, ...]  # loadtime.check_weights' rules of the method's weights
-    shape_rules: tuple[str, ...]  # loadtime.check_weights' shapes of its scales and biases
-    weight_dtypes: str  # a tuple expression of torch dtypes
-    kernel_ids_name: str
-    kernel_weights_name: str
-    bound_kernel_name: str  # the load-time local the kernel arguments are bound into
-    kernel_arguments: tuple[KernelArgument, ...]  # passed on every call
-    bound_kernel_arguments: tuple[KernelArgument, ...]  # bound into the kernel at load
-    upscaler: str  # the upscaler of an upscaled wire ("" otherwise): loadtime.bind_upscaler's name
-    wire_group: str
-    upscale_dtype: str
-    output_expression: str
-    combine_routing: tuple[str, ...]
-    combine_comment: str
-    checks: CheckPlan  # the checked variant's validation prologue (generator/checked.py)
 
-    def combine_call(self, hidden_states: str, *, indent: int) -> str:
-        """The combine input built around `hidden_states`, one argument a line when several."""
-        arguments = (hidden_states, *self.combine_routing)
-        if len(arguments) == 1:
-            return f"{self.dispatch.combine_input}({hidden_states})"
-        inner = " " * (indent + 4)
-        lines = "".join(f"{inner}{argument},\n" for argument in arguments)
-        return f"{self.dispatch.combine_input}(\n{lines}{' ' * indent})"
+def plan_combination(matrix: Matrix, combination: Combination) -> Plan:
+    """Decide everything about one combination; pure, deterministic, no I/O."""
+    fmt = matrix.dispatch_format(combination.dispatch)
+    quant = matrix.quant_method(combination.quant)
+    kernel_quant, wire, wire_reason = _wire_rule(fmt, quant)
+    interleaved_gate_up = _interleaved_gate_up(quant)
+    records = (
+        _frame(fmt),
+        _mask(fmt),
+        _ids(fmt),
+        _wire(fmt, wire, wire_reason),
+        _kernel_quant(fmt, quant, kernel_quant),
+        _activation(quant),
+        _gate_mode(interleaved_gate_up),
+        _router_weight(fmt, quant),
+        *_recv_cap(fmt),
+        _valid_rows(fmt),
+        _zero_row_guard(fmt),
+        _expert_output(fmt),
+        _hidden_padding(quant),
+        *_static_input_scales(quant),
+        _weights(quant, interleaved_gate_up),
+        _layout(fmt, wire),
+        _combine(fmt),
+    )
+    return Plan(
+        combination=combination,
+        module_name=module_name(combination),
+        a2a=matrix.a2a_backend(combination.a2a),
+        dispatch=fmt,
+        quant=quant,
+        records=(*records, _checked(records)),
+    )
 
 
 def _carries_topk_output(fmt: DispatchFormat) -> bool:
@@ -127,377 +134,49 @@ def _carries_expert_output(fmt: DispatchFormat) -> bool:
     return fmt.dispatch_output == "MoriEPV2DispatchOutput"
 
 
-# Per quantized wire: the runtime function that dequantizes it, and its scale group.
-_UPSCALERS = {Wire.FP8_1X128: "dequantize_fp8_1x128", Wire.FP4_1X32: "dequantize_mxfp4"}
-_WIRE_GROUPS = {Wire.BF16: "", Wire.FP8_1X128: "1x128", Wire.FP4_1X32: "1x32"}
-
-
-def plan_combination(matrix: Matrix, combination: Combination) -> Plan:
-    """Decide everything about one combination; pure, deterministic, no I/O."""
-    fmt = matrix.dispatch_format(combination.dispatch)
-    quant = matrix.quant_method(combination.quant)
-    mask, mask_reason = _mask(fmt)
-    ids, ids_reason = _ids(fmt)
-    kernel_quant, wire, wire_reason = _wire(fmt, quant)
-    router_weight, router_reason = _router_weight(fmt, quant)
-    checks = plan_checks(fmt)
-    decisions = (
-        Decision("expert mask", mask.value, mask_reason),
-        Decision("top-k ids", ids.value, ids_reason),
-        Decision("wire", f"{fmt.wire.value}, {wire.value}", wire_reason),
-        _kernel_quant_decision(fmt, quant, kernel_quant),
-        Decision("activation", quant.activation.value, _activation_reason(quant)),
-        _gate_mode_decision(_interleaved_gate_up(quant)),
-        Decision("apply_router_weight_on_input", router_weight.value, router_reason),
-        *_row_decisions(fmt),
-        *_expert_output_decisions(fmt),
-        *_method_decisions(quant),
-        _checked_decision(checks),
-    )
-    num_local_tokens = fmt.row_count is RowCount.TOTAL_RECV
-    slabs = fmt.layout is Layout.MASKED_SLABS
-    return Plan(
-        combination=combination,
-        module_name=module_name(combination),
-        a2a=matrix.a2a_backend(combination.a2a),
-        dispatch=fmt,
-        quant=quant,
-        kernel_quant=kernel_quant,
-        mask=mask,
-        ids=ids,
-        wire=wire,
-        router_weight=router_weight,
-        decisions=decisions,
-        imports=_imports(fmt, wire),
-        load_fragments=_load_fragments(
-            quant, mask, ids, router_weight, wire, _carries_expert_output(fmt)
-        ),
-        call_fragments=_call_fragments(fmt, ids, wire),
-        weight_rules=_weight_rules(quant),
-        shape_rules=_shape_rules(quant),
-        weight_dtypes=_weight_dtypes(quant),
-        kernel_ids_name="topk_ids" if ids is IdConversion.NONE else NAMES.kernel_topk_ids,
-        kernel_weights_name=NAMES.kernel_topk_weights if slabs else "topk_weights",
-        bound_kernel_name="output_kernel" if _carries_expert_output(fmt) else "bound_kernel",
-        kernel_arguments=_kernel_arguments(fmt, wire, num_local_tokens),
-        bound_kernel_arguments=_bound_kernel_arguments(quant, router_weight),
-        # Without an out_dtype on the wire, the low-latency output is DeepEP's bf16.
-        upscaler=_UPSCALERS[fmt.wire] if wire is WireHandling.UPSCALE else "",
-        wire_group=_WIRE_GROUPS[fmt.wire],
-        upscale_dtype="dispatch_output.out_dtype" if num_local_tokens else "torch.bfloat16",
-        output_expression="out.view(num_slabs, capacity, -1)" if slabs else "out",
-        combine_routing=_combine_routing(fmt),
-        combine_comment=_combine_comment(fmt),
-        checks=checks,
-    )
-
-
-def _kernel_quant_decision(
-    fmt: DispatchFormat, quant: QuantMethod, kernel_quant: KernelQuant
-) -> Decision:
+def _frame(fmt: DispatchFormat) -> Decision:
+    """What every runner has: the class check, the kernel bound at load and called once."""
+    types = ("ExpertWeights", "FusedMoeKernel", "MoeLayerConfig")
     return Decision(
-        "AITER quant type",
-        kernel_quant.value,
-        "the method's own type"
-        if kernel_quant is quant.kernel_quant
-        else f"bf16 weights with a {fmt.wire.value} wire run the pre-quantized path "
-        "(docs/formats.md, wire x weight table)",
-    )
-
-
-def _row_decisions(fmt: DispatchFormat) -> tuple[Decision, ...]:
-    """Which rows the kernel reads: MORI's receive cap and valid rows, the zero-row guard."""
-    decisions = []
-    if fmt.truncate_to_recv_cap:
-        decisions.append(
-            Decision(
-                "recv_cap",
-                "no slice: num_local_tokens bounds the rows the kernel reads",
-                "MORI's combine reads only rows below total_recv, and SGLang's cap (0.5.13 and "
-                "0.5.23) never falls below total_recv, so rows past the cap are never read or "
-                "computed; slicing to it on every call would cost host time and change nothing "
-                "combine sees",
-            )
-        )
-    if fmt.row_count is RowCount.TOTAL_RECV:
-        decisions.append(
-            Decision(
-                "valid rows",
-                "num_local_tokens = total_recv, dtype = out_dtype",
-                "rows past MORI's total_recv are stale; the kernel skips them without a host sync",
-            )
-        )
-    zero_row_guard = _zero_row_guard(fmt)
-    decisions.append(
-        Decision(
-            "zero-row guard",
-            "yes" if zero_row_guard else "no",
-            "AITER rejects M == 0 and a flat dispatch may deliver no rows"
-            if zero_row_guard
-            else "the slab layout always has L * C > 0 rows",
-        )
-    )
-    return tuple(decisions)
-
-
-def _expert_output_decisions(fmt: DispatchFormat) -> tuple[Decision, ...]:
-    """MORI EPv2: where the kernel writes its output."""
-    if not _carries_expert_output(fmt):
-        return ()
-    return (
-        Decision(
-            "expert output",
-            "output = dispatch_output.expert_output, handed back to combine as the kernel "
-            "returns it; the kernel must take AITER's `output` keyword (refused at load "
-            "otherwise)",
-            "MORI EPv2's combine skips staging its copy when it gets back its own combine view "
-            "(SGLang 0.5.23 token_dispatcher/moriep.py:1552-1558, moe_runner/aiter.py:249-257); "
-            "padded-H weights compute wider rows and leave the copy to combine",
+        ALWAYS,
+        "pre-permute, AITER fused_moe, post-permute",
+        "the runner contract (shared/DESIGN.md)",
+        explained=False,
+        load=("dispatch_types", "bind_kernel", "bind_kernel_arguments"),
+        call=("dispatch_type", "kernel_call"),
+        check=("dispatch_type", "routing"),
+        imports=(
+            Import("functools"),
+            Import("typing", "Final"),
+            Import("torch"),
+            *(Import("moe_runtime", name) for name in ("checks", "kernels", "loadtime")),
+            *(
+                Import("moe_runtime.types", name)
+                for name in (*types, fmt.dispatch_output, fmt.combine_input)
+            ),
         ),
     )
 
 
-def _method_decisions(quant: QuantMethod) -> tuple[Decision, ...]:
-    """What the quant method's padding and static input scales turn into."""
-    decisions = []
-    if quant.pads_hidden:
-        decisions.append(
-            Decision(
-                "hidden padding",
-                "padded weights get a kernel that pads activations and crops its output, "
-                "bound at load; unpadded weights pay nothing per call",
-                "the method pads H and I to multiples of 256 at load",
-            )
-        )
-    if quant.static_input_scales:
-        decisions.append(
-            Decision("static input scales", "not passed", _static_scales_reason(quant))
-        )
-    return tuple(decisions)
-
-
-def _static_scales_reason(quant: QuantMethod) -> str:
-    if quant.kernel_quant is KernelQuant.PER_1X32:
-        # aiter/fused_moe.py v0.1.20.post1: the per_1x32 Swiglu path sets a1_scale to None for
-        # bf16 activations and computes its own e8m0 scales for fp8 and fp4 ones (3005-3039).
-        return (
-            "AITER's per_1x32 Swiglu path never reads a static activation scale: it keeps bf16 "
-            "activations or quantizes them to mxfp8 or mxfp4 with its own e8m0 scales"
-        )
-    return (
-        f"AITER's {quant.kernel_quant.value} activation quantizer refuses a static scale "
-        "for bf16 input; the kernel quantizes each row dynamically instead (a row's own "
-        "amax never exceeds the calibrated range)"
-    )
-
-
-def _checked_decision(checks: CheckPlan) -> Decision:
-    return Decision(
-        "checked variant",
-        checks.summary,
-        "select(..., checked=True) validates each dispatch output before the plain hot path; "
-        "the plain Runner pays only the dispatch-output class lookup",
-    )
-
-
-def _zero_row_guard(fmt: DispatchFormat) -> bool:
-    return fmt.layout is Layout.FLAT
-
-
-def _interleaved_gate_up(quant: QuantMethod) -> bool:
-    """Whether weights with gate_mode INTERLEAVE are served (else refused)."""
-    return quant.kernel_quant is KernelQuant.PER_1X32
-
-
-def _imports(fmt: DispatchFormat, wire: WireHandling) -> tuple[str, ...]:
-    typing_names = ["Final"] + (["cast"] if fmt.wire is not Wire.BF16 else [])
-    lines = [
-        "import functools",
-        f"from typing import {', '.join(sorted(typing_names))}",
-        "",
-        "import torch",
-        "",
-        "from moe_runtime import checks, kernels, loadtime",
-    ]
-    type_names = sorted(
-        {
-            "ExpertWeights",
-            "FusedMoeKernel",
-            "MoeLayerConfig",
-            fmt.dispatch_output,
-            fmt.combine_input,
-        }
-    )
-    lines.append("from moe_runtime.types import (")
-    lines.extend(f"    {name}," for name in type_names)
-    lines.append(")")
-    return tuple(lines)
-
-
-# Fragment names (generator/fragments.py registers each) by decision, spelled out rather than
-# built from enum values, so that renaming a value cannot silently rename a file.
-_ROUTER_WEIGHT_CHECKS: dict[RouterWeight, tuple[str, ...]] = {
-    RouterWeight.REFUSED: ("router_weight_refused",),
-    RouterWeight.INPUT_SCALING: (),
-    RouterWeight.STAGE1: ("router_weight_stage1",),
-}
-_ACTIVATION_STEPS = {
-    ActivationRule.LAYER: "activation_layer",
-    ActivationRule.SWIGLU: "activation_swiglu",
-}
 _MASK_STEPS = {
     MaskKind.STANDARD: "mask_standard",
     MaskKind.GLOBAL: "mask_global",
     MaskKind.SINK: "mask_sink",
 }
-# The same names at load (what the conversion needs built once) and in the hot path.
-_ID_STEPS: dict[IdConversion, tuple[str, ...]] = {
-    IdConversion.NONE: (),
-    IdConversion.MINUS_ONE_TO_SINK: ("ids_minus_one_to_sink",),
-    IdConversion.SLAB_SLOTS: ("ids_slab_slots",),
-}
 
 
-def _load_fragments(
-    quant: QuantMethod,
-    mask: MaskKind,
-    ids: IdConversion,
-    router_weight: RouterWeight,
-    wire: WireHandling,
-    expert_output: bool,
-) -> tuple[str, ...]:
-    steps = [
-        "check_weights",
-        "dispatch_types",
-        # Refused or bound into the kernel here; input scaling wraps the kernel further down.
-        *_ROUTER_WEIGHT_CHECKS[router_weight],
-        # AITER's weight preparation depends on the activation (per_1x32: a16w4 vs a4w4 layout).
-        _ACTIVATION_STEPS[quant.activation],
-        *(() if quant.pads_hidden else ("refuse_hidden_pad",)),
-        "bind_kernel",
-    ]
-    if quant.has_weight_scales:
-        steps.append("weight_scales")
-    if quant.has_biases:
-        steps.append("biases")
-    if quant.pads_hidden:
-        steps.append("pads")
-    if router_weight is RouterWeight.INPUT_SCALING:
-        # After the padding adapter, so that it scales the rows the caller passed.
-        steps.append("router_weight_input_scaling")
-    steps.append(_MASK_STEPS[mask])
-    steps += _ID_STEPS[ids]
-    if wire is WireHandling.UPSCALE:
-        steps.append("wire_upscale")
-    if expert_output:
-        steps.append("writes_output")
-    # Last: it binds what the steps above stored.
-    steps.append("bind_kernel_arguments")
-    return tuple(steps)
-
-
-def _call_fragments(fmt: DispatchFormat, ids: IdConversion, wire: WireHandling) -> tuple[str, ...]:
-    """The hot path, step by step: each name is a template under templates/fragments/call/, and
-    each renders code (what the load time bound into the kernel is no step here)."""
-    quantized_wire = fmt.wire is not Wire.BF16
-    steps = ["dispatch_type"]
-    match fmt.layout:
-        case Layout.MASKED_SLABS if wire is WireHandling.UPSCALE:
-            # The upscaler reads DeepEP's column-major scales where they lie: no copy.
-            steps += ["unpack_slab_shape"]
-        case Layout.MASKED_SLABS:
-            steps += ["unpack_slabs"] + (["scale_slabs"] if quantized_wire else [])
-        case Layout.FLAT if fmt.truncate_to_recv_cap:
-            steps += ["unpack_recv_cap"] + (["scale_flat"] if quantized_wire else [])
-        case Layout.FLAT:
-            unpack = "unpack_standard" if _carries_topk_output(fmt) else "unpack_flat"
-            steps += [unpack] + (["scale_flat"] if quantized_wire else [])
-        case _:
-            assert_never(fmt.layout)
-    if _zero_row_guard(fmt):
-        steps.append("zero_row_guard")
-    steps += _ID_STEPS[ids]
-    if wire is WireHandling.UPSCALE:
-        slabs = fmt.layout is Layout.MASKED_SLABS
-        steps.append("wire_upscale_slabs" if slabs else "wire_upscale")
-    steps += ["kernel_call", "combine"]
-    return tuple(steps)
-
-
-def _weight_rules(quant: QuantMethod) -> tuple[str, ...]:
-    """The method's weight rules (moe_runtime.loadtime), one per fact, in the order of its
-    messages; a fact that allows anything (static input scales, interleaved rows) adds none."""
-    rules = [
-        "scales_required" if quant.has_weight_scales else "scales_refused",
-        "biases_required" if quant.has_biases else "biases_refused",
-    ]
-    if not quant.static_input_scales:
-        rules.append("input_scales_refused")
-    rules.append(
-        "stage1_weight_needs_flag" if quant.router_weight_in_stage1 else "stage1_weight_refused"
+def _mask(fmt: DispatchFormat) -> Decision:
+    kind, reason = _mask_kind(fmt)
+    return Decision(
+        "expert mask",
+        kind.value,
+        reason,
+        load=(_MASK_STEPS[kind],),
+        bound_kernel_arguments=(KernelArgument("expert_mask", NAMES.expert_mask),),
     )
-    if not _interleaved_gate_up(quant):
-        rules.append("interleaved_gate_up_refused")
-    return tuple(f"loadtime.{rule}" for rule in rules)
 
 
-# The shapes of a method's weight scales, fixed by its own AITER quant type.
-_SCALE_SHAPES = {
-    KernelQuant.NO: "channel_scale_shapes",
-    KernelQuant.PER_TENSOR: "tensor_scale_shapes",
-    KernelQuant.PER_TOKEN: "channel_scale_shapes",
-    KernelQuant.PER_1X32: "group_scale_shapes",
-    KernelQuant.PER_1X128: "block_scale_shapes",
-    KernelQuant.PER_128X128: "block_scale_shapes",
-}
-
-
-def _shape_rules(quant: QuantMethod) -> tuple[str, ...]:
-    """The tensors the method adds to the weights' shape check (moe_runtime.loadtime)."""
-    rules = [_SCALE_SHAPES[quant.kernel_quant]] if quant.has_weight_scales else []
-    if quant.has_biases:
-        rules.append("bias_shapes")
-    return tuple(f"loadtime.{rule}" for rule in rules)
-
-
-def _weight_dtypes(quant: QuantMethod) -> str:
-    """The weight dtypes a runner accepts, as a tuple expression."""
-    if quant.weight_kind is WeightKind.FP8:
-        # gfx942 normalises checkpoints to e4m3fnuz at load; gfx950 and the reference use e4m3fn.
-        return "(torch.float8_e4m3fn, torch.float8_e4m3fnuz)"
-    return f"(torch.{quant.weight_dtype},)"
-
-
-def _combine_routing(fmt: DispatchFormat) -> tuple[str, ...]:
-    """What the combine input carries besides the expert output."""
-    match fmt.id_space:
-        case IdSpace.GLOBAL if fmt.row_count is RowCount.TOTAL_RECV:
-            return ("dispatch_output.origin_topk_ids", "dispatch_output.origin_topk_weights")
-        case IdSpace.GLOBAL:
-            return ()
-        case IdSpace.LOCAL_WITH_MINUS_ONE:
-            return ("topk_ids", "topk_weights")
-        case IdSpace.SLAB_INDEX:
-            return ("dispatch_output.topk_ids", "dispatch_output.topk_weights")
-        case _:
-            assert_never(fmt.id_space)
-
-
-def _combine_comment(fmt: DispatchFormat) -> str:
-    match fmt.id_space:
-        case IdSpace.GLOBAL if fmt.row_count is RowCount.TOTAL_RECV:
-            return "MORI's combine sums each token's rows unweighted, routed by the sender's ids."
-        case IdSpace.GLOBAL:
-            return "Ranks' outputs are summed by the all-reduce after the layer."
-        case IdSpace.LOCAL_WITH_MINUS_ONE:
-            return "DeepEP's combine sums each token's rows unweighted; it needs the original ids."
-        case IdSpace.SLAB_INDEX:
-            return "The low-latency combine weights each slot with the sender's ids and weights."
-        case _:
-            assert_never(fmt.id_space)
-
-
-def _mask(fmt: DispatchFormat) -> tuple[MaskKind, str]:
+def _mask_kind(fmt: DispatchFormat) -> tuple[MaskKind, str]:
     match fmt.sink:
         case Sink.LOCAL:
             return MaskKind.SINK, "ids are local with a sink id L: mask [L+1], the sink off"
@@ -520,28 +199,471 @@ def _mask(fmt: DispatchFormat) -> tuple[MaskKind, str]:
             assert_never(fmt.id_space)
 
 
-def _ids(fmt: DispatchFormat) -> tuple[IdConversion, str]:
+def _ids(fmt: DispatchFormat) -> Decision:
+    """The ids and weights the kernel gets, and the range the checked variant holds them to."""
     match fmt.id_space:
         case IdSpace.GLOBAL:
-            return IdConversion.NONE, "int32 global ids and fp32 weights arrive ready: no launch"
+            return Decision(
+                "top-k ids",
+                IdConversion.NONE.value,
+                "int32 global ids and fp32 weights arrive ready: no launch",
+                values=_id_values("topk_ids", "(torch.int32,)", "0", "self._layer.num_experts"),
+                device_checks="ids int32 in [0, E)",
+            )
         case IdSpace.LOCAL_WITH_MINUS_ONE:
-            return (
-                IdConversion.MINUS_ONE_TO_SINK,
+            return Decision(
+                "top-k ids",
+                IdConversion.MINUS_ONE_TO_SINK.value,
                 "one remainder by L+1 into int32 maps -1 to the sink L and keeps 0..L-1 (AITER "
                 "indexes memory with the raw id, so -1 must never reach it); combine gets the "
                 "original ids and weights",
+                load=("ids_minus_one_to_sink",),
+                call=("ids_minus_one_to_sink",),
+                check=("recv_counts",),
+                values=_id_values(
+                    NAMES.kernel_topk_ids,
+                    "(torch.int64, torch.int32)",
+                    "-1",
+                    "self._layer.num_local_experts",
+                ),
+                device_checks="local ids in [-1, L) (L + 1 or -2 would alias a real expert)",
             )
         case IdSpace.SLAB_INDEX:
-            return (
-                IdConversion.SLAB_SLOTS,
+            return Decision(
+                "top-k ids",
+                IdConversion.SLAB_SLOTS.value,
                 "flatten [L, C, H] to one row per slot with id = slab (sink past masked_m) and "
                 "weight 1: the low-latency combine applies the top-k weights",
+                load=("ids_slab_slots",),
+                call=("ids_slab_slots",),
+                values=_id_values(
+                    NAMES.kernel_topk_ids,
+                    "(torch.int64, torch.int32)",
+                    "-1",
+                    "self._layer.num_experts",
+                    kernel_weights=NAMES.kernel_topk_weights,
+                ),
+                device_checks="the sender's ids in [-1, E), masked_m [L] in [0, C]",
             )
         case _:
             assert_never(fmt.id_space)
 
 
-def _wire(fmt: DispatchFormat, quant: QuantMethod) -> tuple[KernelQuant, WireHandling, str]:
+def _id_values(
+    kernel_ids: str, dtypes: str, low: str, high: str, kernel_weights: str = "topk_weights"
+) -> dict[str, str]:
+    """The names the kernel call reads, and the checked prologue's id bounds."""
+    return {
+        "kernel_ids_name": kernel_ids,
+        "kernel_weights_name": kernel_weights,
+        "id_dtypes": dtypes,
+        "id_low": low,
+        "id_high": high,
+    }
+
+
+def _wire(fmt: DispatchFormat, handling: WireHandling, reason: str) -> Decision:
+    """How the hot path hands the wire's rows and scales to the kernel."""
+    facts = WIRES[fmt.wire]
+    quantized = fmt.wire is not Wire.BF16
+    slabs = fmt.layout is Layout.MASKED_SLABS
+    scale = "scale_slabs" if slabs else "scale_flat"
+    match handling:
+        case WireHandling.NONE:
+            call: tuple[str, ...] = ()
+        case WireHandling.PASS_THROUGH:
+            call = (scale,)
+        case WireHandling.UPSCALE:
+            # The slab upscaler reads DeepEP's column-major scales where they lie: no copy.
+            call = ("wire_upscale_slabs",) if slabs else ("scale_flat", "wire_upscale")
+        case _:
+            assert_never(handling)
+    passed = handling is WireHandling.PASS_THROUGH
+    return Decision(
+        "wire",
+        f"{fmt.wire.value}, {handling.value}",
+        reason,
+        load=("wire_upscale",) if handling is WireHandling.UPSCALE else (),
+        call=call,
+        check=(scale if quantized else "no_scale",),
+        kernel_arguments=(KernelArgument("a1_scale", "hidden_states_scale"),) if passed else (),
+        imports=(Import("typing", "cast"),) if quantized else (),
+        values={
+            "upscaler": facts.upscaler if handling is WireHandling.UPSCALE else "",
+            "wire_group": facts.group,
+            "hidden_dtypes": facts.hidden_dtypes,
+            "hidden_width": facts.hidden_width,
+            "scale_dtypes": facts.scale_dtypes,
+            "scale_width": facts.scale_width,
+        },
+    )
+
+
+def _kernel_quant(fmt: DispatchFormat, quant: QuantMethod, kernel_quant: KernelQuant) -> Decision:
+    return Decision(
+        "AITER quant type",
+        kernel_quant.value,
+        "the method's own type"
+        if kernel_quant is quant.kernel_quant
+        else f"bf16 weights with a {fmt.wire.value} wire run the pre-quantized path "
+        "(docs/formats.md, wire x weight table)",
+        bound_kernel_arguments=(KernelArgument("quant_type", NAMES.quant_type),),
+        values={"kernel_quant": kernel_quant},
+    )
+
+
+def _activation(quant: QuantMethod) -> Decision:
+    match quant.activation:
+        case ActivationRule.LAYER:
+            reason = "the layer's activation, mapped once at load (unknown names are refused)"
+            step = "activation_layer"
+        case ActivationRule.SWIGLU:
+            reason = (
+                "the method forces Swiglu, except a situ layer, which its a16w4 kernels run as "
+                "Situv2 (AITER v0.1.19; SGLang 0.5.23 mxfp4.py:1455-1458)"
+            )
+            step = "activation_swiglu"
+        case _:
+            assert_never(quant.activation)
+    return Decision(
+        "activation",
+        quant.activation.value,
+        reason,
+        # AITER's weight preparation depends on the activation (per_1x32: a16w4 vs a4w4 layout).
+        load=(step,),
+        bound_kernel_arguments=(KernelArgument("activation", NAMES.activation),),
+    )
+
+
+def _interleaved_gate_up(quant: QuantMethod) -> bool:
+    """Whether weights with gate_mode INTERLEAVE are served (else refused)."""
+    return quant.kernel_quant is KernelQuant.PER_1X32
+
+
+def _gate_mode(interleaved_gate_up: bool) -> Decision:
+    """Which gate/up row layouts (`ExpertWeights.gate_mode`) the method's kernels read; the
+    weights' rules (`_weights`) refuse the other."""
+    if interleaved_gate_up:
+        return Decision(
+            "gate mode",
+            "the weights' (SEPARATED or INTERLEAVE), bound into the kernel at load when not "
+            "SEPARATED",
+            "AITER's per_1x32 kernels read both layouts by fused_moe's gate_mode (v0.1.14; "
+            "aiter/fused_moe.py v0.1.20.post1:745-751, 2422-2433), and SGLang 0.5.23 passes it "
+            "for both of its per_1x32 methods (moe_runner/aiter.py:228-246; "
+            "quark_w4a4_mxfp4_moe.py:1089-1098)",
+        )
+    return Decision(
+        "gate mode",
+        "SEPARATED only: weights with gate_mode INTERLEAVE are refused at load",
+        "AITER reads gate_mode only on its per_1x32 paths and gfx1250's a8w4 kernel "
+        "(aiter/fused_moe.py v0.1.20.post1:745-776, 2422-2433, 2568), so other kernels would "
+        "read interleaved rows as gate then up; SGLang 0.5.23 passes none for them",
+    )
+
+
+def _router_weight(fmt: DispatchFormat, quant: QuantMethod) -> Decision:
+    """`apply_router_weight_on_input`: refused here, bound into the kernel, or an adapter that
+    wraps the kernel after the padding one (so that it scales the rows the caller passed)."""
+    topic = "apply_router_weight_on_input"
+    if fmt.weighting is Weighting.COMBINE:
+        reason = "the low-latency combine weights; the expert side must not"
+        return Decision(topic, RouterWeight.REFUSED.value, reason, load=("router_weight_refused",))
+    if quant.router_weight_in_stage1:
+        return Decision(
+            topic,
+            RouterWeight.STAGE1.value,
+            "the method passes it to the kernel as doweight_stage1",
+            load=("router_weight_stage1",),
+            bound_kernel_arguments=(KernelArgument("doweight_stage1", NAMES.doweight_stage1),),
+        )
+    if _carries_topk_output(fmt):
+        return Decision(
+            topic,
+            RouterWeight.INPUT_SCALING.value,
+            "standard scales the input rows (K == 1) and passes weights of one: a kernel adapter "
+            "bound at load, so layers without the flag pay nothing per call",
+            load=("router_weight_input_scaling",),
+        )
+    reason = "only the standard format scales input rows"
+    return Decision(topic, RouterWeight.REFUSED.value, reason, load=("router_weight_refused",))
+
+
+def _recv_cap(fmt: DispatchFormat) -> tuple[Decision, ...]:
+    if not fmt.truncate_to_recv_cap:
+        return ()
+    return (
+        Decision(
+            "recv_cap",
+            "no slice: num_local_tokens bounds the rows the kernel reads",
+            "MORI's combine reads only rows below total_recv, and SGLang's cap (0.5.13 and "
+            "0.5.23) never falls below total_recv, so rows past the cap are never read or "
+            "computed; slicing to it on every call would cost host time and change nothing "
+            "combine sees",
+        ),
+    )
+
+
+def _valid_rows(fmt: DispatchFormat) -> Decision:
+    """Which rows are real, how the kernel learns it, and the dtype of what it computes."""
+    # Without an out_dtype on the wire, the low-latency output is DeepEP's bf16.
+    bf16 = {"upscale_dtype": "torch.bfloat16"}
+    match fmt.row_count:
+        case RowCount.SHAPE:
+            reason = "every row of the dispatched tensor is real"
+            return Decision(
+                "valid rows", "all", reason, explained=False, check=("ids_in_range",), values=bf16
+            )
+        case RowCount.TOTAL_RECV:
+            return Decision(
+                "valid rows",
+                "num_local_tokens = total_recv, dtype = out_dtype",
+                "rows past MORI's total_recv are stale; the kernel skips them without a host sync",
+                check=("total_recv", "origin_routing"),
+                kernel_arguments=(
+                    KernelArgument(
+                        "num_local_tokens", "dispatch_output.num_recv_tokens_per_expert"
+                    ),
+                    KernelArgument("dtype", "dispatch_output.out_dtype"),
+                ),
+                values={"upscale_dtype": "dispatch_output.out_dtype"},
+                device_checks="recv_cap >= 0, total_recv in [0, kept rows]",
+            )
+        case RowCount.MASKED_M:
+            reason = (
+                "slot c of slab e is real while c < masked_m[e]; the id conversion sinks the rest"
+            )
+            return Decision(
+                "valid rows",
+                "the first masked_m[e] slots",
+                reason,
+                explained=False,
+                check=("masked_m", "ids_in_range"),
+                values=bf16,
+            )
+        case _:
+            assert_never(fmt.row_count)
+
+
+def _zero_row_guard(fmt: DispatchFormat) -> Decision:
+    flat = fmt.layout is Layout.FLAT
+    return Decision(
+        "zero-row guard",
+        "yes" if flat else "no",
+        "AITER rejects M == 0 and a flat dispatch may deliver no rows"
+        if flat
+        else "the slab layout always has L * C > 0 rows",
+        call=("zero_row_guard",) if flat else (),
+    )
+
+
+def _expert_output(fmt: DispatchFormat) -> Decision:
+    """MORI EPv2: where the kernel writes its output."""
+    if not _carries_expert_output(fmt):
+        return Decision(
+            "expert output",
+            "the kernel allocates it",
+            "the dispatch output carries no buffer for combine",
+            explained=False,
+            values={"bound_kernel_name": "bound_kernel"},
+        )
+    return Decision(
+        "expert output",
+        "output = dispatch_output.expert_output, handed back to combine as the kernel "
+        "returns it; the kernel must take AITER's `output` keyword (refused at load "
+        "otherwise)",
+        "MORI EPv2's combine skips staging its copy when it gets back its own combine view "
+        "(SGLang 0.5.23 token_dispatcher/moriep.py:1552-1558, moe_runner/aiter.py:249-257); "
+        "padded-H weights compute wider rows and leave the copy to combine",
+        load=("writes_output",),
+        check=("expert_output",),
+        kernel_arguments=(KernelArgument("output", "dispatch_output.expert_output"),),
+        values={"bound_kernel_name": "output_kernel"},
+    )
+
+
+def _hidden_padding(quant: QuantMethod) -> Decision:
+    if not quant.pads_hidden:
+        return Decision(
+            "hidden padding",
+            "unpadded weights only: padded ones are refused at load",
+            "the method does not pad H",
+            explained=False,
+            load=("refuse_hidden_pad",),
+        )
+    return Decision(
+        "hidden padding",
+        "padded weights get a kernel that pads activations and crops its output, "
+        "bound at load; unpadded weights pay nothing per call",
+        "the method pads H and I to multiples of 256 at load",
+        load=("pads",),
+        bound_kernel_arguments=(
+            KernelArgument("hidden_pad", NAMES.hidden_pad),
+            KernelArgument("intermediate_pad", NAMES.intermediate_pad),
+        ),
+    )
+
+
+def _static_input_scales(quant: QuantMethod) -> tuple[Decision, ...]:
+    """Static input scales are never passed (the weights' rules refuse them where absent)."""
+    if not quant.static_input_scales:
+        return ()
+    if quant.kernel_quant is KernelQuant.PER_1X32:
+        # aiter/fused_moe.py v0.1.20.post1: the per_1x32 Swiglu path sets a1_scale to None for
+        # bf16 activations and computes its own e8m0 scales for fp8 and fp4 ones (3005-3039).
+        reason = (
+            "AITER's per_1x32 Swiglu path never reads a static activation scale: it keeps bf16 "
+            "activations or quantizes them to mxfp8 or mxfp4 with its own e8m0 scales"
+        )
+    else:
+        reason = (
+            f"AITER's {quant.kernel_quant.value} activation quantizer refuses a static scale "
+            "for bf16 input; the kernel quantizes each row dynamically instead (a row's own "
+            "amax never exceeds the calibrated range)"
+        )
+    return (Decision("static input scales", "not passed", reason),)
+
+
+# The shapes of a method's weight scales, fixed by its own AITER quant type.
+_SCALE_SHAPES = {
+    KernelQuant.NO: "channel_scale_shapes",
+    KernelQuant.PER_TENSOR: "tensor_scale_shapes",
+    KernelQuant.PER_TOKEN: "channel_scale_shapes",
+    KernelQuant.PER_1X32: "group_scale_shapes",
+    KernelQuant.PER_1X128: "block_scale_shapes",
+    KernelQuant.PER_128X128: "block_scale_shapes",
+}
+
+
+def _weights(quant: QuantMethod, interleaved_gate_up: bool) -> Decision:
+    """The method's weights: their dtypes, loadtime.check_weights' rules (one per fact, in the
+    order of its messages; a fact that allows anything adds none) and shapes, and the scales and
+    biases bound into the kernel."""
+    rules = [
+        "scales_required" if quant.has_weight_scales else "scales_refused",
+        "biases_required" if quant.has_biases else "biases_refused",
+        *(() if quant.static_input_scales else ("input_scales_refused",)),
+        "stage1_weight_needs_flag" if quant.router_weight_in_stage1 else "stage1_weight_refused",
+        *(() if interleaved_gate_up else ("interleaved_gate_up_refused",)),
+    ]
+    shapes = [_SCALE_SHAPES[quant.kernel_quant]] if quant.has_weight_scales else []
+    shapes += ["bias_shapes"] if quant.has_biases else []
+    scales = (
+        KernelArgument("w1_scale", NAMES.w13_scale),
+        KernelArgument("w2_scale", NAMES.w2_scale),
+    )
+    biases = (KernelArgument("bias1", NAMES.b13), KernelArgument("bias2", NAMES.b2))
+    return Decision(
+        "weights",
+        f"{quant.weight_kind.value} weights",
+        "the quant method's facts",
+        explained=False,
+        load=(
+            "check_weights",
+            *(("weight_scales",) if quant.has_weight_scales else ()),
+            *(("biases",) if quant.has_biases else ()),
+        ),
+        bound_kernel_arguments=(
+            *(scales if quant.has_weight_scales else ()),
+            *(biases if quant.has_biases else ()),
+        ),
+        values={
+            "weight_dtypes": _weight_dtypes(quant),
+            "weight_rules": tuple(f"loadtime.{rule}" for rule in rules),
+            "shape_rules": tuple(f"loadtime.{rule}" for rule in shapes),
+        },
+    )
+
+
+def _weight_dtypes(quant: QuantMethod) -> str:
+    """The weight dtypes a runner accepts, as a tuple expression."""
+    if quant.weight_kind is WeightKind.FP8:
+        # gfx942 normalises checkpoints to e4m3fnuz at load; gfx950 and the reference use e4m3fn.
+        return "(torch.float8_e4m3fn, torch.float8_e4m3fnuz)"
+    return f"(torch.{quant.weight_dtype},)"
+
+
+def _layout(fmt: DispatchFormat, wire: WireHandling) -> Decision:
+    """How the dispatched rows are unpacked, and the shape the expert output goes back in."""
+    flat = {"output_expression": "out", "routing_rows": "hidden_states.shape[0]"}
+    match fmt.layout:
+        case Layout.MASKED_SLABS:
+            # An upscaled wire reads the slabs in place: only their shape is unpacked.
+            upscaled = wire is WireHandling.UPSCALE
+            return Decision(
+                "dispatch layout",
+                fmt.layout.value,
+                "slab e of [L, C, H] holds the rows routed to local expert e",
+                explained=False,
+                call=("unpack_slab_shape" if upscaled else "unpack_slabs",),
+                check=("unpack_slabs", "hidden_slabs"),
+                values={
+                    "output_expression": "out.view(num_slabs, capacity, -1)",
+                    "routing_rows": "None",
+                },
+            )
+        case Layout.FLAT if fmt.truncate_to_recv_cap:
+            unpack = "unpack_recv_cap"
+        case Layout.FLAT if _carries_topk_output(fmt):
+            unpack = "unpack_standard"
+        case Layout.FLAT:
+            unpack = "unpack_flat"
+        case _:
+            assert_never(fmt.layout)
+    reason = "one row per (token, destination rank)"
+    return Decision(
+        "dispatch layout",
+        fmt.layout.value,
+        reason,
+        explained=False,
+        call=(unpack,),
+        check=(unpack, "hidden_flat"),
+        values=flat,
+    )
+
+
+def _combine(fmt: DispatchFormat) -> Decision:
+    """What the combine input carries besides the expert output, and why."""
+    match fmt.id_space:
+        case IdSpace.GLOBAL if fmt.row_count is RowCount.TOTAL_RECV:
+            routing: tuple[str, ...] = (
+                "dispatch_output.origin_topk_ids",
+                "dispatch_output.origin_topk_weights",
+            )
+            why = "MORI's combine sums each token's rows unweighted, routed by the sender's ids."
+        case IdSpace.GLOBAL:
+            routing = ()
+            why = "Ranks' outputs are summed by the all-reduce after the layer."
+        case IdSpace.LOCAL_WITH_MINUS_ONE:
+            routing = ("topk_ids", "topk_weights")
+            why = "DeepEP's combine sums each token's rows unweighted; it needs the original ids."
+        case IdSpace.SLAB_INDEX:
+            routing = ("dispatch_output.topk_ids", "dispatch_output.topk_weights")
+            why = "The low-latency combine weights each slot with the sender's ids and weights."
+        case _:
+            assert_never(fmt.id_space)
+    return Decision(
+        "combine input",
+        fmt.combine_input,
+        why,
+        explained=False,
+        call=("combine",),
+        values={"combine_routing": routing, "combine_comment": why},
+    )
+
+
+def _checked(records: tuple[Decision, ...]) -> Decision:
+    """The checked variant, whose prologue the records above contributed (their `check`)."""
+    device = ", ".join(record.device_checks for record in records if record.device_checks)
+    return Decision(
+        "checked variant",
+        f"CheckedRunner: dtypes and shapes on the host, {device} on the device",
+        "select(..., checked=True) validates each dispatch output before the plain hot path; "
+        "the plain Runner pays only the dispatch-output class lookup",
+    )
+
+
+def _wire_rule(fmt: DispatchFormat, quant: QuantMethod) -> tuple[KernelQuant, WireHandling, str]:
     """The wire x weight table of docs/formats.md, resolved for one combination."""
     match fmt.wire:
         case Wire.BF16:
@@ -574,26 +696,30 @@ def _wire(fmt: DispatchFormat, quant: QuantMethod) -> tuple[KernelQuant, WireHan
                 else "no fp8-weight kernel takes fp4 activations",
             )
         case WeightKind.FP4:
-            if fp8:
-                return (
-                    quant.kernel_quant,
-                    WireHandling.UPSCALE,
-                    "no fp4-weight kernel takes fp8 activations: dequantize to out_dtype",
-                )
-            if quant.pads_hidden:
-                return (
-                    quant.kernel_quant,
-                    WireHandling.UPSCALE,
-                    "the a16w4 Swiglu path takes bf16 activations padded to the weights' H; "
-                    "fp4 values times a power-of-two scale are exact in bf16",
-                )
-            return (
-                quant.kernel_quant,
-                WireHandling.PASS_THROUGH,
-                "fp4 rows with e8m0 1x32 scales are what the a4w4 kernel quantizes to",
-            )
+            return _fp4_weight_wire(quant, fp8)
         case _:
             assert_never(quant.weight_kind)
+
+
+def _fp4_weight_wire(quant: QuantMethod, fp8: bool) -> tuple[KernelQuant, WireHandling, str]:
+    if fp8:
+        return (
+            quant.kernel_quant,
+            WireHandling.UPSCALE,
+            "no fp4-weight kernel takes fp8 activations: dequantize to out_dtype",
+        )
+    if quant.pads_hidden:
+        return (
+            quant.kernel_quant,
+            WireHandling.UPSCALE,
+            "the a16w4 Swiglu path takes bf16 activations padded to the weights' H; "
+            "fp4 values times a power-of-two scale are exact in bf16",
+        )
+    return (
+        quant.kernel_quant,
+        WireHandling.PASS_THROUGH,
+        "fp4 rows with e8m0 1x32 scales are what the a4w4 kernel quantizes to",
+    )
 
 
 def _fp8_weight_upscale_reason(quant: QuantMethod) -> str:
@@ -607,92 +733,3 @@ def _fp8_weight_upscale_reason(quant: QuantMethod) -> str:
         # e4048607a5:3404-3407); 1x128 groups have no such scale.
         return "the kernel expects one activation scale for the whole tensor"
     return "the kernel expects one activation scale per row"
-
-
-def _activation_reason(quant: QuantMethod) -> str:
-    match quant.activation:
-        case ActivationRule.LAYER:
-            return "the layer's activation, mapped once at load (unknown names are refused)"
-        case ActivationRule.SWIGLU:
-            return (
-                "the method forces Swiglu, except a situ layer, which its a16w4 kernels run as "
-                "Situv2 (AITER v0.1.19; SGLang 0.5.23 mxfp4.py:1455-1458)"
-            )
-        case _:
-            assert_never(quant.activation)
-
-
-def _gate_mode_decision(interleaved_gate_up: bool) -> Decision:
-    """Which gate/up row layouts (`ExpertWeights.gate_mode`) the method's kernels read."""
-    if interleaved_gate_up:
-        return Decision(
-            "gate mode",
-            "the weights' (SEPARATED or INTERLEAVE), bound into the kernel at load when not "
-            "SEPARATED",
-            "AITER's per_1x32 kernels read both layouts by fused_moe's gate_mode (v0.1.14; "
-            "aiter/fused_moe.py v0.1.20.post1:745-751, 2422-2433), and SGLang 0.5.23 passes it "
-            "for both of its per_1x32 methods (moe_runner/aiter.py:228-246; "
-            "quark_w4a4_mxfp4_moe.py:1089-1098)",
-        )
-    return Decision(
-        "gate mode",
-        "SEPARATED only: weights with gate_mode INTERLEAVE are refused at load",
-        "AITER reads gate_mode only on its per_1x32 paths and gfx1250's a8w4 kernel "
-        "(aiter/fused_moe.py v0.1.20.post1:745-776, 2422-2433, 2568), so other kernels would "
-        "read interleaved rows as gate then up; SGLang 0.5.23 passes none for them",
-    )
-
-
-def _router_weight(fmt: DispatchFormat, quant: QuantMethod) -> tuple[RouterWeight, str]:
-    if fmt.weighting is Weighting.COMBINE:
-        return RouterWeight.REFUSED, "the low-latency combine weights; the expert side must not"
-    if quant.router_weight_in_stage1:
-        return RouterWeight.STAGE1, "the method passes it to the kernel as doweight_stage1"
-    if _carries_topk_output(fmt):
-        return (
-            RouterWeight.INPUT_SCALING,
-            "standard scales the input rows (K == 1) and passes weights of one: a kernel adapter "
-            "bound at load, so layers without the flag pay nothing per call",
-        )
-    return RouterWeight.REFUSED, "only the standard format scales input rows"
-
-
-def _kernel_arguments(
-    fmt: DispatchFormat, wire: WireHandling, num_local_tokens: bool
-) -> tuple[KernelArgument, ...]:
-    """Keywords the hot path passes because they arrive with the call."""
-    args = []
-    if wire is WireHandling.PASS_THROUGH:
-        args.append(KernelArgument("a1_scale", "hidden_states_scale"))
-    if num_local_tokens:
-        args.append(
-            KernelArgument("num_local_tokens", "dispatch_output.num_recv_tokens_per_expert")
-        )
-        args.append(KernelArgument("dtype", "dispatch_output.out_dtype"))
-    if _carries_expert_output(fmt):
-        args.append(KernelArgument("output", "dispatch_output.expert_output"))
-    return tuple(args)
-
-
-def _bound_kernel_arguments(
-    quant: QuantMethod, router_weight: RouterWeight
-) -> tuple[KernelArgument, ...]:
-    """Keywords fixed at load, bound into the kernel once (functools.partial, which mypy checks
-    against fused_moe's signature); everything left out is the kernel's default."""
-    args = [
-        KernelArgument("expert_mask", NAMES.expert_mask),
-        KernelArgument("activation", NAMES.activation),
-        KernelArgument("quant_type", NAMES.quant_type),
-    ]
-    if router_weight is RouterWeight.STAGE1:
-        args.append(KernelArgument("doweight_stage1", NAMES.doweight_stage1))
-    if quant.has_weight_scales:
-        args.append(KernelArgument("w1_scale", NAMES.w13_scale))
-        args.append(KernelArgument("w2_scale", NAMES.w2_scale))
-    if quant.pads_hidden:
-        args.append(KernelArgument("hidden_pad", NAMES.hidden_pad))
-        args.append(KernelArgument("intermediate_pad", NAMES.intermediate_pad))
-    if quant.has_biases:
-        args.append(KernelArgument("bias1", NAMES.b13))
-        args.append(KernelArgument("bias2", NAMES.b2))
-    return tuple(args)

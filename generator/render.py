@@ -20,20 +20,14 @@ from pathlib import Path
 import jinja2
 
 from generator import __version__, feature_table
-from generator.fragments import NAMES, STEPS
+from generator.fragments import LINE_LENGTH, NAMES, STEPS, TemplateProblem
 from generator.model import Combination, Exclusion
 from generator.plan import Plan
 from generator.writer import header_line
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
-# pyproject.toml's [tool.ruff] line-length: generated code is laid out as `ruff format` keeps it.
-LINE_LENGTH = 100
 RUNNER_TEMPLATE = "runner.py.j2"
 INIT_TEMPLATE = "init.py.j2"
-
-
-class TemplateProblem(Exception):
-    """A template that fails to render (a missing variable, a syntax error); names the template."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,20 +147,12 @@ def check_fragments(templates_dir: Path) -> None:
 
 
 def _runner_templates(plan: Plan) -> tuple[str, ...]:
-    """The templates of one plan's module; a step that generator/fragments.py does not register
-    is an error naming the combination."""
+    """The templates of one plan's module (making the plan checked each against the registry)."""
     steps = {
         "load": plan.load_fragments,
         "call": plan.call_fragments,
         "check": plan.checks.fragments,
     }
-    for kind, names in steps.items():
-        for name in names:
-            if name not in STEPS[kind]:
-                raise TemplateProblem(
-                    f"{plan.combination.slash_name}: the plan chose the {kind} step {name!r}, "
-                    "which generator/fragments.py does not register"
-                )
     return (
         RUNNER_TEMPLATE,
         *(f"fragments/{kind}/{name}.py.j2" for kind, names in steps.items() for name in names),
