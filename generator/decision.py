@@ -153,7 +153,8 @@ def _fragments(records: Iterable[Decision], kind: str, problems: list[str]) -> t
                 )
             elif name in chosen:
                 problems.append(f"the {kind} step {name!r} is chosen twice")
-            chosen[name] = record.topic
+            else:
+                chosen[name] = record.topic
     order = list(registered)
     return tuple(sorted(chosen, key=order.index))
 
