@@ -12,6 +12,7 @@ a name refers to).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any
@@ -67,6 +68,27 @@ def _key(
 
 # Field metadata of what the loader fills from the file's structure (a mapping's name, a position).
 _NOT_A_KEY = {"not_a_key": True}
+
+
+def _optional(default: object, doc: str, choices: tuple[str, ...] = ()) -> Callable[[], Any]:
+    """A maker of an optional key's field: each class needs a field object of its own."""
+    return lambda: field(default=default, metadata=_key(doc, choices=choices, optional=True))
+
+
+# The support facts every backend, format and quant method may state (generated/FEATURES.md).
+SUPPORT_FIELDS = {
+    "sglang": _optional(
+        (),
+        "SGLang releases whose AITER MoE path serves this entry (may be empty).",
+        SGLANG_RELEASES,
+    ),
+    "min_aiter": _optional(
+        "", "Oldest AITER release a generated runner for this entry works with.", AITER_RELEASES
+    ),
+    "support_source": _optional(
+        "", "Where the sglang and min_aiter facts come from (file:line per release)."
+    ),
+}
 
 
 def matrix_keys(cls: type[DataclassInstance]) -> tuple[dataclasses.Field[Any], ...]:
@@ -174,29 +196,9 @@ class A2ABackend:
     )
     location: Location = field(metadata=_NOT_A_KEY)
     # Support facts, for generated/FEATURES.md only (no runner reads them): optional keys.
-    sglang: tuple[str, ...] = field(
-        default=(),
-        metadata=_key(
-            "SGLang releases whose AITER MoE path serves this entry (may be empty).",
-            choices=SGLANG_RELEASES,
-            optional=True,
-        ),
-    )
-    min_aiter: str = field(
-        default="",
-        metadata=_key(
-            "Oldest AITER release a generated runner for this entry works with.",
-            choices=AITER_RELEASES,
-            optional=True,
-        ),
-    )
-    support_source: str = field(
-        default="",
-        metadata=_key(
-            "Where the sglang and min_aiter facts come from (file:line per release).",
-            optional=True,
-        ),
-    )
+    sglang: tuple[str, ...] = SUPPORT_FIELDS["sglang"]()
+    min_aiter: str = SUPPORT_FIELDS["min_aiter"]()
+    support_source: str = SUPPORT_FIELDS["support_source"]()
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,29 +226,9 @@ class DispatchFormat:
     )
     location: Location = field(metadata=_NOT_A_KEY)
     # Support facts, for generated/FEATURES.md only (no runner reads them): optional keys.
-    sglang: tuple[str, ...] = field(
-        default=(),
-        metadata=_key(
-            "SGLang releases whose AITER MoE path serves this entry (may be empty).",
-            choices=SGLANG_RELEASES,
-            optional=True,
-        ),
-    )
-    min_aiter: str = field(
-        default="",
-        metadata=_key(
-            "Oldest AITER release a generated runner for this entry works with.",
-            choices=AITER_RELEASES,
-            optional=True,
-        ),
-    )
-    support_source: str = field(
-        default="",
-        metadata=_key(
-            "Where the sglang and min_aiter facts come from (file:line per release).",
-            optional=True,
-        ),
-    )
+    sglang: tuple[str, ...] = SUPPORT_FIELDS["sglang"]()
+    min_aiter: str = SUPPORT_FIELDS["min_aiter"]()
+    support_source: str = SUPPORT_FIELDS["support_source"]()
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,29 +251,9 @@ class QuantMethod:
     router_weight_in_stage1: bool  # apply_router_weight_on_input becomes doweight_stage1
     location: Location = field(metadata=_NOT_A_KEY)
     # Support facts, for generated/FEATURES.md only (no runner reads them): optional keys.
-    sglang: tuple[str, ...] = field(
-        default=(),
-        metadata=_key(
-            "SGLang releases whose AITER MoE path serves this entry (may be empty).",
-            choices=SGLANG_RELEASES,
-            optional=True,
-        ),
-    )
-    min_aiter: str = field(
-        default="",
-        metadata=_key(
-            "Oldest AITER release a generated runner for this entry works with.",
-            choices=AITER_RELEASES,
-            optional=True,
-        ),
-    )
-    support_source: str = field(
-        default="",
-        metadata=_key(
-            "Where the sglang and min_aiter facts come from (file:line per release).",
-            optional=True,
-        ),
-    )
+    sglang: tuple[str, ...] = SUPPORT_FIELDS["sglang"]()
+    min_aiter: str = SUPPORT_FIELDS["min_aiter"]()
+    support_source: str = SUPPORT_FIELDS["support_source"]()
 
 
 @dataclass(frozen=True, slots=True)

@@ -201,64 +201,63 @@ def _mask_kind(fmt: DispatchFormat) -> tuple[MaskKind, str]:
 
 def _ids(fmt: DispatchFormat) -> Decision:
     """The ids and weights the kernel gets, and the range the checked variant holds them to."""
+    weights = "topk_weights"
     match fmt.id_space:
         case IdSpace.GLOBAL:
             return Decision(
                 "top-k ids",
                 IdConversion.NONE.value,
                 "int32 global ids and fp32 weights arrive ready: no launch",
-                values=_id_values("topk_ids", "(torch.int32,)", "0", "self._layer.num_experts"),
+                values=_id_values("topk_ids", weights, "(torch.int32,)", "0", "num_experts"),
                 device_checks="ids int32 in [0, E)",
             )
         case IdSpace.LOCAL_WITH_MINUS_ONE:
-            return Decision(
-                "top-k ids",
-                IdConversion.MINUS_ONE_TO_SINK.value,
+            conversion, step, high = (
+                IdConversion.MINUS_ONE_TO_SINK,
+                "ids_minus_one_to_sink",
+                "num_local_experts",
+            )
+            # Local ids with -1 come with per-expert receive counts (num_recv_tokens_per_expert).
+            check: tuple[str, ...] = ("recv_counts",)
+            reason = (
                 "one remainder by L+1 into int32 maps -1 to the sink L and keeps 0..L-1 (AITER "
                 "indexes memory with the raw id, so -1 must never reach it); combine gets the "
-                "original ids and weights",
-                load=("ids_minus_one_to_sink",),
-                call=("ids_minus_one_to_sink",),
-                check=("recv_counts",),
-                values=_id_values(
-                    NAMES.kernel_topk_ids,
-                    "(torch.int64, torch.int32)",
-                    "-1",
-                    "self._layer.num_local_experts",
-                ),
-                device_checks="local ids in [-1, L) (L + 1 or -2 would alias a real expert)",
+                "original ids and weights"
             )
+            device = "local ids in [-1, L) (L + 1 or -2 would alias a real expert)"
         case IdSpace.SLAB_INDEX:
-            return Decision(
-                "top-k ids",
-                IdConversion.SLAB_SLOTS.value,
+            conversion, step, high = IdConversion.SLAB_SLOTS, "ids_slab_slots", "num_experts"
+            check = ()
+            reason = (
                 "flatten [L, C, H] to one row per slot with id = slab (sink past masked_m) and "
-                "weight 1: the low-latency combine applies the top-k weights",
-                load=("ids_slab_slots",),
-                call=("ids_slab_slots",),
-                values=_id_values(
-                    NAMES.kernel_topk_ids,
-                    "(torch.int64, torch.int32)",
-                    "-1",
-                    "self._layer.num_experts",
-                    kernel_weights=NAMES.kernel_topk_weights,
-                ),
-                device_checks="the sender's ids in [-1, E), masked_m [L] in [0, C]",
+                "weight 1: the low-latency combine applies the top-k weights"
             )
+            device = "the sender's ids in [-1, E), masked_m [L] in [0, C]"
+            weights = NAMES.kernel_topk_weights  # ids_slab_slots makes the slots' unit weights
         case _:
             assert_never(fmt.id_space)
+    local = "(torch.int64, torch.int32)"
+    return Decision(
+        "top-k ids",
+        conversion.value,
+        reason,
+        load=(step,),
+        call=(step,),
+        check=check,
+        values=_id_values(NAMES.kernel_topk_ids, weights, local, "-1", high),
+        device_checks=device,
+    )
 
 
-def _id_values(
-    kernel_ids: str, dtypes: str, low: str, high: str, kernel_weights: str = "topk_weights"
-) -> dict[str, str]:
-    """The names the kernel call reads, and the checked prologue's id bounds."""
+def _id_values(ids: str, weights: str, dtypes: str, low: str, high: str) -> dict[str, str]:
+    """The names the kernel call reads, and the checked prologue's id bounds (`high` an
+    attribute of the layer config)."""
     return {
-        "kernel_ids_name": kernel_ids,
-        "kernel_weights_name": kernel_weights,
+        "kernel_ids_name": ids,
+        "kernel_weights_name": weights,
         "id_dtypes": dtypes,
         "id_low": low,
-        "id_high": high,
+        "id_high": f"self._layer.{high}",
     }
 
 

@@ -18,6 +18,8 @@ from pathlib import Path
 import libcst as cst
 from libcst.metadata import MetadataWrapper, PositionProvider
 
+from generator.diagnostics import Diagnostic
+
 # Reflection and dynamic imports are per-call lookups the generator exists to remove.
 _FORBIDDEN_CALLS = frozenset(
     {
@@ -41,16 +43,13 @@ _REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass(frozen=True, slots=True)
-class Violation:
-    """One breach of the branch-free rule, at a 1-based line and column of the module's source."""
+class Violation(Diagnostic):
+    """One breach of the branch-free rule, at a 1-based line and column of a module's source:
+    a diagnostic whose path is the dotted module name."""
 
-    module: str
-    line: int
-    column: int
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.module}:{self.line}:{self.column}: error: {self.message}"
+    @property
+    def module(self) -> str:
+        return self.path
 
 
 # A forbidden node and the message for it; positions are attached only if any are found.
@@ -262,6 +261,36 @@ def _is_zero_row_guard(node: cst.If) -> bool:
     return len(statements) == 1 and isinstance(statements[0], cst.Return)
 
 
+# Constructs the hot path may not contain, whatever their context (branches, loops, imports).
+_FORBIDDEN_NODES: dict[type[cst.CSTNode], str] = {
+    cst.Else: "else branch",
+    cst.IfExp: "conditional expression",
+    cst.Match: "match statement",
+    cst.Try: "try statement",
+    cst.TryStar: "try statement",
+    cst.While: "while loop",
+    cst.ListComp: "list comprehension",
+    cst.SetComp: "set comprehension",
+    cst.DictComp: "dict comprehension",
+    cst.GeneratorExp: "generator expression",
+    cst.Import: "import statement",
+    cst.ImportFrom: "from-import statement",
+}
+# Nodes whose named child binds or labels rather than reads: parameters, keywords, attributes,
+# targets (the child's field; a keyword argument's may be None).
+_LABEL_FIELDS: dict[type[cst.CSTNode], str] = {
+    cst.Arg: "keyword",
+    cst.Param: "name",
+    cst.FunctionDef: "name",
+    cst.ClassDef: "name",
+    cst.AssignTarget: "target",
+    cst.AnnAssign: "target",
+    cst.NamedExpr: "target",
+    cst.AsName: "name",
+    cst.Attribute: "attr",
+}
+
+
 class _HotCodeChecker(cst.CSTVisitor):
     """Reports every forbidden construct in one hot unit and the hot units it reaches."""
 
@@ -295,6 +324,15 @@ class _HotCodeChecker(cst.CSTVisitor):
     def report(self, node: cst.CSTNode, what: str, hint: str = "") -> None:
         self.findings.append((node, f"{what} in {self.unit.name} ({_RULE}{hint})"))
 
+    def on_visit(self, node: cst.CSTNode) -> bool:
+        what = _FORBIDDEN_NODES.get(type(node))
+        if what is not None:
+            self.report(node, what)
+        label = _LABEL_FIELDS.get(type(node))
+        if label is not None and getattr(node, label) is not None:
+            self.not_read.add(getattr(node, label))
+        return super().on_visit(node)
+
     # -- branches -------------------------------------------------------------------------------
 
     def visit_If(self, node: cst.If) -> None:
@@ -312,77 +350,16 @@ class _HotCodeChecker(cst.CSTVisitor):
         else:
             self.report(node, "if statement")
 
-    def visit_Else(self, node: cst.Else) -> None:
-        self.report(node, "else branch")
-
-    def visit_IfExp(self, node: cst.IfExp) -> None:
-        self.report(node, "conditional expression")
-
-    def visit_Match(self, node: cst.Match) -> None:
-        self.report(node, "match statement")
-
     def visit_BooleanOperation(self, node: cst.BooleanOperation) -> None:
         op = "and" if isinstance(node.operator, cst.And) else "or"
         self.report(node, f"boolean `{op}`")
-
-    def visit_Try(self, node: cst.Try) -> None:
-        self.report(node, "try statement")
-
-    def visit_TryStar(self, node: cst.TryStar) -> None:
-        self.report(node, "try statement")
 
     # -- loops ----------------------------------------------------------------------------------
 
     def visit_For(self, node: cst.For) -> None:
         self.report(node, "async for loop" if node.asynchronous is not None else "for loop")
 
-    def visit_While(self, node: cst.While) -> None:
-        self.report(node, "while loop")
-
-    def visit_ListComp(self, node: cst.ListComp) -> None:
-        self.report(node, "list comprehension")
-
-    def visit_SetComp(self, node: cst.SetComp) -> None:
-        self.report(node, "set comprehension")
-
-    def visit_DictComp(self, node: cst.DictComp) -> None:
-        self.report(node, "dict comprehension")
-
-    def visit_GeneratorExp(self, node: cst.GeneratorExp) -> None:
-        self.report(node, "generator expression")
-
     # -- imports, environment, reflection -------------------------------------------------------
-
-    def visit_Import(self, node: cst.Import) -> None:
-        self.report(node, "import statement")
-
-    def visit_ImportFrom(self, node: cst.ImportFrom) -> None:
-        self.report(node, "from-import statement")
-
-    def visit_Arg(self, node: cst.Arg) -> None:
-        if node.keyword is not None:
-            self.not_read.add(node.keyword)
-
-    def visit_Param(self, node: cst.Param) -> None:
-        self.not_read.add(node.name)
-
-    def visit_FunctionDef(self, node: cst.FunctionDef) -> None:
-        self.not_read.add(node.name)
-
-    def visit_ClassDef(self, node: cst.ClassDef) -> None:
-        self.not_read.add(node.name)
-
-    def visit_AssignTarget(self, node: cst.AssignTarget) -> None:
-        self.not_read.add(node.target)
-
-    def visit_AnnAssign(self, node: cst.AnnAssign) -> None:
-        self.not_read.add(node.target)
-
-    def visit_NamedExpr(self, node: cst.NamedExpr) -> None:
-        self.not_read.add(node.target)
-
-    def visit_AsName(self, node: cst.AsName) -> None:
-        self.not_read.add(node.name)
 
     def visit_Call(self, node: cst.Call) -> None:
         func = node.func
@@ -397,7 +374,6 @@ class _HotCodeChecker(cst.CSTVisitor):
             self.report(node, f"call of `{func.value.value}.{func.attr.value}`")
 
     def visit_Attribute(self, node: cst.Attribute) -> None:
-        self.not_read.add(node.attr)
         value, attr = node.value, node.attr.value
         if isinstance(value, cst.Name) and value.value == "os" and attr in _ENV_NAMES:
             self.report(node, f"environment read `os.{attr}`")
