@@ -93,13 +93,13 @@ def plan_combination(matrix: Matrix, combination: Combination) -> Plan:
     """Decide everything about one combination; pure, deterministic, no I/O."""
     fmt = matrix.dispatch_format(combination.dispatch)
     quant = matrix.quant_method(combination.quant)
-    kernel_quant, wire, wire_reason = _wire_rule(fmt, quant)
+    kernel_quant, wire, wire_reason = _wire(fmt, quant)
     interleaved_gate_up = _interleaved_gate_up(quant)
     records = (
         _frame(fmt),
         _mask(fmt),
         _ids(fmt),
-        _wire(fmt, wire, wire_reason),
+        _wire_handling(fmt, wire, wire_reason),
         _kernel_quant(fmt, quant, kernel_quant),
         _activation(quant),
         _gate_mode(interleaved_gate_up),
@@ -261,7 +261,7 @@ def _id_values(ids: str, weights: str, dtypes: str, low: str, high: str) -> dict
     }
 
 
-def _wire(fmt: DispatchFormat, handling: WireHandling, reason: str) -> Decision:
+def _wire_handling(fmt: DispatchFormat, handling: WireHandling, reason: str) -> Decision:
     """How the hot path hands the wire's rows and scales to the kernel."""
     facts = WIRES[fmt.wire]
     quantized = fmt.wire is not Wire.BF16
@@ -662,7 +662,7 @@ def _checked(records: tuple[Decision, ...]) -> Decision:
     )
 
 
-def _wire_rule(fmt: DispatchFormat, quant: QuantMethod) -> tuple[KernelQuant, WireHandling, str]:
+def _wire(fmt: DispatchFormat, quant: QuantMethod) -> tuple[KernelQuant, WireHandling, str]:
     """The wire x weight table of docs/formats.md, resolved for one combination."""
     match fmt.wire:
         case Wire.BF16:
