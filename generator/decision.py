@@ -25,7 +25,6 @@ from generator.model import A2ABackend, Combination, DispatchFormat, QuantMethod
 
 # A value a fragment substitutes: Python source, a tuple of it, or an enum (its `.value`).
 Value = str | tuple[str, ...] | Enum
-FRAGMENT_KINDS = ("load", "call", "check")
 _FIRST_PARTY = ("moe_runtime",)
 
 
@@ -58,7 +57,7 @@ class Decision:
     bound_kernel_arguments: tuple[KernelArgument, ...] = ()  # bound into the kernel at load
     imports: tuple[Import, ...] = ()
     values: Mapping[str, Value] = field(default_factory=dict)
-    device_checks: str = ""  # what its check fragments assert on the device, for --explain
+    device_checks: str = ""  # what its check fragments assert on the device (the checked line)
 
     def fragments(self, kind: str) -> tuple[str, ...]:
         return {"load": self.load, "call": self.call, "check": self.check}[kind]
@@ -102,7 +101,7 @@ class Plan:
 
     def __post_init__(self) -> None:
         problems: list[str] = []
-        fragments = {kind: _fragments(self.records, kind, problems) for kind in FRAGMENT_KINDS}
+        fragments = {kind: _fragments(self.records, kind, problems) for kind in STEPS}
         values = _values(self.records, problems)
         call, bound = _kernel_arguments(self.records, problems)
         if problems:
