@@ -77,7 +77,7 @@ class WireFacts:
 _FP8 = "(torch.float8_e4m3fn, torch.float8_e4m3fnuz)"
 _E8M0 = "(torch.float8_e8m0fnu, torch.uint8)"
 _H = "self._layer.hidden_size"
-WIRES = {
+_WIRES = {
     Wire.BF16: WireFacts("(torch.bfloat16, torch.float16)", _H, "", "", "", ""),
     Wire.FP8_1X128: WireFacts(
         _FP8, _H, "(torch.float32,)", f"{_H} // 128", "dequantize_fp8_1x128", "1x128"
@@ -93,6 +93,7 @@ def plan_combination(matrix: Matrix, combination: Combination) -> Plan:
     """Decide everything about one combination; pure, deterministic, no I/O."""
     fmt = matrix.dispatch_format(combination.dispatch)
     quant = matrix.quant_method(combination.quant)
+    # The wire x weight rule decides two records: the AITER quant type and the wire's handling.
     kernel_quant, wire, wire_reason = _wire(fmt, quant)
     interleaved_gate_up = _interleaved_gate_up(quant)
     records = (
@@ -263,7 +264,7 @@ def _id_values(ids: str, weights: str, dtypes: str, low: str, high: str) -> dict
 
 def _wire_handling(fmt: DispatchFormat, handling: WireHandling, reason: str) -> Decision:
     """How the hot path hands the wire's rows and scales to the kernel."""
-    facts = WIRES[fmt.wire]
+    facts = _WIRES[fmt.wire]
     quantized = fmt.wire is not Wire.BF16
     slabs = fmt.layout is Layout.MASKED_SLABS
     scale = "scale_slabs" if slabs else "scale_flat"

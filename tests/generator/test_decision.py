@@ -151,3 +151,17 @@ def test_records_are_frozen(matrix: Matrix) -> None:
     record = plan_combination(matrix, STANDARD).records[0]
     with pytest.raises(dataclasses.FrozenInstanceError):
         record.choice = "other"  # type: ignore[misc]
+
+
+def test_a_runner_docstring_lists_exactly_the_explained_records(matrix: Matrix) -> None:
+    lists = {}
+    for combination in (STANDARD, Combination("mori", "unquant", "mori_normal")):
+        plan = plan_combination(matrix, combination)
+        source = (AMD.parents[1] / "generated" / f"{plan.module_name}.py").read_text()
+        docstring = source.split('"""')[1]
+        for record in plan.records:
+            assert (f"\n- {record.topic} = " in docstring) is record.explained, record.topic
+        lists[combination.dispatch] = docstring
+    # Negative control: the valid rows are a decision worth a line for MORI's total_recv only.
+    assert "\n- valid rows = " in lists["mori_normal"]
+    assert "\n- valid rows = " not in lists["standard"]
