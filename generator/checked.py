@@ -19,21 +19,29 @@ _HIDDEN_DTYPES = {
     Wire.BF16: "(torch.bfloat16, torch.float16)",
     Wire.FP8_1X128: "(torch.float8_e4m3fn, torch.float8_e4m3fnuz)",
     Wire.FP4_1X32: "(torch.float4_e2m1fn_x2,)",
+    Wire.MXFP8_1X32: "(torch.float8_e4m3fn, torch.float8_e4m3fnuz)",
+    Wire.FP8_PER_TOKEN: "(torch.float8_e4m3fn, torch.float8_e4m3fnuz)",
 }
 _HIDDEN_WIDTH = {
     Wire.BF16: "self._layer.hidden_size",
     Wire.FP8_1X128: "self._layer.hidden_size",
     Wire.FP4_1X32: "self._layer.hidden_size // 2",  # two fp4 values per byte
+    Wire.MXFP8_1X32: "self._layer.hidden_size",
+    Wire.FP8_PER_TOKEN: "self._layer.hidden_size",
 }
 _SCALE_DTYPES = {
     Wire.BF16: "",
     Wire.FP8_1X128: "(torch.float32,)",
     Wire.FP4_1X32: "(torch.float8_e8m0fnu, torch.uint8)",
+    Wire.MXFP8_1X32: "(torch.float8_e8m0fnu, torch.uint8)",
+    Wire.FP8_PER_TOKEN: "(torch.float32,)",
 }
 _SCALE_WIDTH = {
     Wire.BF16: "",
     Wire.FP8_1X128: "self._layer.hidden_size // 128",
     Wire.FP4_1X32: "self._layer.hidden_size // 32",
+    Wire.MXFP8_1X32: "self._layer.hidden_size // 32",
+    Wire.FP8_PER_TOKEN: "1",
 }
 
 
