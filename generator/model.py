@@ -148,6 +148,8 @@ class Wire(Enum):
     BF16 = "bf16"
     FP8_1X128 = "fp8_1x128"  # float8 e4m3 + fp32 scales per 1x128 group
     FP4_1X32 = "fp4_1x32"  # float4_e2m1fn_x2 + e8m0 scales per 1x32 group
+    MXFP8_1X32 = "mxfp8_1x32"  # float8 e4m3 + e8m0 scales per 1x32 group (MX fp8)
+    FP8_PER_TOKEN = "fp8_per_token"  # float8 e4m3 + one fp32 scale per row, [R, 1]
 
 
 class Weighting(Enum):

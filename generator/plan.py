@@ -77,7 +77,7 @@ class WireFacts:
 _FP8 = "(torch.float8_e4m3fn, torch.float8_e4m3fnuz)"
 _E8M0 = "(torch.float8_e8m0fnu, torch.uint8)"
 _H = "self._layer.hidden_size"
-_WIRES = {
+WIRES = {
     Wire.BF16: WireFacts("(torch.bfloat16, torch.float16)", _H, "", "", "", ""),
     Wire.FP8_1X128: WireFacts(
         _FP8, _H, "(torch.float32,)", f"{_H} // 128", "dequantize_fp8_1x128", "1x128"
@@ -86,6 +86,10 @@ _WIRES = {
     Wire.FP4_1X32: WireFacts(
         "(torch.float4_e2m1fn_x2,)", f"{_H} // 2", _E8M0, f"{_H} // 32", "dequantize_mxfp4", "1x32"
     ),
+    Wire.MXFP8_1X32: WireFacts(_FP8, _H, _E8M0, f"{_H} // 32", "dequantize_mxfp8", "1x32"),
+    Wire.FP8_PER_TOKEN: WireFacts(
+        _FP8, _H, "(torch.float32,)", "1", "dequantize_fp8_per_row", "row"
+    ),
 }
 
 
@@ -93,7 +97,6 @@ def plan_combination(matrix: Matrix, combination: Combination) -> Plan:
     """Decide everything about one combination; pure, deterministic, no I/O."""
     fmt = matrix.dispatch_format(combination.dispatch)
     quant = matrix.quant_method(combination.quant)
-    # The wire x weight rule decides two records: the AITER quant type and the wire's handling.
     kernel_quant, wire, wire_reason = _wire(fmt, quant)
     interleaved_gate_up = _interleaved_gate_up(quant)
     records = (
@@ -264,7 +267,7 @@ def _id_values(ids: str, weights: str, dtypes: str, low: str, high: str) -> dict
 
 def _wire_handling(fmt: DispatchFormat, handling: WireHandling, reason: str) -> Decision:
     """How the hot path hands the wire's rows and scales to the kernel."""
-    facts = _WIRES[fmt.wire]
+    facts = WIRES[fmt.wire]
     quantized = fmt.wire is not Wire.BF16
     slabs = fmt.layout is Layout.MASKED_SLABS
     scale = "scale_slabs" if slabs else "scale_flat"
@@ -670,6 +673,10 @@ def _wire(fmt: DispatchFormat, quant: QuantMethod) -> tuple[KernelQuant, WireHan
             return quant.kernel_quant, WireHandling.NONE, "bf16 rows go to the kernel as they are"
         case Wire.FP8_1X128 | Wire.FP4_1X32:
             pass
+        case Wire.MXFP8_1X32:
+            return _mxfp8_wire(quant)
+        case Wire.FP8_PER_TOKEN:
+            return _per_token_wire(quant)
         case _:
             assert_never(fmt.wire)
     fp8 = fmt.wire is Wire.FP8_1X128
@@ -720,6 +727,58 @@ def _fp4_weight_wire(quant: QuantMethod, fp8: bool) -> tuple[KernelQuant, WireHa
         WireHandling.PASS_THROUGH,
         "fp4 rows with e8m0 1x32 scales are what the a4w4 kernel quantizes to",
     )
+
+
+def _mxfp8_wire(quant: QuantMethod) -> tuple[KernelQuant, WireHandling, str]:
+    """MX fp8 rows (e4m3 + e8m0 per 32): what AITER's per_1x32 kernels read for fp8 weights."""
+    if quant.kernel_quant is KernelQuant.PER_1X32 and quant.weight_kind is WeightKind.FP8:
+        # aiter/fused_moe.py e4048607a5:772-774 (fp8 per_1x32 weights: fp8 activations with e8m0
+        # scales per 32); SGLang 0.5.23 moe_runner/aiter.py:472-485 hands them straight over.
+        return (
+            quant.kernel_quant,
+            WireHandling.PASS_THROUGH,
+            "fp8 rows with e8m0 1x32 scales are what the mxfp8 kernel quantizes to",
+        )
+    return quant.kernel_quant, WireHandling.UPSCALE, _mxfp8_upscale_reason(quant)
+
+
+def _mxfp8_upscale_reason(quant: QuantMethod) -> str:
+    if quant.weight_kind is WeightKind.FP4:
+        # aiter/fused_moe.py e4048607a5:3058-3120: the a16w4 path casts its input to bf16
+        # without a scale, the a4w4 and a8w4 paths quantize a bf16 input themselves.
+        return (
+            "AITER's fp4-weight per_1x32 paths take bf16 activations and choose their own "
+            "activation rounding (bf16, mxfp4 or mxfp8 by M, activation and gate mode)"
+        )
+    return _EXPECTED_ACTIVATIONS[quant.kernel_quant]
+
+
+# What each kernel quant type takes instead of a wire it cannot read as it is.
+_EXPECTED_ACTIVATIONS = {
+    KernelQuant.NO: "no bf16-weight kernel takes fp8 activations with these scales",
+    KernelQuant.PER_TENSOR: "the per_Tensor kernel expects one activation scale for the whole "
+    "tensor",
+    KernelQuant.PER_TOKEN: "the per_Token kernel expects one fp32 activation scale per row",
+    KernelQuant.PER_1X32: "the per_1x32 kernels take bf16 activations or their own mx roundings",
+    KernelQuant.PER_1X128: "the block-scaled kernel expects fp32 1x128 scales",
+    KernelQuant.PER_128X128: "the block-scaled kernel expects fp32 1x128 scales",
+}
+
+
+def _per_token_wire(quant: QuantMethod) -> tuple[KernelQuant, WireHandling, str]:
+    """fp8 rows with one fp32 scale each ([R, 1]): what AITER's per_Token kernels quantize to."""
+    per_token = quant.kernel_quant is KernelQuant.PER_TOKEN
+    if per_token and quant.weight_kind in (WeightKind.FP8, WeightKind.INT4):
+        # aiter/fused_moe.py e4048607a5:3128-3141: fp8 input equal to the activation dtype goes
+        # in as it is with its a1_scale; vLLM's MORI dispatch sends per_Token rows for
+        # non-block fp8 (mori_prepare_finalize.py 1dbff2c76f:102-133).
+        return (
+            quant.kernel_quant,
+            WireHandling.PASS_THROUGH,
+            "fp8 rows with one fp32 scale each are what the per_Token kernel quantizes to",
+        )
+    reason = _EXPECTED_ACTIVATIONS[quant.kernel_quant]
+    return quant.kernel_quant, WireHandling.UPSCALE, reason
 
 
 def _fp8_weight_upscale_reason(quant: QuantMethod) -> str:

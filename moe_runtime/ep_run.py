@@ -182,7 +182,7 @@ def _check(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Layer:
 def _rounding(layer: Layer) -> str:
     if layer.quant == "quark_w4a4_mxfp4" or layer.dispatch.endswith("_fp4"):
         return "fp4"
-    if layer.quant in _FP8_METHODS or layer.dispatch.endswith("_fp8"):
+    if layer.quant in _FP8_METHODS or layer.dispatch.endswith(("_fp8", "_mxfp8", "_fp8_token")):
         return "fp8"
     return "bf16"
 

@@ -23,7 +23,15 @@ import torch
 import torch.distributed as dist
 
 from moe_runtime.distributed import poison, wire
-from moe_runtime.quant import E8M0, FP4X2, FP8, quantize_fp8_1x128, quantize_mxfp4
+from moe_runtime.quant import (
+    E8M0,
+    FP4X2,
+    FP8,
+    quantize_fp8_1x128,
+    quantize_fp8_per_row,
+    quantize_mxfp4,
+    quantize_mxfp8,
+)
 from moe_runtime.testing import emulate
 from moe_runtime.types import (
     DeepEPLLDispatchOutput,
@@ -47,8 +55,21 @@ _MORI_WIRE = {
     emulate.MORI_V2: "bf16",
     emulate.MORI_V2_FP8: "fp8",
     emulate.MORI_V2_FP4: "fp4",
+    emulate.MORI_NORMAL_MXFP8: "mxfp8",
+    emulate.MORI_LL_MXFP8: "mxfp8",
+    emulate.MORI_V2_MXFP8: "mxfp8",
+    emulate.MORI_NORMAL_FP8_TOKEN: "fp8_token",
+    emulate.MORI_LL_FP8_TOKEN: "fp8_token",
 }
-_MORI_LL = frozenset({emulate.MORI_LL, emulate.MORI_LL_FP8, emulate.MORI_LL_FP4})
+_MORI_LL = frozenset(
+    {
+        emulate.MORI_LL,
+        emulate.MORI_LL_FP8,
+        emulate.MORI_LL_FP4,
+        emulate.MORI_LL_MXFP8,
+        emulate.MORI_LL_FP8_TOKEN,
+    }
+)
 # Activation dtypes a dispatcher accepts, by header code (every rank must send the same one).
 _HIDDEN_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 # Header: flag, T_r, K, E, H, dtype code, max_tokens_per_rank (-1: unset), recv_cap, format code,
@@ -191,7 +212,7 @@ def _local_problems(
         problems.append(f"hidden_states has {hidden.shape[0]} rows, topk_ids {ids.shape[0]}")
     if ids.numel() and int(ids.max()) >= num_experts:
         problems.append(f"topk_ids must be < num_experts ({num_experts})")
-    group = {"fp8": 128, "fp4": 32}.get(_MORI_WIRE.get(format, ""), 0)
+    group = {"fp8": 128, "fp4": 32, "mxfp8": 32}.get(_MORI_WIRE.get(format, ""), 0)
     group = 128 if format == emulate.DEEPEP_LL_FP8 else group
     if group and hidden.shape[1] % group:
         problems.append(f"{format} quantizes per {group} columns; H = {hidden.shape[1]} is not")
@@ -512,6 +533,10 @@ def _mori_wire(hidden: torch.Tensor, kind: str) -> tuple[torch.Tensor, torch.Ten
         return quantize_fp8_1x128(hidden)
     if kind == "fp4":
         return quantize_mxfp4(hidden)
+    if kind == "mxfp8":
+        return quantize_mxfp8(hidden)
+    if kind == "fp8_token":
+        return quantize_fp8_per_row(hidden)
     return hidden, None
 
 

@@ -111,7 +111,8 @@ SUPPORTED_RELEASES: Final = ("0.5.13", "0.5.23")
 MORI_MAX_INPUT_TOKENS_ENV: Final = "SGLANG_MORI_MOE_MAX_INPUT_TOKENS"
 
 _A2A_BACKENDS = ("none", "deepep", "mooncake", "nixl", "mori")
-_MORI_WIRES = {"bf16": "", "fp8": "_fp8", "fp4": "_fp4"}
+# By SGLang's DispatchDtype member name; mxfp8 is 0.5.23's (token_dispatcher/moriep.py:250).
+_MORI_WIRES = {"bf16": "", "fp8": "_fp8", "fp4": "_fp4", "mxfp8": "_mxfp8"}
 
 
 class SGLangIntegrationError(RuntimeError):

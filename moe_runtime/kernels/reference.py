@@ -573,11 +573,14 @@ def _check_activation_quant(
         )
     if problem.prequantized:
         is_fp4 = hidden_states.dtype == quant.FP4X2
-        if is_fp4 != (qt == QuantType.per_1x32) or qt == QuantType.No:
+        # fp8 input with per_1x32 is an mxfp8 wire: AITER's fp8 per_1x32 weights read fp8
+        # activations with e8m0 scales per 32 (aiter/fused_moe.py e4048607a5:772-774).
+        mx = is_fp4 or problem.mxfp8
+        if mx != (qt == QuantType.per_1x32) or qt == QuantType.No:
             raise ValueError(
                 f"hidden_states of dtype {_dtype_name(hidden_states.dtype)} do not fit quant_type "
-                f"{qt.name}: fp8 input goes with per_Tensor/per_Token/per_1x128/per_128x128, "
-                "float4_e2m1fn_x2 input with per_1x32"
+                f"{qt.name}: fp8 input goes with per_Tensor/per_Token/per_1x128/per_128x128 or "
+                "per_1x32 with fp8 weights (mxfp8), float4_e2m1fn_x2 input with per_1x32"
             )
         if a1_scale is None:
             raise ValueError(
@@ -598,7 +601,8 @@ def _check_activation_quant(
             )
         if qt == QuantType.per_1x32 and a1_scale.dtype not in (quant.E8M0, torch.uint8):
             raise TypeError(
-                f"a1_scale for fp4 input must be float8_e8m0fnu, got {_dtype_name(a1_scale.dtype)}"
+                f"a1_scale for {_dtype_name(hidden_states.dtype)} per_1x32 input must be "
+                f"float8_e8m0fnu, got {_dtype_name(a1_scale.dtype)}"
             )
     elif a1_scale is not None and (qt != QuantType.per_Tensor or a1_scale.numel() != 1):
         raise ValueError(
@@ -731,7 +735,9 @@ def _stage1_input(
     qt = problem.quant_type
     valid = row_valid.unsqueeze(-1)
     if problem.prequantized:
-        if qt == QuantType.per_1x32:
+        if qt == QuantType.per_1x32 and problem.mxfp8:
+            x = quant.dequantize_mxfp8(hidden_states, _required(a1_scale).view(quant.E8M0))
+        elif qt == QuantType.per_1x32:
             x = quant.dequantize_mxfp4(hidden_states, _required(a1_scale).view(quant.E8M0))
         elif qt in (QuantType.per_1x128, QuantType.per_128x128):
             x = quant.dequantize_fp8_1x128(hidden_states, _required(a1_scale))

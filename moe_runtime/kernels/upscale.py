@@ -19,14 +19,21 @@ import torch
 
 from moe_runtime import quant
 
-UpscalerName = Literal["dequantize_fp8_1x128", "dequantize_mxfp4"]
+UpscalerName = Literal[
+    "dequantize_fp8_1x128", "dequantize_mxfp4", "dequantize_mxfp8", "dequantize_fp8_per_row"
+]
 Upscaler = Callable[[torch.Tensor, torch.Tensor, torch.dtype], torch.Tensor]
 
 TRITON_MODULE = "moe_runtime.kernels.triton_dequant"
 _TORCH = {
     "dequantize_fp8_1x128": quant.dequantize_fp8_1x128,
     "dequantize_mxfp4": quant.dequantize_mxfp4,
+    "dequantize_mxfp8": quant.dequantize_mxfp8,
+    "dequantize_fp8_per_row": quant.dequantize_fp8_per_row,
 }
+# The upscalers moe_runtime.kernels.triton_dequant has a one-launch kernel for; the two newer
+# wires' (one multiply each, two or three launches) always run as torch code.
+_TRITON = frozenset({"dequantize_fp8_1x128", "dequantize_mxfp4"})
 # Why Triton is not bound on GPUs (None until a GPU runner tried and failed to import it).
 _triton_error: str | None = None
 
@@ -34,7 +41,7 @@ _triton_error: str | None = None
 def bind(name: UpscalerName, device: torch.device) -> Upscaler:
     """The upscaler `name` for activations on `device` (decided at load, never per call)."""
     global _triton_error
-    if device.type != "cuda" or _triton_error is not None:
+    if device.type != "cuda" or _triton_error is not None or name not in _TRITON:
         return _TORCH[name]
     try:
         module = importlib.import_module(TRITON_MODULE)

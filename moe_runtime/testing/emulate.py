@@ -17,7 +17,16 @@ from dataclasses import dataclass, field
 
 import torch
 
-from moe_runtime.quant import E8M0, FP4X2, FP8, FP8_FNUZ, quantize_fp8_1x128, quantize_mxfp4
+from moe_runtime.quant import (
+    E8M0,
+    FP4X2,
+    FP8,
+    FP8_FNUZ,
+    quantize_fp8_1x128,
+    quantize_fp8_per_row,
+    quantize_mxfp4,
+    quantize_mxfp8,
+)
 from moe_runtime.types import (
     CombineInput,
     DeepEPLLCombineInput,
@@ -48,8 +57,14 @@ MORI_LL_FP4 = "mori_ll_fp4"
 MORI_V2 = "mori_v2"
 MORI_V2_FP8 = "mori_v2_fp8"
 MORI_V2_FP4 = "mori_v2_fp4"
+MORI_NORMAL_MXFP8 = "mori_normal_mxfp8"
+MORI_LL_MXFP8 = "mori_ll_mxfp8"
+MORI_V2_MXFP8 = "mori_v2_mxfp8"
+MORI_NORMAL_FP8_TOKEN = "mori_normal_fp8_token"
+MORI_LL_FP8_TOKEN = "mori_ll_fp8_token"
 
-# Wire of each MORI format: bf16, fp8 per 1x128, or mxfp4 per 1x32.
+# Wire of each MORI format: bf16, fp8 per 1x128, mxfp4 per 1x32, mxfp8 per 1x32 (e8m0 scales) or
+# fp8 per row (one fp32 scale per row).
 _MORI_WIRES = {
     MORI_NORMAL: "bf16",
     MORI_LL: "bf16",
@@ -60,9 +75,14 @@ _MORI_WIRES = {
     MORI_V2: "bf16",
     MORI_V2_FP8: "fp8",
     MORI_V2_FP4: "fp4",
+    MORI_NORMAL_MXFP8: "mxfp8",
+    MORI_LL_MXFP8: "mxfp8",
+    MORI_V2_MXFP8: "mxfp8",
+    MORI_NORMAL_FP8_TOKEN: "fp8_token",
+    MORI_LL_FP8_TOKEN: "fp8_token",
 }
-_MORI_LL = frozenset({MORI_LL, MORI_LL_FP8, MORI_LL_FP4})
-MORI_V2_FORMATS = frozenset({MORI_V2, MORI_V2_FP8, MORI_V2_FP4})
+_MORI_LL = frozenset({MORI_LL, MORI_LL_FP8, MORI_LL_FP4, MORI_LL_MXFP8, MORI_LL_FP8_TOKEN})
+MORI_V2_FORMATS = frozenset({MORI_V2, MORI_V2_FP8, MORI_V2_FP4, MORI_V2_MXFP8})
 FORMATS: tuple[str, ...] = (STANDARD, DEEPEP_NORMAL, DEEPEP_LL, DEEPEP_LL_FP8, *_MORI_WIRES)
 
 _COMBINE_INPUT_TYPES: dict[str, type] = {
@@ -433,6 +453,12 @@ def _mori_wire(
         return quantize_fp8_1x128(batch.hidden_states)
     if wire == "fp4":
         return quantize_mxfp4(batch.hidden_states)
+    if wire == "mxfp8":
+        # AITER's per_1x32 quant with scale_type e8m0 (SGLang 0.5.23 moriep.py:794-814).
+        return quantize_mxfp8(batch.hidden_states)
+    if wire == "fp8_token":
+        # AITER's per_Token quant (vLLM mori_prepare_finalize.py 1dbff2c76f:102-119).
+        return quantize_fp8_per_row(batch.hidden_states)
     return batch.hidden_states, None
 
 
@@ -441,14 +467,15 @@ def _mori_stale(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Capacity buffers of `rows` rows full of stale values, shaped and typed like the wire."""
     width = hidden.shape[1]
-    if wire == "fp8" and scale is not None:
+    if wire in ("fp8", "fp8_token") and scale is not None:
         stale_scale = torch.full((rows, scale.shape[1]), _GARBAGE_FP8_SCALE, device=device)
         return _garbage_fp8((rows, width), device), stale_scale
-    if wire == "fp4" and scale is not None:
+    if wire in ("fp4", "mxfp8") and scale is not None:
         stale_scale = torch.full(
             (rows, scale.shape[1]), _GARBAGE_E8M0, dtype=torch.uint8, device=device
         ).view(scale.dtype)
-        return _garbage_fp4((rows, width), device), stale_scale
+        stale = _garbage_fp4 if wire == "fp4" else _garbage_fp8
+        return stale((rows, width), device), stale_scale
     return _garbage_bf16((rows, width), hidden.dtype, device), None
 
 

@@ -226,11 +226,19 @@ def test_mooncake_refuses_what_it_cannot_carry() -> None:
         ("mori", "unquant", "mori_normal"),
         ("mori", "fp8_block", "mori_ll_fp8"),
         ("mori", "quark_w4a4_mxfp4", "mori_normal_fp4"),
+        ("mori", "mxfp8", "mori_ll_mxfp8"),
+        ("mori", "fp8_channel", "mori_normal_fp8_token"),
     ],
     ids="/".join,
 )
 def test_mori(key: tuple[str, str, str]) -> None:
-    wire = {"mori_normal": "bf16", "mori_ll_fp8": "fp8", "mori_normal_fp4": "fp4"}[key[2]]
+    wire = {
+        "mori_normal": "bf16",
+        "mori_ll_fp8": "fp8",
+        "mori_normal_fp4": "fp4",
+        "mori_ll_mxfp8": "mxfp8",
+        "mori_normal_fp8_token": "fp8_token",
+    }[key[2]]
     run, _world, outputs, combined = _run(
         key,
         lambda w, r: MoriDispatcher(

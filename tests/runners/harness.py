@@ -39,7 +39,7 @@ def activation_rounding(quant: str, dispatch: str) -> str:
     """The coarsest activation rounding between the dispatcher and the expert GEMMs."""
     if quant == "quark_w4a4_mxfp4" or dispatch.endswith("_fp4"):
         return "fp4"
-    if quant in FP8_ACTIVATION_METHODS or dispatch.endswith("_fp8"):
+    if quant in FP8_ACTIVATION_METHODS or dispatch.endswith(("_fp8", "_mxfp8", "_fp8_token")):
         return "fp8"
     return "bf16"
 

@@ -58,12 +58,18 @@ def same(a: Any, b: Any) -> bool:
 
 def test_the_two_lists_cover_the_matrix() -> None:
     assert len(KEYS) == len(generated.RUNNERS)
-    # 98 of SGLang 0.5.13's methods and formats; the rest are new methods or MORI EPv2 formats.
+    # 98 of SGLang 0.5.13's methods and formats; the rest are new methods, MORI EPv2 formats or
+    # the wires 0.5.13 lacks (mxfp8: 0.5.23's; per-token fp8: vLLM's).
     assert len(SGLANG_KEYS) == 98
     assert {k[2] for k in KEYS if k[1] in QUANT_METHODS and k not in SGLANG_KEYS} == {
         "mori_v2",
         "mori_v2_fp8",
         "mori_v2_fp4",
+        "mori_normal_mxfp8",
+        "mori_ll_mxfp8",
+        "mori_v2_mxfp8",
+        "mori_normal_fp8_token",
+        "mori_ll_fp8_token",
     }
     assert {k for k, _ in WRONG} | {k for k, _ in RIGHT} == set(SGLANG_KEYS)
     assert 0 < len(WRONG) < len(SGLANG_KEYS)

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 
@@ -26,6 +28,11 @@ NEGATIVE_KEYS = [
     ("mori", "quark_w4a4_mxfp4", "mori_ll_fp4"),
     ("mori", "fp8_block", "mori_v2_fp8"),
     ("mori", "quark_w4a4_mxfp4", "mori_v2_fp4"),
+    ("mori", "mxfp8", "mori_normal_mxfp8"),
+    ("mori", "mxfp8", "mori_v2_mxfp8"),
+    ("mori", "unquant", "mori_ll_mxfp8"),
+    ("mori", "fp8_channel", "mori_ll_fp8_token"),
+    ("mori", "quark_int4fp8", "mori_normal_fp8_token"),
 ]
 
 
@@ -49,3 +56,38 @@ def test_negative_controls_fail_the_comparison(key: tuple[str, str, str]) -> Non
     leaked = run.combined().clone()
     leaked[0] += 1024.0
     assert run.mismatch(quant, dispatch, leaked)
+
+
+# The new wires' runners that hand the quantized rows and their scales straight to the kernel,
+# and some that upscale them: a scale the runner ignored or misread would change nothing here.
+WIRE_SCALE_KEYS = [
+    ("mori", "mxfp8", "mori_normal_mxfp8"),
+    ("mori", "mxfp8", "mori_ll_mxfp8"),
+    ("mori", "mxfp8", "mori_v2_mxfp8"),
+    ("mori", "fp8_block", "mori_normal_mxfp8"),
+    ("mori", "fp8_channel", "mori_normal_fp8_token"),
+    ("mori", "ct_w8a8_fp8", "mori_ll_fp8_token"),
+    ("mori", "quark_w8a8_fp8", "mori_normal_fp8_token"),
+    ("mori", "quark_int4fp8", "mori_ll_fp8_token"),
+    ("mori", "fp8_tensor", "mori_normal_fp8_token"),
+]
+
+
+def _doubled_scales(output: Any) -> Any:
+    """The same dispatch output with every activation scale doubled (one more e8m0 exponent)."""
+    scale = output.hidden_states_scale
+    if scale.dtype == torch.float8_e8m0fnu:
+        doubled = (scale.view(torch.uint8) + 1).view(torch.float8_e8m0fnu)
+    else:
+        doubled = scale * 2
+    return output._replace(hidden_states_scale=doubled)
+
+
+@pytest.mark.parametrize("key", WIRE_SCALE_KEYS, ids="/".join)
+def test_new_wires_read_their_scales(key: tuple[str, str, str]) -> None:
+    run = run_combination(key, 2)
+    assert run.mismatch(key[1], key[2]) is None
+    outputs = [_doubled_scales(output) for output in run.dispatched.outputs]
+    doubled = [runner(output) for runner, output in zip(run.runners, outputs, strict=True)]
+    # Twice the input: twice the output of the first (linear) GEMM, never the dense result.
+    assert run.mismatch(key[1], key[2], run.combined(doubled))

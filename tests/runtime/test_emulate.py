@@ -18,7 +18,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from moe_runtime import types as t
-from moe_runtime.quant import quantize_fp8_1x128, quantize_mxfp4
+from moe_runtime.quant import (
+    quantize_fp8_1x128,
+    quantize_fp8_per_row,
+    quantize_mxfp4,
+    quantize_mxfp8,
+)
 from moe_runtime.testing import emulate
 
 HIDDEN = 256
@@ -37,7 +42,10 @@ def factor(expert: torch.Tensor) -> torch.Tensor:
 
 
 def wire_of(format: str) -> str:
-    return "fp8" if format.endswith("fp8") else "fp4" if format.endswith("fp4") else "bf16"
+    for suffix in ("mxfp8", "fp8_token", "fp8", "fp4"):
+        if format.endswith(f"_{suffix}"):
+            return suffix
+    return "bf16"
 
 
 def decode_fp8(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -50,12 +58,22 @@ def decode_fp4(packed: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return _E2M1[codes] * scale.float().repeat_interleave(32, dim=-1)
 
 
+def decode_e8m0_groups(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """fp8 values times 2**(byte - 127) per 32 elements (the MX fp8 wire)."""
+    exponent = scale.view(torch.uint8).long() - 127
+    return q.float() * torch.pow(2.0, exponent.float()).repeat_interleave(32, dim=-1)
+
+
 def decode(hidden: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
     """What the rows on the wire stand for, in float32."""
     if scale is None:
         return hidden.float()
     if hidden.dtype == torch.float4_e2m1fn_x2:
         return decode_fp4(hidden, scale)
+    if scale.dtype == torch.float8_e8m0fnu:
+        return decode_e8m0_groups(hidden, scale)
+    if scale.shape[-1] == 1:
+        return hidden.float() * scale.float()  # one fp32 scale per row
     return decode_fp8(hidden, scale)
 
 
@@ -65,6 +83,10 @@ def wire_roundtrip(batch: emulate.GlobalBatch, wire: str) -> torch.Tensor:
         return decode(*quantize_fp8_1x128(batch.hidden_states))
     if wire == "fp4":
         return decode(*quantize_mxfp4(batch.hidden_states))
+    if wire == "mxfp8":
+        return decode(*quantize_mxfp8(batch.hidden_states))
+    if wire == "fp8_token":
+        return decode(*quantize_fp8_per_row(batch.hidden_states))
     return batch.hidden_states.float()
 
 
@@ -336,11 +358,26 @@ def test_wire_dtypes_and_scales() -> None:
     assert fp4.hidden_states_scale.dtype == torch.float8_e8m0fnu
     assert fp4.hidden_states_scale.shape == (4, HIDDEN // 32)
     assert emulate.dispatch(batch, "mori_ll").outputs[0].hidden_states_scale is None
+    mxfp8 = emulate.dispatch(batch, "mori_ll_mxfp8").outputs[0]
+    assert mxfp8.hidden_states.dtype == torch.float8_e4m3fn
+    assert mxfp8.hidden_states.shape == (4, HIDDEN)
+    assert mxfp8.hidden_states_scale is not None
+    assert mxfp8.hidden_states_scale.dtype == torch.float8_e8m0fnu
+    assert mxfp8.hidden_states_scale.shape == (4, HIDDEN // 32)
+    per_token = emulate.dispatch(batch, "mori_normal_fp8_token").outputs[0]
+    assert per_token.hidden_states.dtype == torch.float8_e4m3fn
+    assert per_token.hidden_states_scale is not None
+    assert per_token.hidden_states_scale.dtype == torch.float32
+    assert per_token.hidden_states_scale.shape == (4, 1)
 
 
 @pytest.mark.parametrize(
     ("format", "dtype", "group"),
-    [("mori_v2_fp8", torch.float32, 128), ("mori_v2_fp4", torch.float8_e8m0fnu, 32)],
+    [
+        ("mori_v2_fp8", torch.float32, 128),
+        ("mori_v2_fp4", torch.float8_e8m0fnu, 32),
+        ("mori_v2_mxfp8", torch.float8_e8m0fnu, 32),
+    ],
 )
 def test_mori_v2_scales_are_strided_views_and_expert_output_is_stale(
     format: str, dtype: torch.dtype, group: int

@@ -43,7 +43,9 @@ KINDS = {
     "a16w4": (QuantType.per_1x32, 32),
     "mxfp8": (QuantType.per_1x32, 32),  # fp8 weights: mxfp8 activations with every activation
 }
-PREQUANTIZABLE = {"per_tensor", "per_token_fp8", "per_1x128", "per_128x128", "a4w4", "a16w4"}
+PREQUANTIZABLE = {
+    "per_tensor", "per_token_fp8", "per_1x128", "per_128x128", "a4w4", "a16w4", "mxfp8"
+}
 
 
 @dataclass(frozen=True)
@@ -246,6 +248,11 @@ def _prequantize(kind: str, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     if kind in ("per_1x128", "per_128x128"):
         q, s = quant.quantize_fp8_1x128(x)
         return q, s, quant.dequantize_fp8_1x128(q, s).double()
+    if kind == "mxfp8":
+        # MORI's mxfp8 wire; decoded here in float64 from the e8m0 bytes, not by moe_runtime.quant.
+        q, s = quant.quantize_mxfp8(x)
+        exponent = s.view(torch.uint8).double() - 127
+        return q, s, q.double() * torch.pow(2.0, exponent).repeat_interleave(32, dim=-1)
     q, s = quant.quantize_mxfp4(x)
     return q, s, quant.dequantize_mxfp4(q, s).double()
 
@@ -681,6 +688,24 @@ def test_bf16_weights_meet_quantized_wires(device: str) -> None:
         method = "fp8_block" if qt == QuantType.per_128x128 else "quark_w4a4_mxfp4"
         assert_moe_close(out.cpu(), expected, method)
         assert not moe_close(-out.cpu(), expected, method)
+
+
+def test_an_mxfp8_wire_is_read_only_by_fp8_per_1x32_weights() -> None:
+    """fp8 rows with e8m0 scales per 32 fit fp8 weights under per_1x32 (mxfp8); fp4 weights'
+    per_1x32 kernels take no fp8 input, and fp32 scales are no e8m0 ones."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(4, 64, generator=g)
+    q, s, _ = _prequantize("mxfp8", x)
+    w13, w2 = torch.randn(3, 128, 64, generator=g), torch.randn(3, 64, 64, generator=g)
+    fp8_weights, _, _ = _quantized_weights("mxfp8", w13, w2, False)
+    fp4_weights, _, _ = _quantized_weights("a4w4", w13, w2, False)
+    call = {**_tiny(), "hidden_states": q, "a1_scale": s, "quant_type": QuantType.per_1x32,
+            "activation": ActivationType.Swiglu}
+    assert bool(torch.isfinite(_run(fused_moe, {**call, **fp8_weights}).float()).all())
+    with pytest.raises(ValueError, match="do not fit quant_type per_1x32"):
+        _run(fused_moe, {**call, **fp4_weights})
+    with pytest.raises(TypeError, match="must be float8_e8m0fnu"):
+        _run(fused_moe, {**call, **fp8_weights, "a1_scale": s.float()})
 
 
 # ---------------------------------------------------------------------------------------------

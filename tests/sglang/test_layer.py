@@ -107,7 +107,11 @@ def _dispatcher(a2a: str, dispatch: str, config: t.MoeLayerConfig) -> Any:
     impl = impl_cls.__new__(impl_cls)
     if a2a == "mori":
         impl.dispatch_dtype = (
-            moriep.DispatchDtype.fp8 if "_fp8" in dispatch else (moriep.DispatchDtype.bf16)
+            moriep.DispatchDtype.mxfp8
+            if dispatch.endswith("_mxfp8")
+            else moriep.DispatchDtype.fp8
+            if "_fp8" in dispatch
+            else moriep.DispatchDtype.bf16
         )
     slot = "_low_latency_dispatcher" if "_ll" in dispatch else "_normal_dispatcher"
     setattr(dispatcher, slot, impl)

@@ -5,7 +5,8 @@ warp_per_block=-1, call_local_expert_count=False, *, routing=None, return_routin
 `(out [max_recv, H], out_weights fp32 [max_recv, K], out_scales [max_recv, scale_dim] or None,
 out_indices int32 [max_recv, K], total_recv int32 [1])`, plus the routing handle with
 `return_routing=True`. Rows past `total_recv` are stale. `input` is what goes on the wire: bf16,
-or fp8 with fp32 1x128 scales, or fp4x2 with e8m0 1x32 scales, quantized by the sender.
+or fp8 with fp32 1x128 scales, or fp4x2 with e8m0 1x32 scales, or fp8 with e8m0 1x32 scales, or
+fp8 with one fp32 scale per row, quantized by the sender.
 `EpDispatchCombineOp.combine(input, weights, indices, block_num=-1, rdma_block_num=-1,
 warp_per_block=-1, use_external_inp_buf=-1, call_reset=False, *, routing=None)` -> `(out
 [max_num_inp_token_per_rank, H], out_weights or None)`: `indices` is this rank's own routing
@@ -21,7 +22,12 @@ import torch
 
 from moe_runtime.distributed.adapters._optional import require
 from moe_runtime.distributed.adapters.deepep import AdapterError
-from moe_runtime.quant import quantize_fp8_1x128, quantize_mxfp4
+from moe_runtime.quant import (
+    quantize_fp8_1x128,
+    quantize_fp8_per_row,
+    quantize_mxfp4,
+    quantize_mxfp8,
+)
 from moe_runtime.types import (
     MoriEPLLCombineInput,
     MoriEPLLDispatchOutput,
@@ -29,7 +35,9 @@ from moe_runtime.types import (
     MoriEPNormalDispatchOutput,
 )
 
-WIRES = ("bf16", "fp8", "fp4")
+# fp8: 1x128 fp32 scales; fp4: mxfp4; mxfp8: fp8 with e8m0 scales per 32 (SGLang 0.5.23's
+# mxfp8 dispatch dtype); fp8_token: fp8 with one fp32 scale per row (vLLM's per_Token wire).
+WIRES = ("bf16", "fp8", "fp4", "mxfp8", "fp8_token")
 
 
 def open_op(config: Any) -> Any:
@@ -79,7 +87,7 @@ def dispatch_output(
 
 
 class MoriDispatcher:
-    """The `mori_*` formats through an `EpDispatchCombineOp`: `wire` bf16, fp8 or fp4 (the
+    """The `mori_*` formats through an `EpDispatchCombineOp`: `wire` one of `WIRES` (the
     sender quantizes), `low_latency` as the op's kernel type, `recv_cap` handed to the runner."""
 
     def __init__(self, op: Any, *, wire: str, low_latency: bool, recv_cap: int = 0) -> None:
@@ -97,6 +105,10 @@ class MoriDispatcher:
             wire_input, scales = quantize_fp8_1x128(hidden_states)
         elif self.wire == "fp4":
             wire_input, scales = quantize_mxfp4(hidden_states)
+        elif self.wire == "mxfp8":
+            wire_input, scales = quantize_mxfp8(hidden_states)
+        elif self.wire == "fp8_token":
+            wire_input, scales = quantize_fp8_per_row(hidden_states)
         indices = topk_ids.to(torch.int32)
         raw = self.op.dispatch(wire_input, topk_weights, scales, indices)
         output = dispatch_output(
