@@ -19,7 +19,14 @@ import torch
 
 from moe_runtime import gate_up, kernels
 from moe_runtime.enums import ActivationType, GateMode, QuantType
-from moe_runtime.kernels import KernelBindingError, accepts_keyword, aiter_binding, choose_binding
+from moe_runtime.kernels import (
+    KernelBindingError,
+    accepts_keyword,
+    aiter_binding,
+    choose_binding,
+    releases,
+)
+from moe_runtime.testing.recording import RecordingKernel
 from moe_runtime.types import ExpertWeights
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -128,6 +135,10 @@ REFERENCE_ROUNDING = (
 AITER_0_1_7_ROUNDING = (
     "; per_1x32 activation rounding: AITER v0.1.7.post2 rule (Swiglu bf16, others mxfp4, gfx950)"
 )
+# Then how the kernel reads fp8 activations with e8m0 1x32 scales: the reference as they are,
+# AITER quantizes per_1x32 input again (fused_moe.py e4048607a5:3074-3099).
+REFERENCE_MXFP8 = "; mxfp8 activations read as they are"
+AITER_MXFP8 = "; mxfp8 activations re-quantized by the kernel"
 
 # case -> (MOE_RUNTIME_KERNEL or None for unset, pretended HIP version, fake aiter on the path,
 #          block any real aiter)
@@ -174,7 +185,8 @@ def test_import_binds_reference_off_rocm(imported: dict[str, dict[str, Any]]) ->
     assert result["binding"] == "reference"
     assert result["describe"] == (
         "reference: MOE_RUNTIME_KERNEL unset and torch is not a ROCm build "
-        f"(torch {torch.__version__}){REFERENCE_KEYWORDS}{REFERENCE_ROUNDING}{UPSCALE}"
+        f"(torch {torch.__version__}){REFERENCE_KEYWORDS}{REFERENCE_ROUNDING}{REFERENCE_MXFP8}"
+        f"{UPSCALE}"
     )
     assert result["kernel_module"] == "moe_runtime.kernels.reference"
     assert result["quant_type"] == "moe_runtime.enums.QuantType"
@@ -188,7 +200,8 @@ def test_import_reference_override_ignores_an_importable_aiter(
     result = imported["reference"]
     assert result["binding"] == "reference"
     assert result["describe"] == (
-        f"reference: MOE_RUNTIME_KERNEL=reference{REFERENCE_KEYWORDS}{REFERENCE_ROUNDING}{UPSCALE}"
+        f"reference: MOE_RUNTIME_KERNEL=reference{REFERENCE_KEYWORDS}{REFERENCE_ROUNDING}"
+        f"{REFERENCE_MXFP8}{UPSCALE}"
     )
     assert result["kernel_module"] == "moe_runtime.kernels.reference"
 
@@ -198,7 +211,7 @@ def test_import_aiter_override_binds_aiter(imported: dict[str, dict[str, Any]]) 
     assert result["binding"] == "aiter"
     assert result["describe"] == (
         f"aiter 0.1.7.post2+fake from {FAKE_AITER / 'aiter'}: MOE_RUNTIME_KERNEL=aiter"
-        f"{AITER_0_1_7_KEYWORDS}{AITER_0_1_7_ROUNDING}{UPSCALE}"
+        f"{AITER_0_1_7_KEYWORDS}{AITER_0_1_7_ROUNDING}{AITER_MXFP8}{UPSCALE}"
     )
     assert result["kernel_module"] == "aiter.fused_moe"
     # AITER's own enum classes, not our mirrors.
@@ -213,7 +226,7 @@ def test_import_binds_aiter_on_rocm(imported: dict[str, dict[str, Any]]) -> None
     assert result["describe"].endswith(
         "MOE_RUNTIME_KERNEL unset and torch is a ROCm build "
         f"(torch {torch.__version__}, HIP 6.3.42131){AITER_0_1_7_KEYWORDS}{AITER_0_1_7_ROUNDING}"
-        f"{UPSCALE}"
+        f"{AITER_MXFP8}{UPSCALE}"
     )
 
 
@@ -472,6 +485,7 @@ def test_prepare_mxfp8_uses_sglangs_a8w8_layout(
     import aiter.fused_moe as fake_module
 
     monkeypatch.setattr(fake_module, "fused_moe", fake_module.fused_moe_v0_1_14)
+    monkeypatch.setattr(fake_aiter, "__version__", "0.1.16.post1")
     weights = _mxfp8_weights()
     logical = gate_up.interleaved(weights) if given == GateMode.INTERLEAVE else weights
     prepared = aiter_binding.load().prepare(logical, QuantType.per_1x32, ActivationType.Swiglu)
@@ -490,21 +504,79 @@ def test_prepare_mxfp8_uses_sglangs_a8w8_layout(
     assert prepared.gate_mode == GateMode.INTERLEAVE
 
 
-@pytest.mark.parametrize("where", ["before v0.1.14", "gfx942"])
+@pytest.mark.parametrize(
+    "where", ["without gate_mode", "gfx942", "v0.1.14", "v0.1.16", "v0.1.16, rocm build"]
+)
 def test_prepare_mxfp8_is_refused_where_aiter_has_no_mxfp8_kernels(
     fake_aiter: ModuleType, monkeypatch: pytest.MonkeyPatch, where: str
 ) -> None:
+    """fp8 per_1x32 kernels first appear at v0.1.16.post1 (fused_moe.py:408-410), on gfx950."""
     import aiter.fused_moe as fake_module
 
-    if where == "gfx942":
+    version = {"v0.1.14": "0.1.14", "v0.1.16": "0.1.16", "v0.1.16, rocm build": "0.1.16+rocm7.1"}
+    if where != "without gate_mode":
         monkeypatch.setattr(fake_module, "fused_moe", fake_module.fused_moe_v0_1_14)
+    monkeypatch.setattr(fake_aiter, "__version__", version.get(where, "0.1.16.post1"))
+    if where == "gfx942":
         monkeypatch.setattr(fake_aiter.dtypes, "fp8", torch.float8_e4m3fnuz)
-    with pytest.raises(ValueError, match=r"mxfp8 weights .* need AITER v0\.1\.17 or later on gfx"):
+    with pytest.raises(
+        ValueError, match=r"mxfp8 weights .* need AITER v0\.1\.16\.post1 or later on gfx950"
+    ):
         aiter_binding.load().prepare(_mxfp8_weights(), QuantType.per_1x32, ActivationType.Swiglu)
     assert fake_aiter.CALLS == []
     # Control: mxfp4 weights on the same AITER are prepared.
     aiter_binding.load().prepare(_mxfp4_weights(), QuantType.per_1x32, ActivationType.Swiglu)
     assert fake_aiter.CALLS
+
+
+@pytest.mark.parametrize("version", ["0.1.16.post1", "0.1.20.post1+rocm7.1", "(unknown version)"])
+def test_prepare_mxfp8_from_v0_1_16_post1(
+    fake_aiter: ModuleType, monkeypatch: pytest.MonkeyPatch, version: str
+) -> None:
+    """Control of the refusals above: the first release with the kernels, a later ROCm build,
+    and a source build that names no release (its gate_mode keyword is the evidence)."""
+    import aiter.fused_moe as fake_module
+
+    monkeypatch.setattr(fake_module, "fused_moe", fake_module.fused_moe_v0_1_14)
+    monkeypatch.setattr(fake_aiter, "__version__", version)
+    prepared = aiter_binding.load().prepare(
+        _mxfp8_weights(), QuantType.per_1x32, ActivationType.Swiglu
+    )
+    assert prepared.gate_mode == GateMode.INTERLEAVE
+
+
+@pytest.mark.parametrize(
+    ("version", "release"),
+    [
+        ("0.1.16", (0, 1, 16, 0)),
+        ("0.1.16.post1", (0, 1, 16, 1)),
+        ("v0.1.7.post2", (0, 1, 7, 2)),
+        ("0.1.20.post1+rocm7.1", (0, 1, 20, 1)),
+        ("0.1.14rc0", (0, 1, 14, 0)),
+        ("(unknown version)", None),
+        ("main", None),
+    ],
+)
+def test_release_of_reads_post_releases(version: str, release: tuple[int, ...] | None) -> None:
+    assert releases.release_of(version) == release
+
+
+def test_post_releases_order_after_their_release() -> None:
+    assert releases.release_of("0.1.16") < releases.release_of("0.1.16.post1")  # type: ignore[operator]
+    assert releases.release_of("0.1.16.post6") < releases.release_of("0.1.17")  # type: ignore[operator]
+    assert releases.tag((0, 1, 16, 1)) == "v0.1.16.post1"
+    assert releases.tag((0, 1, 14, 0)) == "v0.1.14"
+
+
+def test_reads_mxfp8_activations_is_the_kernels_fact(fake_aiter: ModuleType) -> None:
+    """The reference reads mxfp8 activations as they are; AITER's own fused_moe, injected as
+    the SGLang integration injects it, quantizes them again; another injected kernel is taken
+    at its word."""
+    import aiter.fused_moe as fake_module
+
+    assert kernels.reads_mxfp8_activations(kernels.fused_moe) is (kernels.BINDING == "reference")
+    assert kernels.reads_mxfp8_activations(fake_module.fused_moe) is False
+    assert kernels.reads_mxfp8_activations(RecordingKernel()) is True
 
 
 def test_prepare_per_1x32_needs_scales(fake_aiter: ModuleType) -> None:
