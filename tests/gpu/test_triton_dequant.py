@@ -17,8 +17,7 @@ from moe_runtime.kernels import upscale
 from moe_runtime.testing import emulate
 from moe_runtime.testing.recording import RecordingKernel
 from moe_runtime.testing.weights import make_expert_weights
-from moe_runtime.types import MoeLayerConfig
-from tests.runners.harness import layer_activation
+from tests.runners.harness import layer_config
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton path needs a GPU")
 
@@ -143,16 +142,7 @@ def test_every_upscaling_runner_binds_triton_and_passes_the_torch_result(
     weights = make_expert_weights(quant_method, 4, 256, 128, seed=0, device="cuda")
     batch = emulate.make_batch(12, 256, 8, 3, ep_size=2, seed=3, device="cuda")
     output = emulate.dispatch(batch, dispatch, max_tokens_per_rank=8).outputs[0]
-    config = MoeLayerConfig(
-        num_experts=8,
-        num_local_experts=4,
-        ep_rank=0,
-        ep_size=2,
-        top_k=3,
-        hidden_size=256,
-        intermediate_size=128,
-        activation=layer_activation(quant_method),
-    )
+    config = layer_config(quant_method, top_k=3)
     runner_type = generated.select(*key)
     triton_kernel, torch_kernel = RecordingKernel(), RecordingKernel()
     with_triton = runner_type(config, weights, kernel=triton_kernel)
@@ -175,16 +165,7 @@ def test_a_first_low_latency_call_inside_a_capture_is_refused() -> None:
     weights = make_expert_weights("unquant", 4, 256, 128, seed=0, device="cuda")
     batch = emulate.make_batch(6, 256, 8, 2, ep_size=2, seed=1, device="cuda")
     output = emulate.dispatch(batch, "deepep_ll", max_tokens_per_rank=3).outputs[0]
-    config = MoeLayerConfig(
-        num_experts=8,
-        num_local_experts=4,
-        ep_rank=0,
-        ep_size=2,
-        top_k=2,
-        hidden_size=256,
-        intermediate_size=128,
-        activation="silu",
-    )
+    config = layer_config("unquant", top_k=2)
     out = torch.empty(24, 256, dtype=torch.bfloat16, device="cuda")
 
     def stub(*args: object, **kwargs: object) -> torch.Tensor:
