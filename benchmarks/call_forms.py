@@ -28,18 +28,9 @@ from typing import Any
 import torch
 
 from benchmarks.cases import build_case
-from benchmarks.common import (
-    Shape,
-    Workload,
-    command_line,
-    device_of,
-    emit,
-    fmt,
-    machine_description,
-    markdown_table,
-    synchronizer,
-    time_interleaved,
-)
+from benchmarks.common import Shape, Workload, device_of
+from benchmarks.report import command_note, emit, fmt, machine_description, markdown_table
+from benchmarks.timing import synchronizer, time_interleaved
 from moe_runtime.types import StandardCombineInput, StandardDispatchOutput
 
 MODULE = "benchmarks.call_forms"
@@ -139,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     table = markdown_table(("combination", "T", "hand over µs", *FORMS), rows)
     body = (
         f"Machine: {machine_description(device, threads=1)}.\n"
-        f"Command: `{command_line(MODULE, argv)}` ({time.perf_counter() - started:.0f} s).\n"
+        f"{command_note(MODULE, argv, started)}\n"
         "Overhead above the floor / the hand-written runner's (1.00 = as fast as the closure).\n\n"
         f"{table}\n\nMedians: "
         + ", ".join(f"{f} {m:.2f}" for f, m in zip(FORMS, medians, strict=True))
