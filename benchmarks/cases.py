@@ -84,13 +84,27 @@ def build_case(workload: Workload, key: Key, tokens: int) -> Case:
     )
 
 
+def missing_sglang_path(key: Key) -> str | None:
+    """Why SGLang 0.5.13's path (moe_runtime.testing.dynamic) has no such combination, or None
+    when it has one: MORI EPv2 and the newer wires and quant methods came in later releases."""
+    a2a, quant, dispatch_format = key
+    if not has_path(a2a, dispatch_format):
+        return f"SGLang 0.5.13 has no {dispatch_format} path (it came in a later release)"
+    try:
+        known_wrong(a2a, quant, dispatch_format)
+    except ValueError:
+        return f"SGLang 0.5.13 has no {quant} method (it came in a later release)"
+    return None
+
+
 def _dynamic(
     key: tuple[str, str, str], config: Any, weights: Any, stub: Any, d: Any
 ) -> tuple[Callable[[Any], Any] | None, str]:
     """SGLang 0.5.13's path for this case, or None with the reason it is not benchmarked."""
     a2a, quant, dispatch_format = key
-    if not has_path(a2a, dispatch_format):
-        return None, "SGLang 0.5.13 has no such path (MORI EPv2 came in a later release)"
+    missing = missing_sglang_path(key)
+    if missing:
+        return None, missing
     dynamic: Callable[[Any], Any] | None = DynamicRunner(
         config, weights, quant, kernel=stub, a2a_backend=a2a
     )

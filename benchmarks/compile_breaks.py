@@ -25,6 +25,7 @@ import torch
 import torch._dynamo
 
 import generated
+from benchmarks.cases import missing_sglang_path
 from benchmarks.common import QUICK_SHAPE, Key, Workload, add_common_arguments, key_name, run_of
 from benchmarks.report import command_note, emit_for, machine_description, markdown_table
 from moe_runtime.kernels.reference import ReferenceFusedMoe
@@ -101,6 +102,19 @@ class CustomOpKernel:
         return result
 
 
+class CustomOpOutputKernel:
+    """`CustomOpKernel` with AITER's newer `output` keyword, for the MORI EPv2 runners (which
+    refuse a kernel without it): the result is copied into `output`. A wrapper of its own, so
+    that the other rows' wrapper, and with it their guard counts, stay as they were."""
+
+    def __init__(self) -> None:
+        self._kernel = CustomOpKernel()
+
+    def __call__(self, *args: Any, output: torch.Tensor | None = None, **kwargs: Any) -> Any:
+        result = self._kernel(*args, **kwargs)
+        return result if output is None else output.copy_(result)
+
+
 @dataclass(frozen=True)
 class Explained:
     graphs: int
@@ -118,7 +132,8 @@ class Row:
     matches_eager: bool | None  # None when fullgraph failed
     dynamic: Explained | None  # None where SGLang's path raises eagerly
     dynamic_error: str | None
-    dynamic_wrong: bool  # SGLang's result is wrong here (moe_runtime.testing.dynamic.known_wrong)
+    # SGLang's result is wrong here (moe_runtime.testing.dynamic.known_wrong); None: no such path
+    dynamic_wrong: bool | None
 
 
 def _short(text: str, limit: int = 110) -> str:
@@ -149,7 +164,9 @@ def check(workload: Workload, key: Key, tokens: int, backend: str) -> Row:
     d = placed.dispatch_output
     config = workload.config(placed.rank)
     weights = workload.weights(quant)
-    kernel = CustomOpKernel()
+    # MORI EPv2 runners write into combine's buffer through `output` (the plan's expert-output
+    # record); every other runner gets the plain wrapper.
+    kernel = CustomOpOutputKernel() if dispatch_format.startswith("mori_v2") else CustomOpKernel()
     runner = generated.select(*key)(config, weights, kernel=kernel)
 
     def call_generated(dispatch_output: Any) -> Any:
@@ -166,6 +183,9 @@ def check(workload: Workload, key: Key, tokens: int, backend: str) -> Row:
     except Exception as error:  # reported in the table: that is the measurement
         fullgraph = _short(f"{type(error).__name__}: {error}", 80)
 
+    missing = missing_sglang_path(key)
+    if missing:
+        return Row(key, generated_explained, fullgraph, matches, None, missing, None)
     # Only traced, never compared: the stub op lets SGLang's wrong paths (which the reference
     # rejects) be traced as far as SGLang's own code goes.
     dynamic_runner = DynamicRunner(
@@ -203,7 +223,7 @@ def table(rows: Sequence[Row]) -> str:
                 dynamic.ops if dynamic else "-",
                 dynamic.guards if dynamic else "-",
                 (dynamic.first_reason or "-") if dynamic else "-",
-                "wrong" if r.dynamic_wrong else "right",
+                "no path" if r.dynamic_wrong is None else ("wrong" if r.dynamic_wrong else "right"),
             )
         )
     headers = (

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from benchmarks.cases import missing_sglang_path
 from benchmarks.common import (
     STATIC_SHAPE_FORMATS,
     Key,
@@ -159,12 +160,16 @@ def run_case(workload: Workload, key: Key, tokens: int, repeats: int) -> GraphRo
     syncs_reference = sync_free(lambda: runner(static_input))
     bare_runner = runner_class(config, weights, kernel=stub)
     syncs_runner = sync_free(lambda: bare_runner(static_input))
-    dynamic = DynamicRunner(config, weights, quant, kernel=stub, a2a_backend=a2a)
-    try:
-        dynamic(static_input)
-        syncs_dynamic = sync_free(lambda: dynamic(static_input))
-    except Exception as error:  # SGLang's own failure modes
-        syncs_dynamic = f"raises {type(error).__name__}"
+    missing = missing_sglang_path(key)
+    if missing:
+        syncs_dynamic = missing
+    else:
+        dynamic = DynamicRunner(config, weights, quant, kernel=stub, a2a_backend=a2a)
+        try:
+            dynamic(static_input)
+            syncs_dynamic = sync_free(lambda: dynamic(static_input))
+        except Exception as error:  # SGLang's own failure modes
+            syncs_dynamic = f"raises {type(error).__name__}"
 
     eager = clone_output(runner(static_input))
     graph, graph_out = capture(lambda: runner(static_input))

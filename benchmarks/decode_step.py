@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from benchmarks import launches
+from benchmarks.cases import missing_sglang_path
 from benchmarks.common import STATIC_SHAPE_FORMATS, Key, Shape, Workload, device_of, key_name
 from benchmarks.cuda_graphs import capture
 from benchmarks.report import command_note, emit, fmt, machine_description, markdown_table
@@ -90,15 +91,21 @@ def measure(workload: Workload, key: Key, tokens_per_rank: int, budget: float) -
     )
     d = placed.dispatch_output
     gen_layers = [runner_type(config, weights, kernel=stub) for _ in range(LAYERS)]
-    dyn_layers = [
-        DynamicRunner(config, weights, quant, kernel=stub, a2a_backend=a2a) for _ in range(LAYERS)
-    ]
-    note = known_wrong(a2a, quant, dispatch_format, ep_size=config.ep_size, hidden_pad=0) or ""
-    try:
-        dyn_layers[0](d)
-    except Exception as error:  # SGLang's own failure modes: reported, not timed
-        note = f"raises {type(error).__name__}"
-        dyn_layers = []
+    missing = missing_sglang_path(key)
+    dyn_layers: list[DynamicRunner] = []
+    if missing:
+        note = missing
+    else:
+        dyn_layers = [
+            DynamicRunner(config, weights, quant, kernel=stub, a2a_backend=a2a)
+            for _ in range(LAYERS)
+        ]
+        note = known_wrong(a2a, quant, dispatch_format, ep_size=config.ep_size, hidden_pad=0) or ""
+        try:
+            dyn_layers[0](d)
+        except Exception as error:  # SGLang's own failure modes: reported, not timed
+            note = f"raises {type(error).__name__}"
+            dyn_layers = []
     args, kwargs = call.args, call.kwargs
 
     def floor() -> object:

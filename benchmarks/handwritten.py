@@ -55,12 +55,33 @@ class Bound(NamedTuple):
     static: Mapping[str, Any]
 
 
-_FP8_WIRES = frozenset(
-    {emulate.DEEPEP_LL_FP8, emulate.MORI_NORMAL_FP8, emulate.MORI_LL_FP8, emulate.MORI_V2_FP8}
+# The quantized wires, each with the upscaler a runner binds where its kernel cannot take it.
+_WIRE_UPSCALERS: Mapping[str, upscale.UpscalerName] = {
+    emulate.DEEPEP_LL_FP8: "dequantize_fp8_1x128",
+    emulate.MORI_NORMAL_FP8: "dequantize_fp8_1x128",
+    emulate.MORI_LL_FP8: "dequantize_fp8_1x128",
+    emulate.MORI_V2_FP8: "dequantize_fp8_1x128",
+    emulate.MORI_NORMAL_FP4: "dequantize_mxfp4",
+    emulate.MORI_LL_FP4: "dequantize_mxfp4",
+    emulate.MORI_V2_FP4: "dequantize_mxfp4",
+    emulate.MORI_NORMAL_MXFP8: "dequantize_mxfp8",
+    emulate.MORI_LL_MXFP8: "dequantize_mxfp8",
+    emulate.MORI_V2_MXFP8: "dequantize_mxfp8",
+    emulate.MORI_NORMAL_FP8_TOKEN: "dequantize_fp8_per_row",
+    emulate.MORI_LL_FP8_TOKEN: "dequantize_fp8_per_row",
+}
+_MORI_V2 = frozenset(
+    {emulate.MORI_V2, emulate.MORI_V2_FP8, emulate.MORI_V2_FP4, emulate.MORI_V2_MXFP8}
 )
-_FP4_WIRES = frozenset({emulate.MORI_NORMAL_FP4, emulate.MORI_LL_FP4, emulate.MORI_V2_FP4})
-_MORI_V2 = frozenset({emulate.MORI_V2, emulate.MORI_V2_FP8, emulate.MORI_V2_FP4})
-_MORI_LL = frozenset({emulate.MORI_LL, emulate.MORI_LL_FP8, emulate.MORI_LL_FP4})
+_MORI_LL = frozenset(
+    {
+        emulate.MORI_LL,
+        emulate.MORI_LL_FP8,
+        emulate.MORI_LL_FP4,
+        emulate.MORI_LL_MXFP8,
+        emulate.MORI_LL_FP8_TOKEN,
+    }
+)
 
 
 def build(
@@ -81,7 +102,7 @@ def build(
             "the hand-written runners are written for weights without hidden padding, got "
             f"hidden_pad={weights.hidden_pad}"
         )
-    quantized_wire = dispatch_format in _FP8_WIRES | _FP4_WIRES
+    quantized_wire = dispatch_format in _WIRE_UPSCALERS
     upscale = quantized_wire and reference_call.tensor("hidden_states").dtype in (
         torch.bfloat16,
         torch.float16,
@@ -118,9 +139,7 @@ def build(
 
 def _upscaler(dispatch_format: str, device: torch.device) -> upscale.Upscaler:
     """The bound upscaler of a MORI quantized wire, the one the generated runner binds."""
-    if dispatch_format in _FP8_WIRES:
-        return loadtime.bind_upscaler("dequantize_fp8_1x128", device)
-    return loadtime.bind_upscaler("dequantize_mxfp4", device)
+    return loadtime.bind_upscaler(_WIRE_UPSCALERS[dispatch_format], device)
 
 
 def standard(bound: Bound) -> HandWritten:
