@@ -34,12 +34,22 @@ reads `SGLANG_MORI_MOE_MAX_INPUT_TOKENS` through `sglang.srt.utils.get_int_env_v
 of the same tensors). 0.5.23's `SGLANG_AITER_MOE_SORTING_DISPATCH_POLICY` is read once, from
 SGLang's `envs`, and bound into the kernel when it is not 0.
 
+Layer options go to the kernel as SGLang's AITER runner passes them, decided once, at install: the
+activation (0.5.23: SwiGLU-OAI on gfx95 as `Swiglu` with its clamp, situ as `Situv2` with `beta`
+and `linear_beta`; `moe_runtime.layer_options`), the clamp the quant method puts in its quant info
+(`swiglu_limit`), and the `gate_mode` SGLang's runner derives from that clamp, the method's
+requested mode, the GPU and `SGLANG_USE_AITER_MOE_GU_ITLV` (`sglang_gate_mode`), which becomes the
+weights' `ExpertWeights.gate_mode`.
+
 SGLang names this module relies on (present in both releases):
 - `sglang.srt.layers.moe.utils.get_moe_a2a_backend` (`.value`: none, deepep, mooncake, nixl, mori)
 - `MoeRunner.fused_func`, `.lora_enabled`, `.runner_backend.is_aiter()`, `.config` (a
   `MoeRunnerConfig`: `num_experts`, `num_local_experts`, `top_k`, `hidden_size`,
   `intermediate_size_per_partition`, `activation`, `apply_router_weight_on_input`, `no_combine`,
-  `num_fused_shared_experts`, `swiglu_limit`)
+  `num_fused_shared_experts`, `swiglu_limit`; 0.5.23: `is_gated`, `gemm1_alpha`, `gemm1_beta`,
+  `gemm1_clamp_limit`, `gate_up_interleaved`)
+- 0.5.23's `moe_runner.aiter.is_gfx95_supported` (called as its runner calls it) and
+  `aiter_swiglu_oai_limit`; `envs.SGLANG_USE_AITER_MOE_GU_ITLV` (both releases)
 - the layer's `quant_method`, `dispatcher`, `moe_ep_rank`, `moe_ep_size`, and, under
   `QuarkFusedMoEMethod` / `CompressedTensorsFusedMoEMethod`, its `scheme`; by class name:
   - `UnquantizedFusedMoEMethod` (`_aiter_runner`, `layer.w13_weight`, `layer.w2_weight`)
@@ -48,9 +58,9 @@ SGLang names this module relies on (present in both releases):
   - `Mxfp4MoEMethod` (`runner`, `moe_runner_config`, `hidden_pad`, `intermediate_pad`,
     `with_bias` (0.5.23); `layer.w13_weight` / `w2_weight` (uint8-held fp4, `is_shuffled`),
     `w13_weight_scale`, `w2_weight_scale`, `w13_weight_bias`, `w2_weight_bias`)
-  - `QuarkW4A4MXFp4MoE` (`runner`, `moe_runner_config`; its module's `_is_gfx1250` in 0.5.23;
-    `layer.w13_weight` / `w2_weight`, `w13_weight_scale`, `w2_weight_scale`, `hidden_pad`,
-    `intermediate_pad` (0.5.23); 0.5.23's `moe_runner.aiter.aiter_swiglu_oai_limit`)
+  - `QuarkW4A4MXFp4MoE` (`runner`, `moe_runner_config`; its module's `_is_gfx1250` and
+    `_is_gfx95` in 0.5.23; `layer.w13_weight` / `w2_weight`, `w13_weight_scale`,
+    `w2_weight_scale`, `hidden_pad`, `intermediate_pad` (0.5.23))
   - `QuarkInt4Fp8MoEMethod` (`runner`; `layer.w13_weight`, `w2_weight`, `w13_int4_scale`,
     `w2_int4_scale`)
   - `CompressedTensorsW8A8Fp8MoE` (`runner`, `weight_quant.strategy`; `layer.w13_weight`,
@@ -65,11 +75,13 @@ SGLang names this module relies on (present in both releases):
   kernel, so the weights SGLang already shuffled are not prepared again)
 
 Not served (refused at install): LoRA, `no_combine`, a layer whose runner slot SGLang already fills,
-fused shared experts, a swiglu clamp (`swiglu_limit`, and `gemm1_clamp_limit` for the fp4 methods:
-SGLang then adds `swiglu_limit` and a `gate_mode` the runners do not pass), the situ activation,
-`fused_moe_kwargs`, fp4/mxfp8 experts of `Fp8MoEMethod`, `Mxfp4MoEMethod` with a padded hidden
-size (its apply pads the activations before `MoeRunner.run`, the runner pads them again), Quark
-W4A4 MXFP4 on gfx1250, compressed-tensors fp8 weights that are not channel-wise, a method whose
+fused shared experts, a `swiglu_limit` on a quant method other than `Mxfp4MoEMethod` and
+`QuarkW4A4MXFp4MoE` (this integration does not read the clamp and gate_mode those methods hand
+the runner), a clamp on SGLang 0.5.13's Quark W4A4 MXFP4 (its apply drops it), situ on any method
+but `Mxfp4MoEMethod` (the runner refuses it: AITER's Situv2 runs on the a16w4 kernels only),
+`fused_moe_kwargs` of `Fp8MoEMethod`, fp4/mxfp8 experts of `Fp8MoEMethod`, `Mxfp4MoEMethod` with a
+padded hidden size (its apply pads the activations before `MoeRunner.run`, the runner pads them
+again), compressed-tensors fp8 weights that are not channel-wise, a method whose
 apply would raise before `MoeRunner.run` on the layer's formats (`topk_output` on DeepEP/MORI
 outputs, `expert_mask_gpu` on Mooncake/NIXL dispatchers), MORI's mxfp8 wire, DeepEP nvfp4, and
 quant methods not listed above.
@@ -87,6 +99,7 @@ from typing import Any, Final
 
 import generated
 from moe_runtime import layer_options, types
+from moe_runtime.enums import GateMode
 from moe_runtime.types import ExpertWeights, FusedMoeKernel, MoeLayerConfig
 
 __all__ = [
@@ -99,6 +112,7 @@ __all__ = [
     "install_on_runner",
     "installed",
     "layer_config",
+    "sglang_gate_mode",
     "sglang_release",
     "sorting_dispatch_policy",
     "uninstall",
@@ -245,24 +259,49 @@ def activation_options(runner_config: Any) -> dict[str, Any]:
     from the `MoeRunnerConfig` (`moe_runtime.layer_options`); 0.5.13 passes the activation."""
     if sglang_release() == "0.5.13":
         return {"activation": runner_config.activation}
-    from sglang.srt.utils import is_gfx95_supported
-
-    fields = layer_options.activation_fields(
+    return layer_options.activation_fields(
         runner_config.activation,
         bool(runner_config.is_gated),
         runner_config.gemm1_alpha,
         runner_config.gemm1_beta,
         runner_config.gemm1_clamp_limit,
-        gfx95=bool(is_gfx95_supported()),
+        gfx95=_gfx95(),
     )
-    if "swiglu_limit" in fields and getattr(runner_config, "gate_up_interleaved", False):
-        # SGLang then passes gate_mode INTERLEAVE (aiter.py:238-245); the weights read here are
-        # gate rows then up rows only.
-        raise SGLangIntegrationError(
-            "a SwiGLU-OAI layer with interleaved gate/up rows (gate_up_interleaved) is not read "
-            "by this integration"
-        )
-    return fields
+
+
+def _gfx95() -> bool:
+    """Whether SGLang 0.5.23's AITER runner takes its gfx95 branches: it calls this very function
+    of its own module (moe_runner/aiter.py:121, :210), so the answer is the one it acts on."""
+    from sglang.srt.layers.moe.moe_runner import aiter as sglang_aiter
+
+    return bool(sglang_aiter.is_gfx95_supported())
+
+
+def sglang_gate_mode(
+    release: str, runner_config: Any, swiglu_limit: float, requested: str | None
+) -> GateMode:
+    """The `gate_mode` SGLang's AITER runner passes for a layer (SEPARATED where it passes none,
+    AITER's default from v0.1.14), from the same facts it reads: `requested` is the quant method's
+    `fused_moe_kwargs["gate_mode"]`, `swiglu_limit` its quant info's.
+
+    0.5.13 (moe_runner/aiter.py:159-177): a clamp sets INTERLEAVE (SEPARATED with
+    SGLANG_USE_AITER_MOE_GU_ITLV=0) over any requested mode. 0.5.23 (aiter.py:218-246): situ is
+    SEPARATED; with a clamp a requested mode wins, else gfx95 follows the config's
+    `gate_up_interleaved` and other GPUs INTERLEAVE, both only while GU_ITLV is on.
+    """
+    from sglang.srt.environ import envs
+
+    interleave = bool(envs.SGLANG_USE_AITER_MOE_GU_ITLV.get())
+    mode = requested
+    if release == "0.5.13":
+        if swiglu_limit > 0:
+            mode = GateMode.INTERLEAVE.value if interleave else GateMode.SEPARATED.value
+    elif runner_config.activation == "situ":
+        mode = GateMode.SEPARATED.value
+    elif swiglu_limit > 0 and mode is None:
+        layout = not _gfx95() or bool(runner_config.gate_up_interleaved)
+        mode = GateMode.INTERLEAVE.value if layout and interleave else GateMode.SEPARATED.value
+    return GateMode.SEPARATED if mode is None else GateMode(mode)
 
 
 def a2a_backend() -> str:
@@ -365,10 +404,6 @@ def _refuse_runner(moe_runner: Any, name: str) -> None:
         problems.append("no_combine is set (the runners always combine the top-k outputs)")
     if config.num_fused_shared_experts:
         problems.append(f"{config.num_fused_shared_experts} fused shared experts")
-    if getattr(config, "swiglu_limit", None):
-        problems.append(
-            "swiglu_limit is set: SGLang then passes AITER a gate_mode the runners do not pass"
-        )
     if problems:
         raise SGLangIntegrationError(
             f"{name}: cannot install a generated runner: " + "; ".join(problems)
@@ -537,13 +572,6 @@ def _read_mxfp4(layer: Any, method: Any, ctx: _Context) -> tuple[str, ExpertWeig
             "SGLang 0.5.13's Mxfp4MoEMethod.apply reads dispatch_output.topk_output, which "
             f"{', '.join(ctx.formats)} outputs lack (SGLang's path raises before MoeRunner.run)"
         )
-    if getattr(config, "activation", None) == "situ":
-        raise ctx.refuse("the situ activation (AITER's Situv2) has no generated runners")
-    if config.gemm1_clamp_limit or config.swiglu_limit:
-        raise ctx.refuse(
-            "a swiglu clamp is set: SGLang then passes AITER swiglu_limit and a gate_mode the "
-            "runners do not pass"
-        )
     if method.hidden_pad:
         raise ctx.refuse(
             f"hidden_pad {method.hidden_pad}: Mxfp4MoEMethod.apply pads the activations before "
@@ -575,19 +603,6 @@ def _read_quark_w4a4_mxfp4(layer: Any, scheme: Any, ctx: _Context) -> tuple[str,
     )
     if ctx.release == "0.5.13":
         return "quark_w4a4_mxfp4", weights
-    import sys
-
-    from sglang.srt.layers.moe.moe_runner.aiter import aiter_swiglu_oai_limit
-
-    flags = sys.modules[type(scheme).__module__]
-    config = scheme.moe_runner_config
-    if config.activation == "situ":
-        raise ctx.refuse("the situ activation (AITER's Situv2) has no generated runners")
-    if aiter_swiglu_oai_limit(config) or config.swiglu_limit:
-        raise ctx.refuse("a swiglu clamp is set: SGLang then passes AITER swiglu_limit")
-    if getattr(flags, "_is_gfx1250", False):
-        raise ctx.refuse("gfx1250: SGLang passes gate_mode INTERLEAVE for its own weight layout")
-    # On gfx95 SGLang passes gate_mode SEPARATED, AITER's default: the runner passes none.
     return "quark_w4a4_mxfp4", dataclasses.replace(
         weights,
         hidden_pad=getattr(layer, "hidden_pad", 0),
@@ -630,6 +645,74 @@ def _read_ct_w8a8_fp8(layer: Any, scheme: Any, ctx: _Context) -> tuple[str, Expe
     )
 
 
+def _clamp_mxfp4(layer: Any, method: Any, ctx: _Context) -> tuple[float, str | None]:
+    """The swiglu clamp Mxfp4MoEMethod puts in its quant info (gpt-oss's `gemm1_clamp_limit`, or
+    `swiglu_limit`; none under situ, whose `gemm1_clamp_limit` is its linear_beta: 0.5.13
+    mxfp4.py:1298-1302, 0.5.23 mxfp4.py:1792-1803); it requests no gate_mode."""
+    config = method.moe_runner_config
+    if method.runner.config.activation == "situ":
+        return 0.0, None
+    return float(config.gemm1_clamp_limit or config.swiglu_limit or 0.0), None
+
+
+def _clamp_quark_w4a4_mxfp4(layer: Any, scheme: Any, ctx: _Context) -> tuple[float, str | None]:
+    """QuarkW4A4MXFp4MoE's clamp and requested gate_mode (0.5.23 quark_w4a4_mxfp4_moe.py:
+    1089-1116: INTERLEAVE on gfx1250, SEPARATED on other gfx95, from its module's flags; the
+    clamp of SwiGLU-OAI, else `swiglu_limit`). 0.5.13's apply passes neither (266-295)."""
+    config = scheme.moe_runner_config
+    if ctx.release == "0.5.13":
+        if config.swiglu_limit or getattr(config, "gemm1_clamp_limit", None):
+            raise ctx.refuse(
+                "a swiglu clamp is set, which SGLang 0.5.13's QuarkW4A4MXFp4MoE.apply_weights "
+                "drops (it passes AITER no swiglu_limit)"
+            )
+        return 0.0, None
+    import sys
+
+    from sglang.srt.layers.moe.moe_runner.aiter import aiter_swiglu_oai_limit
+
+    flags = sys.modules[type(scheme).__module__]
+    requested = None
+    if getattr(flags, "_is_gfx1250", False):
+        requested = GateMode.INTERLEAVE.value
+    elif getattr(flags, "_is_gfx95", False):
+        requested = GateMode.SEPARATED.value
+    limit = aiter_swiglu_oai_limit(config) or config.swiglu_limit or 0.0
+    return float(limit), requested
+
+
+# Quant methods whose clamp and gate_mode request this integration reads (else a clamp is refused).
+_CLAMPS: Final[dict[str, Callable[[Any, Any, _Context], tuple[float, str | None]]]] = {
+    "Mxfp4MoEMethod": _clamp_mxfp4,
+    "QuarkW4A4MXFp4MoE": _clamp_quark_w4a4_mxfp4,
+}
+
+
+def _read_kernel_options(
+    layer: Any,
+    runner_config: Any,
+    config: MoeLayerConfig,
+    weights: ExpertWeights,
+    ctx: _Context,
+) -> tuple[MoeLayerConfig, ExpertWeights]:
+    """The clamp and the gate_mode SGLang passes AITER for this layer, into the runner's config
+    and weights: the recorded kernel call then has SGLang's `swiglu_limit` and `gate_mode`."""
+    method = _serving_method(layer)
+    reader = _CLAMPS.get(type(method).__name__)
+    if reader is None:
+        if getattr(runner_config, "swiglu_limit", None):
+            raise ctx.refuse(
+                f"swiglu_limit is set: SGLang then passes AITER a clamp and a gate_mode that "
+                f"this integration reads only for {', '.join(_CLAMPS)}"
+            )
+        # SwiGLU-OAI's clamp (activation_options): SGLang's runner picks the gate_mode itself.
+        limit, requested = config.swiglu_limit, None
+    else:
+        limit, requested = reader(layer, method, ctx)
+    mode = sglang_gate_mode(ctx.release, runner_config, limit, requested)
+    return replace(config, swiglu_limit=limit), replace(weights, gate_mode=mode)
+
+
 _READERS: Final[dict[str, Callable[[Any, Any, _Context], tuple[str, ExpertWeights]]]] = {
     "UnquantizedFusedMoEMethod": _read_unquant,
     "Fp8MoEMethod": _read_fp8,
@@ -658,6 +741,9 @@ def install(
     formats = tuple(dispatch) if dispatch is not None else dispatch_formats(a2a, layer.dispatcher)
     quant, weights = _read_quant_method(layer, name, formats)
     config = layer_config(moe_runner.config, ep_rank=layer.moe_ep_rank, ep_size=layer.moe_ep_size)
+    config, weights = _read_kernel_options(
+        layer, moe_runner.config, config, weights, _Context(name, sglang_release(), formats)
+    )
     return install_on_runner(
         moe_runner,
         a2a=a2a,
