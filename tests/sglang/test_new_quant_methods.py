@@ -399,14 +399,6 @@ def test_mxfp8_refusals_name_sglang_reason(monkeypatch: pytest.MonkeyPatch) -> N
     assert integration.uninstall(layer)
 
 
-def test_fp4_experts_of_fp8_method_stay_refused() -> None:
-    layer = _case(FP8_TENSOR, "none", "standard", 1).layers[0]
-    layer.quant_method.is_fp4_expert = True
-    with pytest.raises(integration.SGLangIntegrationError, match="fp4 experts are not served"):
-        integration.install(layer)
-    assert integration.installed(layer) is None
-
-
 @pytest.mark.parametrize(("a2a", "dispatch", "ep_size"), SHAPES, ids=SHAPE_IDS)
 def test_fp8_per_tensor_checkpoint_is_read_as_sglang_runs_it(
     a2a: str, dispatch: str, ep_size: int
@@ -421,48 +413,39 @@ def test_fp8_per_tensor_checkpoint_is_read_as_sglang_runs_it(
     so SGLang's call is refused there: install passes the same memory viewed `[E, N, 1]`. Every
     other argument is SGLang's exactly, and the installed output is the dense MoE."""
     case = _case(FP8_TENSOR, a2a, dispatch, ep_size)
-    installed = []
-    for layer, output in zip(case.layers, case.outputs, strict=True):
-        assert not layer.quant_method.block_quant
-        before = len(harness.aiter.CALLS)
-        with pytest.raises(ValueError, match=r"w1_scale for per_Token must be \[\d+, 256, 1\]"):
-            layer.quant_method.apply(layer, output)
-        native_call = harness.last_call()
-        assert len(harness.aiter.CALLS) == before + 1
-        assert native_call["quant_type"] is harness.aiter.QuantType.per_Token
-        done = integration.install(layer)
-        assert done.keys == ((a2a, "fp8_channel", dispatch),)
-        ours = layer.quant_method.apply(layer, output)
-        ours_call = harness.last_call()
-        differences = compare.call_differences(native_call, ours_call)
-        assert [d.split(":")[0] for d in differences] == ["w1_scale", "w2_scale"], differences
+    assert not any(layer.quant_method.block_quant for layer in case.layers)
+    calls = _against_refused_native(
+        case,
+        (a2a, "fp8_channel", dispatch),
+        r"w1_scale for per_Token must be \[\d+, 256, 1\]",
+        ("w1_scale", "w2_scale"),
+        dense_quant="fp8_tensor",
+    )
+    for (theirs, mine), layer in zip(calls, case.layers, strict=True):
+        assert theirs["quant_type"] is harness.aiter.QuantType.per_Token
         for name in ("w1_scale", "w2_scale"):
-            theirs, mine = native_call[name], ours_call[name]
-            assert theirs.dim() == 2 and mine.shape == (*theirs.shape, 1)
-            assert mine.data_ptr() == theirs.data_ptr()  # a view: no copy
+            assert theirs[name].dim() == 2 and mine[name].shape == (*theirs[name].shape, 1)
+            assert mine[name].data_ptr() == theirs[name].data_ptr()  # a view: no copy
         # The folded scales are the checkpoint's per-tensor ones, row for row.
-        assert torch.equal(
-            ours_call["w1_scale"],
-            layer.w13_weight_scale.view(-1, 1, 1).expand_as(ours_call["w1_scale"]),
-        )
-        # Negative control: a changed argument besides the scales is seen.
-        assert len(compare.call_differences(native_call, compare.perturbed_call(ours_call))) == 3
-        installed.append(ours)
-        assert integration.uninstall(layer)
-    ours_out = harness.combined(case.dispatched, installed)
-    assert dense_mismatch(ours_out, case.expected, "fp8_tensor", dispatch) is None
-    assert dense_mismatch(torch.zeros_like(ours_out), case.expected, "fp8_tensor", dispatch)
+        folded = layer.w13_weight_scale.view(-1, 1, 1).expand_as(mine["w1_scale"])
+        assert torch.equal(mine["w1_scale"], folded)
     COUNTS["dense via install(layer) + apply, new quant methods (sglang wrong)"] += 1
 
 
-def _installed_against_refused_native(
-    case: Case, key: tuple[str, str, str], refused: str, dropped: tuple[str, ...]
-) -> None:
+def _against_refused_native(
+    case: Case,
+    key: tuple[str, str, str],
+    refused: str,
+    differing: tuple[str, ...],
+    *,
+    dense_quant: str | None = None,
+) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     """Where the fake AITER's reference kernel refuses SGLang's call (`refused` matches its
-    error): SGLang's recorded call and the installed one differ in exactly the `dropped`
-    arguments (SGLang passes them, the runner does not), and the installed output is the dense
-    MoE; each with a negative control."""
-    installed = []
+    error, raised after the call is recorded): SGLang's call and the installed one differ in
+    exactly the `differing` arguments, and the installed output is the dense MoE (of the
+    checkpoint's `dense_quant` layout); each with a negative control. Returns the (SGLang's,
+    installed) call of each rank, for the caller's checks of the differing arguments."""
+    calls, installed = [], []
     for layer, output in zip(case.layers, case.outputs, strict=True):
         before = len(harness.aiter.CALLS)
         with pytest.raises(ValueError, match=refused):
@@ -473,16 +456,24 @@ def _installed_against_refused_native(
         ours = layer.quant_method.apply(layer, output)
         ours_call = harness.last_call()
         differences = compare.call_differences(native_call, ours_call)
-        assert [d.split(":")[0] for d in differences] == list(dropped), differences
-        assert all(ours_call[name] is None for name in dropped)
-        assert len(compare.call_differences(native_call, compare.perturbed_call(ours_call))) == (
-            len(dropped) + 1
-        )
+        assert [d.split(":")[0] for d in differences] == list(differing), differences
+        perturbed = compare.call_differences(native_call, compare.perturbed_call(ours_call))
+        assert len(perturbed) == len(differing) + 1
+        calls.append((native_call, ours_call))
         installed.append(ours)
         assert integration.uninstall(layer)
+    quant = dense_quant or key[1]
     ours_out = harness.combined(case.dispatched, installed)
-    assert dense_mismatch(ours_out, case.expected, key[1], key[2]) is None
-    assert dense_mismatch(torch.zeros_like(ours_out), case.expected, key[1], key[2])
+    assert dense_mismatch(ours_out, case.expected, quant, key[2]) is None
+    assert dense_mismatch(torch.zeros_like(ours_out), case.expected, quant, key[2])
+    return calls
+
+
+def _static_scales_dropped(calls: list[tuple[dict[str, Any], dict[str, Any]]]) -> None:
+    """SGLang passes its static input scales; the runner passes none."""
+    for theirs, mine in calls:
+        for name in ("a1_scale", "a2_scale"):
+            assert theirs[name] is not None and mine[name] is None
 
 
 @pytest.mark.parametrize("method", [QUARK_W8A8, QUARK_W8A8_STATIC], ids=lambda m: m.name)
@@ -503,23 +494,10 @@ def test_quark_w8a8_fp8_is_served_as_sglang_passes_it(
         _exact(case, method, key)
         COUNTS["exact via install(layer) + apply, new quant methods"] += 1
         return
-    _installed_against_refused_native(case, key, "refuse a static scale", ("a1_scale", "a2_scale"))
-    COUNTS["dense via install(layer) + apply, new quant methods (sglang wrong)"] += 1
-
-
-def test_quark_w8a8_fp8_on_triton_is_refused() -> None:
-    """SGLang 0.5.13's QuarkW8A8FP8MoE always builds a Triton runner (:264), 0.5.23's for
-    per-tensor weights (:266-276): no AITER call to serve."""
-    method = (
-        QUARK_W8A8
-        if not NEW
-        else dataclasses.replace(QUARK_W8A8, options={"weights": "per_tensor"})
+    _static_scales_dropped(
+        _against_refused_native(case, key, "refuse a static scale", ("a1_scale", "a2_scale"))
     )
-    layer = _case(method, "none", "standard", 1).layers[0]
-    assert not layer.scheme.runner.runner_backend.is_aiter()
-    with pytest.raises(integration.SGLangIntegrationError, match="Triton"):
-        integration.install(layer)
-    assert integration.installed(layer) is None
+    COUNTS["dense via install(layer) + apply, new quant methods (sglang wrong)"] += 1
 
 
 @pytest.mark.parametrize(("a2a", "dispatch", "ep_size"), SHAPES, ids=SHAPE_IDS)
@@ -535,8 +513,9 @@ def test_quark_w4a8_mxfp4_is_served_where_sglang_is_refused(
     raises), so SGLang is wrong there; the runner does not pass them and is the dense MoE."""
     _needs_new(QUARK_W4A8)
     case = _case(QUARK_W4A8, a2a, dispatch, ep_size)
-    _installed_against_refused_native(
-        case, (a2a, "quark_w4a8_mxfp4", dispatch), "refuse a static scale", ("a1_scale", "a2_scale")
+    key = (a2a, "quark_w4a8_mxfp4", dispatch)
+    _static_scales_dropped(
+        _against_refused_native(case, key, "refuse a static scale", ("a1_scale", "a2_scale"))
     )
     call = harness.last_call()
     assert call["gate_mode"] == GateMode.INTERLEAVE.value and call["swiglu_limit"] == 7.0
@@ -544,12 +523,45 @@ def test_quark_w4a8_mxfp4_is_served_where_sglang_is_refused(
     COUNTS["dense via install(layer) + apply, new quant methods (sglang wrong)"] += 1
 
 
-def test_quark_w4a8_mxfp4_padded_hidden_is_refused() -> None:
-    """Its apply pads the activations before MoeRunner.run (:497-502); the runner pads them
-    itself."""
-    _needs_new(QUARK_W4A8)
-    layer = _case(QUARK_W4A8, "none", "standard", 1).layers[0]
+def _fp4_experts(layer: Layer) -> None:
+    layer.quant_method.is_fp4_expert = True
+
+
+def _padded_hidden(layer: Layer) -> None:
     layer.scheme.hidden_pad = 64
-    with pytest.raises(integration.SGLangIntegrationError, match="hidden_pad 64"):
+
+
+# (what, method, how its layer is changed, the refusal). Quark W8A8 fp8: SGLang 0.5.13 always
+# builds a Triton runner (:264), 0.5.23 for per-tensor weights (:266-276): no AITER call to serve.
+# Quark W4A8 with a padded H: its apply pads the activations before MoeRunner.run (:497-502), the
+# runner pads them itself.
+REFUSALS = [
+    ("fp8-fp4-experts", FP8_TENSOR, _fp4_experts, "fp4 experts are not served"),
+    (
+        "quark_w8a8_fp8-triton",
+        QUARK_W8A8
+        if not NEW
+        else dataclasses.replace(QUARK_W8A8, options={"weights": "per_tensor"}),
+        None,
+        "Triton",
+    ),
+    ("quark_w4a8_mxfp4-hidden_pad", QUARK_W4A8, _padded_hidden, "hidden_pad 64"),
+]
+
+
+@pytest.mark.parametrize(
+    ("method", "change", "match"), [r[1:] for r in REFUSALS], ids=[r[0] for r in REFUSALS]
+)
+def test_layers_the_runners_cannot_serve_are_refused_at_install(
+    method: Method, change: Any, match: str
+) -> None:
+    if method is QUARK_W4A8:
+        _needs_new(method)
+    layer = _case(method, "none", "standard", 1).layers[0]
+    if change is not None:
+        change(layer)
+    with pytest.raises(integration.SGLangIntegrationError, match=match):
         integration.install(layer)
     assert integration.installed(layer) is None
+    if method.quant == "quark_w8a8_fp8":
+        assert not layer.scheme.runner.runner_backend.is_aiter()
