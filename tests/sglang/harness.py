@@ -67,7 +67,14 @@ def set_runner_backend(monkeypatch: Any, backend: Any) -> None:
     assert moe_utils.get_moe_runner_backend() is backend
 
 
-def runner_config(config: t.MoeLayerConfig) -> MoeRunnerConfig:
+def runner_config(config: t.MoeLayerConfig, **options: Any) -> MoeRunnerConfig:
+    """SGLang's MoeRunnerConfig of a layer; `options` sets its other fields (the clamp, gemm1_*,
+    is_gated, ...)."""
+    fields: dict[str, Any] = {
+        "activation": config.activation,
+        "apply_router_weight_on_input": config.apply_router_weight_on_input,
+        **options,
+    }
     return MoeRunnerConfig(
         num_experts=config.num_experts,
         num_local_experts=config.num_local_experts,
@@ -75,8 +82,7 @@ def runner_config(config: t.MoeLayerConfig) -> MoeRunnerConfig:
         intermediate_size_per_partition=config.intermediate_size,
         top_k=config.top_k,
         params_dtype=torch.bfloat16,
-        activation=config.activation,
-        apply_router_weight_on_input=config.apply_router_weight_on_input,
+        **fields,
     )
 
 

@@ -23,6 +23,7 @@ import torch
 from compressed_tensors.quantization import QuantizationArgs
 from sglang.srt.layers.moe import utils as moe_utils
 from sglang.srt.layers.moe.fused_moe_triton.layer import FusedMoE
+from sglang.srt.layers.moe.moe_runner import aiter as sglang_aiter
 from sglang.srt.layers.quantization import mxfp4, quark_int4fp8_moe
 from sglang.srt.layers.quantization.compressed_tensors import compressed_tensors as ct
 from sglang.srt.layers.quantization.compressed_tensors.schemes import (
@@ -33,6 +34,7 @@ from sglang.srt.layers.quantization.quark.schemes import quark_w4a4_mxfp4_moe as
 
 import generated
 from moe_runtime import types as t
+from moe_runtime.enums import GateMode
 from moe_runtime.integrations import sglang as integration
 from moe_runtime.testing import emulate
 from moe_runtime.testing.dense import dense_layer
@@ -93,7 +95,13 @@ def _ct_scheme(strategy: str = "channel") -> Any:
 class Layer(FusedMoE):
     """A FusedMoE holding the processed weights of `quant` under SGLang's names."""
 
-    def __init__(self, quant: str, config: t.MoeLayerConfig, weights: t.ExpertWeights) -> None:
+    def __init__(
+        self,
+        quant: str,
+        config: t.MoeLayerConfig,
+        weights: t.ExpertWeights,
+        options: dict[str, Any] | None = None,
+    ) -> None:
         torch.nn.Module.__init__(self)
         self.layer_id = 3
         self.moe_ep_rank, self.moe_ep_size = config.ep_rank, config.ep_size
@@ -125,7 +133,7 @@ class Layer(FusedMoE):
             self.scheme = _ct_scheme()
             method = ct.CompressedTensorsFusedMoEMethod.__new__(ct.CompressedTensorsFusedMoEMethod)
         self.quant_method = method
-        self.moe_runner_config = harness.runner_config(config)
+        self.moe_runner_config = harness.runner_config(config, **(options or {}))
         method.create_moe_runner(self, self.moe_runner_config)
 
 
@@ -137,7 +145,13 @@ class Case:
     expected: torch.Tensor
 
 
-def _case(quant: str, a2a: str, dispatch: str, ep_size: int = EP_SIZE) -> Case:
+def _case(
+    quant: str,
+    a2a: str,
+    dispatch: str,
+    ep_size: int = EP_SIZE,
+    options: dict[str, Any] | None = None,
+) -> Case:
     harness.set_a2a_backend(a2a)
     weights = make_expert_weights(quant, NUM_EXPERTS, HIDDEN, INTERMEDIATE, seed=5)
     batch = emulate.make_batch(TOKENS, HIDDEN, NUM_EXPERTS, TOP_K, ep_size=ep_size, seed=6)
@@ -156,7 +170,8 @@ def _case(quant: str, a2a: str, dispatch: str, ep_size: int = EP_SIZE) -> Case:
             intermediate_size=INTERMEDIATE,
             activation="silu",
         )
-        layer = Layer(quant, config, slice_experts(weights, rank * local, (rank + 1) * local))
+        rank_weights = slice_experts(weights, rank * local, (rank + 1) * local)
+        layer = Layer(quant, config, rank_weights, options)
         layer.dispatcher = _dispatcher(a2a, dispatch, config)
         layers.append(layer)
         outputs.append(harness.sglang_dispatch_output(ours))
@@ -250,19 +265,145 @@ def test_install_reads_the_method_and_serves_its_apply(
     COUNTS["dense via install(layer) + apply, other quant methods (sglang wrong)"] += 1
 
 
-def test_swiglu_clamp_is_refused_at_install() -> None:
-    for quant in ("mxfp4", "quark_w4a4_mxfp4"):
-        layer = _case(quant, "none", "standard").layers[0]
-        config = integration._serving_method(layer).moe_runner_config
-        # gpt-oss sets gemm1_clamp_limit, other models swiglu_limit: SGLang reads both.
-        field = "gemm1_clamp_limit" if quant == "mxfp4" else "swiglu_limit"
-        setattr(config, field, 7.0)
-        with pytest.raises(integration.SGLangIntegrationError, match="swiglu"):
-            integration.install(layer)
-        assert integration.installed(layer) is None
-        setattr(config, field, None)
-        integration.install(layer)  # the same layer without the clamp installs
+@dataclasses.dataclass(frozen=True)
+class Option:
+    """A layer option SGLang's AITER path turns into fused_moe keywords, and the keywords."""
+
+    name: str
+    quant: str
+    fields: dict[str, Any]  # MoeRunnerConfig fields
+    gpu: str  # "" (neither flag), "gfx95" or "gfx1250"
+    gate_mode: str
+    swiglu_limit: float | None
+    activation: str
+    gu_itlv: bool = True  # SGLANG_USE_AITER_MOE_GU_ITLV
+    releases: tuple[str, ...] = ("0.5.13", "0.5.23")
+
+
+NEW = ("0.5.23",)
+OPTIONS = [
+    # gpt-oss: the clamp as gemm1_clamp_limit; its weights are shuffled gate/up interleaved.
+    Option("clamp", "mxfp4", {"gemm1_clamp_limit": 7.0}, "", "interleave", 7.0, "Swiglu"),
+    Option("swiglu_limit", "mxfp4", {"swiglu_limit": 5.0}, "", "interleave", 5.0, "Swiglu"),
+    Option(
+        "clamp-gu-itlv-off",
+        "mxfp4",
+        {"gemm1_clamp_limit": 7.0},
+        "",
+        "separated",
+        7.0,
+        "Swiglu",
+        gu_itlv=False,
+    ),
+    Option(
+        "clamp-gfx95-split",
+        "mxfp4",
+        {"gemm1_clamp_limit": 7.0, "gate_up_interleaved": False},
+        "gfx95",
+        "separated",
+        7.0,
+        "Swiglu",
+        releases=NEW,
+    ),
+    Option(
+        "situ",
+        "mxfp4",
+        {"activation": "situ", "gemm1_alpha": 1.5, "gemm1_clamp_limit": 2.0},
+        "",
+        "separated",
+        None,
+        "Situv2",
+        releases=NEW,
+    ),
+    Option(
+        "swiglu-oai-gfx95",
+        "quark_w4a4_mxfp4",
+        {"is_gated": True, "gemm1_alpha": 1.702, "gemm1_clamp_limit": 7.0},
+        "gfx95",
+        "separated",
+        7.0,
+        "Swiglu",
+        releases=NEW,
+    ),
+    Option(
+        "swiglu_limit",
+        "quark_w4a4_mxfp4",
+        {"swiglu_limit": 5.0},
+        "",
+        "interleave",
+        5.0,
+        "Silu",
+        releases=NEW,
+    ),
+    Option("gfx1250", "quark_w4a4_mxfp4", {}, "gfx1250", "interleave", None, "Silu", releases=NEW),
+]
+OPTIONS_HERE = [o for o in OPTIONS if harness.RELEASE in o.releases]
+
+
+def _set_gpu(monkeypatch: pytest.MonkeyPatch, option: Option) -> None:
+    """The GPU SGLang sees: its runner's is_gfx95_supported and the Quark scheme's flags."""
+    if option.gpu == "gfx95":
+        monkeypatch.setattr(sglang_aiter, "is_gfx95_supported", lambda: True)
+        # On gfx95 SGLang first tries its own small-M kernel (no fused_moe call); this compares
+        # the fused_moe calls, so that kernel stays off here.
+        monkeypatch.setattr(sglang_aiter, "_SMALLM_MOE_ON", False)
+        monkeypatch.setattr(quark_w4a4, "_is_gfx95", True)
+    if option.gpu == "gfx1250":
+        monkeypatch.setattr(quark_w4a4, "_is_gfx1250", True)
+    if not option.gu_itlv:
+        monkeypatch.setenv("SGLANG_USE_AITER_MOE_GU_ITLV", "0")
+
+
+@pytest.mark.parametrize("option", OPTIONS_HERE, ids=[f"{o.quant}/{o.name}" for o in OPTIONS_HERE])
+def test_layer_options_reach_the_kernel_as_sglang_passes_them(
+    option: Option, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The clamp, the activation (SwiGLU-OAI, situ) and the gate_mode SGLang derives from the
+    layer and the GPU: the installed runner's kernel call is SGLang's, keyword for keyword."""
+    _set_gpu(monkeypatch, option)
+    case = _case(option.quant, "none", "standard", options=option.fields)
+    other = "separated" if option.gate_mode == "interleave" else "interleave"
+    for layer, output in zip(case.layers, case.outputs, strict=True):
+        native, native_call = _native(layer, output)
+        assert native_call is not None, native
+        assert native_call["gate_mode"] == option.gate_mode
+        assert native_call["swiglu_limit"] == option.swiglu_limit
+        assert native_call["activation"] is getattr(harness.aiter.ActivationType, option.activation)
+        integration.install(layer)
+        ours = layer.quant_method.apply(layer, output)
+        ours_call = harness.last_call()
+        assert compare.call_differences(native_call, ours_call) == []
+        assert compare.combine_differences(native, ours) == []
+        assert compare.call_differences(native_call, compare.perturbed_call(ours_call))
+        assert compare.combine_differences(native, compare.perturbed_combine(ours))
         assert integration.uninstall(layer)
+        # Negative control: the other gate_mode is another call and another output.
+        with monkeypatch.context() as patch:
+            patch.setattr(integration, "sglang_gate_mode", lambda *a: GateMode(other))
+            integration.install(layer)
+        flipped = layer.quant_method.apply(layer, output)
+        assert compare.call_differences(native_call, harness.last_call()) == [
+            f"gate_mode: {option.gate_mode!r} (str) vs {other!r} (str)"
+        ]
+        assert compare.combine_differences(native, flipped)
+        assert integration.uninstall(layer)
+    COUNTS["exact via install(layer) + apply, layer options"] += 1
+
+
+def test_clamps_sglang_drops_or_the_runners_cannot_serve_are_refused() -> None:
+    """0.5.13's Quark W4A4 apply passes AITER no clamp; 0.5.23's Quark W4A4 under situ needs
+    AITER's Situv2, which only the a16w4 kernels (mxfp4) run."""
+    if harness.RELEASE == "0.5.13":
+        layer = _case("quark_w4a4_mxfp4", "none", "standard", options={"swiglu_limit": 7.0})
+        match = "drops"
+    else:
+        layer = _case("quark_w4a4_mxfp4", "none", "standard", options={"activation": "situ"})
+        match = "situ"
+    with pytest.raises((integration.SGLangIntegrationError, ValueError), match=match):
+        integration.install(layer.layers[0])
+    assert integration.installed(layer.layers[0]) is None
+    # The same layer without the option installs.
+    integration.install(_case("quark_w4a4_mxfp4", "none", "standard").layers[0])
 
 
 def test_mxfp4_padded_hidden_is_refused_at_install() -> None:
@@ -309,20 +450,5 @@ def test_unread_quant_method_is_refused_with_the_served_list() -> None:
     with pytest.raises(
         integration.SGLangIntegrationError, match="DynamicQuantMoEMethod is not read"
     ):
-        integration.install(layer)
-    assert integration.installed(layer) is None
-
-
-def test_quark_w4a4_on_gfx1250_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    """0.5.23 passes gate_mode INTERLEAVE on gfx1250 (its own weight layout there); 0.5.13 has no
-    gfx1250 branch and installs."""
-    layer = _case("quark_w4a4_mxfp4", "none", "standard").layers[0]
-    if harness.RELEASE == "0.5.13":
-        assert not hasattr(quark_w4a4, "_is_gfx1250")
-        integration.install(layer)
-        assert integration.uninstall(layer)
-        return
-    monkeypatch.setattr(quark_w4a4, "_is_gfx1250", True)
-    with pytest.raises(integration.SGLangIntegrationError, match="gfx1250"):
         integration.install(layer)
     assert integration.installed(layer) is None

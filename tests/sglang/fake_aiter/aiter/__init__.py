@@ -6,7 +6,7 @@ import enum
 
 from .utility import dtypes
 
-__version__ = "0.1.7.post2+fake-sglang"
+__version__ = "0.1.20.post1+fake-sglang"
 __all__ = ["CALLS", "ActivationType", "QuantType", "dtypes"]
 
 # Every fused_moe call: a dict of every parameter of its signature (defaults filled in).
@@ -25,6 +25,7 @@ class ActivationType(_PybindLikeEnum):
     Silu = 0
     Gelu = 1
     Swiglu = 2
+    Situv2 = 3  # v0.1.19
 
 
 class QuantType(_PybindLikeEnum):

@@ -1,5 +1,7 @@
-"""Fake `aiter.fused_moe`: v0.1.7.post2's signature; records the bound call, computes the result
-with moe_runtime's reference kernel (AITER's semantics on the logical layout)."""
+"""Fake `aiter.fused_moe`: v0.1.7.post2's signature plus the keywords SGLang 0.5.23 passes or probes
+for (`swiglu_limit`, `gate_mode` from v0.1.14, `beta`, `linear_beta` from v0.1.19, and `output`,
+newer), with AITER's defaults; records the bound call, computes the result with moe_runtime's
+reference kernel (AITER's semantics on the logical layout)."""
 
 from __future__ import annotations
 
@@ -34,6 +36,11 @@ def fused_moe(
     intermediate_pad: int = 0,
     bias1: torch.Tensor | None = None,
     bias2: torch.Tensor | None = None,
+    swiglu_limit: float | None = None,
+    beta: float | None = None,
+    linear_beta: float | None = None,
+    gate_mode: str = "separated",
+    output: torch.Tensor | None = None,
 ) -> torch.Tensor:
     # Imported here: moe_runtime.kernels imports this module when it binds "AITER".
     from moe_runtime.kernels import reference
@@ -61,6 +68,11 @@ def fused_moe(
         intermediate_pad=intermediate_pad,
         bias1=bias1,
         bias2=bias2,
+        swiglu_limit=0.0 if swiglu_limit is None else swiglu_limit,
+        beta=beta,
+        linear_beta=linear_beta,
+        gate_mode=gate_mode,
+        output=output,
     )
     call["result"] = out
     return out
