@@ -7,6 +7,10 @@ dispatch outputs of the format (emulated in one process, as `moe_runtime.testing
 the tests), runs the selected generated runner on every rank with the bound kernel (the reference
 off ROCm), combines, and prints the error against dense float64 math over all experts and the time
 per runner call.
+
+A demo, not part of the runtime that generated code imports: it drives the runners with
+`moe_runtime.testing` (the weight builder, the emulated dispatchers, the dense oracle), which no
+generated module reaches.
 """
 
 from __future__ import annotations

@@ -12,6 +12,10 @@ rank prints one row: rows sent and received, the error against the float64 dense
 rank computes its experts' share; a sum over ranks is the whole layer), and the time per layer.
 Exit status: 0 when every rank is within the path's tolerance, 1 when one is not or a rank
 failed, 2 for bad arguments.
+
+A driver, not part of the runtime that generated code imports: it builds its weights and batch
+with `moe_runtime.testing` (the weight builder, the emulation's batch, the float64 oracle), which
+no generated module reaches.
 """
 
 from __future__ import annotations
@@ -31,8 +35,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from moe_runtime.distributed import combine, dispatch, oracle
-from moe_runtime.testing import emulate
+from moe_runtime.distributed import combine, dispatch
+from moe_runtime.testing import emulate, ep_oracle
 from moe_runtime.testing.weights import QUANT_METHODS, make_expert_weights
 from moe_runtime.types import ExpertWeights, MoeLayerConfig
 
@@ -265,7 +269,7 @@ def run_rank(layer: Layer, rank: int, world: int, iters: int, warmup: int) -> bo
     runner = generated.select(layer.a2a, layer.quant, layer.dispatch)(config, weights)
     combined, received, phases = _timed_layers(layer, runner, batch, rows, device, iters, warmup)
     # The dense layer: each rank's experts' share of every token, summed over ranks.
-    share = oracle.expert_share(
+    share = ep_oracle.expert_share(
         batch.hidden_states,
         batch.topk_ids,
         batch.topk_weights,

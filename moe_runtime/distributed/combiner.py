@@ -19,8 +19,8 @@ from __future__ import annotations
 import torch
 
 from moe_runtime.distributed import wire
-from moe_runtime.distributed.dispatcher import LOW_LATENCY, DispatchError, DispatchHandle
-from moe_runtime.testing import emulate
+from moe_runtime.distributed.dispatcher import DispatchError, DispatchHandle
+from moe_runtime.formats import COMBINE_INPUT_TYPES, DEEPEP_LL_FORMATS, DEEPEP_NORMAL, STANDARD
 from moe_runtime.types import CombineInput, DeepEPLLCombineInput
 
 _OUTPUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
@@ -42,9 +42,9 @@ def combine(handle: DispatchHandle, combine_input: CombineInput) -> torch.Tensor
         raise DispatchError(f"invalid combine input on rank(s) {bad}{mine}")
     if len({(row[1], row[2]) for row in table}) > 1:
         raise DispatchError(f"ranks disagree on the output dtype code and width: {table}")
-    if handle.format == emulate.STANDARD:
+    if handle.format == STANDARD:
         return _standard(handle, hidden)
-    if handle.format in LOW_LATENCY:
+    if handle.format in DEEPEP_LL_FORMATS:
         return _low_latency(handle, combine_input)
     return _rows(handle, hidden)
 
@@ -54,7 +54,7 @@ def _dtype_code(x: torch.Tensor) -> int:
 
 
 def _problems(handle: DispatchHandle, combine_input: CombineInput) -> list[str]:
-    expected = emulate._COMBINE_INPUT_TYPES[handle.format]
+    expected = COMBINE_INPUT_TYPES[handle.format]
     if type(combine_input) is not expected:
         return [
             f"format {handle.format!r} combines {expected.__name__}, "
@@ -64,12 +64,12 @@ def _problems(handle: DispatchHandle, combine_input: CombineInput) -> list[str]:
     if hidden.dtype not in _OUTPUT_DTYPES:
         return [f"expert outputs must be bf16, fp16 or fp32, got {hidden.dtype}"]
     h = handle.hidden_size
-    if handle.format == emulate.STANDARD:
+    if handle.format == STANDARD:
         rows = sum(handle.recv_rows)
         if tuple(hidden.shape) != (rows, h):
             return [f"standard output must be {(rows, h)}, got {tuple(hidden.shape)}"]
         return []
-    if handle.format in LOW_LATENCY:
+    if handle.format in DEEPEP_LL_FORMATS:
         assert isinstance(combine_input, DeepEPLLCombineInput)
         if hidden.dim() != 3 or hidden.shape[2] != h:
             return [f"low-latency output must be [L, C, {h}], got {tuple(hidden.shape)}"]
@@ -78,7 +78,7 @@ def _problems(handle: DispatchHandle, combine_input: CombineInput) -> list[str]:
             return ["combine input ids must be the sender's dispatched ids, unchanged"]
         return []
     readable = sum(handle.return_rows)
-    is_mori = handle.format != emulate.DEEPEP_NORMAL
+    is_mori = handle.format != DEEPEP_NORMAL
     rows_ok = hidden.shape[0] >= readable if is_mori else hidden.shape[0] == readable
     if hidden.dim() != 2 or hidden.shape[1] != h or not rows_ok:
         return [

@@ -22,54 +22,31 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from moe_runtime import stale
 from moe_runtime.distributed import poison, wire
+from moe_runtime.formats import (
+    DEEPEP_LL_FORMATS,
+    DEEPEP_LL_FP8,
+    DEEPEP_NORMAL,
+    FORMATS,
+    MORI_WIRES,
+    STANDARD,
+    mori_wire,
+)
 from moe_runtime.quant import (
     E8M0,
     FP4X2,
     FP8,
     quantize_fp8_1x128,
-    quantize_fp8_per_row,
-    quantize_mxfp4,
-    quantize_mxfp8,
 )
-from moe_runtime.testing import emulate
 from moe_runtime.types import (
     DeepEPLLDispatchOutput,
     DeepEPNormalDispatchOutput,
     DispatchOutput,
-    MoriEPLLDispatchOutput,
-    MoriEPNormalDispatchOutput,
     StandardDispatchOutput,
     TopKOutput,
 )
 
-FORMATS = emulate.FORMATS
-LOW_LATENCY = frozenset({emulate.DEEPEP_LL, emulate.DEEPEP_LL_FP8})
-_MORI_WIRE = {
-    emulate.MORI_NORMAL: "bf16",
-    emulate.MORI_LL: "bf16",
-    emulate.MORI_NORMAL_FP8: "fp8",
-    emulate.MORI_NORMAL_FP4: "fp4",
-    emulate.MORI_LL_FP8: "fp8",
-    emulate.MORI_LL_FP4: "fp4",
-    emulate.MORI_V2: "bf16",
-    emulate.MORI_V2_FP8: "fp8",
-    emulate.MORI_V2_FP4: "fp4",
-    emulate.MORI_NORMAL_MXFP8: "mxfp8",
-    emulate.MORI_LL_MXFP8: "mxfp8",
-    emulate.MORI_V2_MXFP8: "mxfp8",
-    emulate.MORI_NORMAL_FP8_TOKEN: "fp8_token",
-    emulate.MORI_LL_FP8_TOKEN: "fp8_token",
-}
-_MORI_LL = frozenset(
-    {
-        emulate.MORI_LL,
-        emulate.MORI_LL_FP8,
-        emulate.MORI_LL_FP4,
-        emulate.MORI_LL_MXFP8,
-        emulate.MORI_LL_FP8_TOKEN,
-    }
-)
 # Activation dtypes a dispatcher accepts, by header code (every rank must send the same one).
 _HIDDEN_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 # Header: flag, T_r, K, E, H, dtype code, max_tokens_per_rank (-1: unset), recv_cap, format code,
@@ -172,11 +149,11 @@ def dispatch(
         format, hidden_states, topk_ids, topk_weights, plan, recv_rows, table, num_experts,
         max_tokens_per_rank, recv_cap, rank, world, group,
     )
-    if format == emulate.STANDARD:
+    if format == STANDARD:
         return _standard(call)
-    if format == emulate.DEEPEP_NORMAL:
+    if format == DEEPEP_NORMAL:
         return _deepep_normal(call)
-    if format in LOW_LATENCY:
+    if format in DEEPEP_LL_FORMATS:
         return _deepep_ll(call)
     return _mori(call)
 
@@ -212,8 +189,8 @@ def _local_problems(
         problems.append(f"hidden_states has {hidden.shape[0]} rows, topk_ids {ids.shape[0]}")
     if ids.numel() and int(ids.max()) >= num_experts:
         problems.append(f"topk_ids must be < num_experts ({num_experts})")
-    group = {"fp8": 128, "fp4": 32, "mxfp8": 32}.get(_MORI_WIRE.get(format, ""), 0)
-    group = 128 if format == emulate.DEEPEP_LL_FP8 else group
+    group = {"fp8": 128, "fp4": 32, "mxfp8": 32}.get(MORI_WIRES.get(format, ""), 0)
+    group = 128 if format == DEEPEP_LL_FP8 else group
     if group and hidden.shape[1] % group:
         problems.append(f"{format} quantizes per {group} columns; H = {hidden.shape[1]} is not")
     return problems
@@ -223,12 +200,12 @@ def _send_plan(format: str, ids: torch.Tensor, num_experts: int, world: int) -> 
     """Rows for each destination: tokens (normal, MORI), all tokens (standard), pairs (LL)."""
     local_count = num_experts // world
     device = ids.device
-    if format == emulate.STANDARD:
+    if format == STANDARD:
         tokens = torch.arange(ids.shape[0], device=device).repeat(world)
         return SendPlan(tuple([ids.shape[0]] * world), tokens, None, None)
     wide = ids.long()
     rank_of = torch.where(wide >= 0, wide // local_count, world)
-    if format in LOW_LATENCY:
+    if format in DEEPEP_LL_FORMATS:
         # Pairs (token, k), destination-major, token-major within a destination.
         flat = rank_of.flatten()
         order = torch.argsort(flat, stable=True)
@@ -392,7 +369,7 @@ def _deepep_ll(call: _Call) -> tuple[DispatchOutput, DispatchHandle]:
     local_count = call.num_experts // call.world
     hidden, plan = call.hidden, call.plan
     assert plan.experts is not None
-    fp8_wire = call.format == emulate.DEEPEP_LL_FP8
+    fp8_wire = call.format == DEEPEP_LL_FP8
     if fp8_wire:
         wire_hidden, wire_scale = quantize_fp8_1x128(hidden)
         parts = [_bytes(wire_hidden), wire_scale]
@@ -463,7 +440,7 @@ def _ll_slabs(
         slab = poison.fp8(shape, device)
         slab.view(torch.uint8)[experts, slots] = received[0]
         # DeepEP stores the scales column-major in the last two dims.
-        scale = poison.ll_scales(local_count, hidden_size // 128, capacity, device)
+        scale = stale.ll_scales(local_count, hidden_size // 128, capacity, device)
         scale[experts, slots] = received[1]
         return slab, scale
     slab = poison.bf16(shape, call.hidden.dtype, device)
@@ -474,8 +451,8 @@ def _ll_slabs(
 def _mori(call: _Call) -> tuple[DispatchOutput, DispatchHandle]:
     hidden, ids, weights, rank, world = call.hidden, call.ids, call.weights, call.rank, call.world
     capacity = call.max_tokens_per_rank * world
-    wire_kind = _MORI_WIRE[call.format]
-    wire_hidden, wire_scale = _mori_wire(hidden, wire_kind)
+    wire_kind = MORI_WIRES[call.format]
+    wire_hidden, wire_scale = mori_wire(hidden, wire_kind)
     # Quantized wires travel as bytes: CPU indexing and gloo lack fp8/fp4/e8m0 kernels.
     parts = [_bytes(wire_hidden)] + ([] if wire_scale is None else [_bytes(wire_scale)])
     received = _exchange_rows(call, [*parts, ids, weights])
@@ -491,23 +468,17 @@ def _mori(call: _Call) -> tuple[DispatchOutput, DispatchHandle]:
     )
     stale_ids[:total_recv] = received[-2]
     stale_weights[:total_recv] = received[-1]
-    output_type = MoriEPLLDispatchOutput if call.format in _MORI_LL else MoriEPNormalDispatchOutput
-    output = output_type(
-        hidden_states=stale_hidden,
-        hidden_states_scale=stale_scale,
-        topk_ids=stale_ids,
-        topk_weights=stale_weights,
-        num_recv_tokens_per_expert=torch.tensor(
-            [total_recv], dtype=torch.int32, device=hidden.device
-        ),
-        origin_topk_ids=ids,
-        origin_topk_weights=weights,
-        out_dtype=hidden.dtype,
-        recv_cap=call.recv_cap,
-    )
     # EPv2: the same rows, with its scales as strided views and combine's staging view.
-    v2 = call.format in emulate.MORI_V2_FORMATS
-    handed: DispatchOutput = emulate.as_mori_v2(output) if v2 else output
+    handed = stale.mori_output(
+        call.format,
+        stale_hidden,
+        stale_scale,
+        (stale_ids, stale_weights),
+        (ids, weights),
+        total_recv,
+        hidden.dtype,
+        call.recv_cap,
+    )
     # MORI's combine reads only rows below total_recv (and a positive recv_cap): rows that
     # arrived past the cap never go back, on any rank.
     table, recv_cap = call.table, call.recv_cap
@@ -525,19 +496,6 @@ def _returned(
     readable = min(total, recv_cap) if 0 < recv_cap < capacity else total
     start = sum(column[:source])
     return max(0, min(column[source], readable - start))
-
-
-def _mori_wire(hidden: torch.Tensor, kind: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """What the sender puts on the wire: its rows quantized per row group (or as they are)."""
-    if kind == "fp8":
-        return quantize_fp8_1x128(hidden)
-    if kind == "fp4":
-        return quantize_mxfp4(hidden)
-    if kind == "mxfp8":
-        return quantize_mxfp8(hidden)
-    if kind == "fp8_token":
-        return quantize_fp8_per_row(hidden)
-    return hidden, None
 
 
 def _bytes(x: torch.Tensor) -> torch.Tensor:

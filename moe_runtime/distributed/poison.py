@@ -1,14 +1,12 @@
 """What the rows a real dispatcher leaves undefined hold here: the emulation's poison, exactly.
 
 Slab rows past `masked_m` and MORI rows past `total_recv` are undefined on a real transport. This
-dispatcher fills them with `moe_runtime.testing.emulate`'s large finite values (seeded, so identical
-on every rank and in the emulation): a runner or combine that reads them is visibly wrong, and the
-per-rank outputs compare bit for bit with the emulation's. The values come from the emulation's own
-helpers so that the two can never drift apart. They are drawn on the CPU (half a second for a
-model-sized slab, measured on an H200 host), so each shape is drawn once per process and cloned on
-the device after that.
+dispatcher fills them with `moe_runtime.stale`'s large finite values (seeded, so identical on every
+rank and in the emulation, which draws them from the same module): a runner or combine that reads
+them is visibly wrong, and the per-rank outputs compare bit for bit with the emulation's. They are
+drawn on the CPU (half a second for a model-sized slab, measured on an H200 host), so each shape is
+drawn once per process and cloned on the device after that.
 """
-
 
 from __future__ import annotations
 
@@ -16,19 +14,19 @@ import functools
 
 import torch
 
-from moe_runtime.testing import emulate
+from moe_runtime import stale
 
 _CACHED = 8
 
 
 @functools.lru_cache(maxsize=_CACHED)
 def _bf16(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    return emulate._garbage_bf16(shape, dtype, device)
+    return stale.bf16(shape, dtype, device)
 
 
 @functools.lru_cache(maxsize=_CACHED)
 def _fp8(shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
-    return emulate._garbage_fp8(shape, device)
+    return stale.fp8(shape, device)
 
 
 def bf16(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -41,14 +39,6 @@ def fp8(shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
     return _fp8(tuple(shape), torch.device(device)).clone()
 
 
-def ll_scales(num_slabs: int, groups: int, capacity: int, device: torch.device) -> torch.Tensor:
-    """Low-latency fp8 scales `[L, C, H/128]`, column-major in the last two dims as DeepEP
-    allocates them (`[L, H/128, C]` transposed), every entry the emulation's garbage scale."""
-    return torch.full(
-        (num_slabs, groups, capacity), emulate._GARBAGE_FP8_SCALE, device=device
-    ).transpose(1, 2)
-
-
 @functools.lru_cache(maxsize=_CACHED)
 def _mori_buffers(
     wire: str,
@@ -58,10 +48,10 @@ def _mori_buffers(
     scale_layout: tuple[int, torch.dtype] | None,
     device: torch.device,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    # The emulation reads only the templates' widths and dtypes.
+    # `stale.mori_buffers` reads only the templates' widths and dtypes.
     hidden = torch.empty(0, width, dtype=dtype)
     scale = None if scale_layout is None else torch.empty(0, scale_layout[0], dtype=scale_layout[1])
-    return emulate._mori_stale(wire, rows, hidden, scale, device)
+    return stale.mori_buffers(wire, rows, hidden, scale, device)
 
 
 def mori_buffers(
@@ -84,7 +74,7 @@ def mori_buffers(
 def _mori_routing(
     rank: int, capacity: int, top_k: int, num_experts: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    generator = emulate._garbage_generator()
+    generator = stale.generator()
     shape = (capacity, top_k)
     for _ in range(rank):
         torch.randint(0, num_experts, shape, generator=generator, dtype=torch.int32)

@@ -274,17 +274,8 @@ def _prepare_a16w4(
     moe_runner/aiter.py:236-243 passes the mode). So where the keyword exists the prepared weights
     say INTERLEAVE and the runner passes it; before v0.1.14 the kernel knows only this layout.
     """
-    experts = weights.num_local_experts
-    w13_scale = _rows(_required_scale(weights.w13_scale, "w13_scale"))
-    w2_scale = _rows(_required_scale(weights.w2_scale, "w2_scale"))
-    return dataclasses.replace(
-        weights,
-        w13_weight=ops.shuffle_weight_a16w4(weights.w13_weight.contiguous(), _A16W4_LANES, True),
-        w2_weight=ops.shuffle_weight_a16w4(weights.w2_weight.contiguous(), _A16W4_LANES, False),
-        w13_scale=ops.shuffle_scale_a16w4(w13_scale, experts, True),
-        w2_scale=ops.shuffle_scale_a16w4(w2_scale, experts, False),
-        gate_mode=GateMode.INTERLEAVE if has_gate_mode else GateMode.SEPARATED,
-    )
+    gate_mode = GateMode.INTERLEAVE if has_gate_mode else GateMode.SEPARATED
+    return _a16w4_shuffled(ops, weights, gate_mode, w2_scale_e8m0=False)
 
 
 def _prepare_mxfp8(
@@ -309,6 +300,14 @@ def _prepare_mxfp8(
             f" or later on gfx950 (installed: {version}; fused_moe with gate_mode: "
             f"{has_gate_mode}; AITER's fp8: {ops.fp8_dtype})"
         )
+    return _a16w4_shuffled(ops, weights, GateMode.INTERLEAVE, w2_scale_e8m0=True)
+
+
+def _a16w4_shuffled(
+    ops: _AiterOps, weights: ExpertWeights, gate_mode: GateMode, *, w2_scale_e8m0: bool
+) -> ExpertWeights:
+    """The a16w4 shuffles of the weights and of w13's scales, which mxfp4 and mxfp8 share; w2's
+    scales take `shuffle_scale_a16w4` (mxfp4) or, with `w2_scale_e8m0`, `e8m0_shuffle` (mxfp8)."""
     experts = weights.num_local_experts
     w13_scale = _rows(_required_scale(weights.w13_scale, "w13_scale"))
     w2_scale = _rows(_required_scale(weights.w2_scale, "w2_scale"))
@@ -317,8 +316,12 @@ def _prepare_mxfp8(
         w13_weight=ops.shuffle_weight_a16w4(weights.w13_weight.contiguous(), _A16W4_LANES, True),
         w2_weight=ops.shuffle_weight_a16w4(weights.w2_weight.contiguous(), _A16W4_LANES, False),
         w13_scale=ops.shuffle_scale_a16w4(w13_scale, experts, True),
-        w2_scale=ops.e8m0_shuffle(w2_scale),
-        gate_mode=GateMode.INTERLEAVE,
+        w2_scale=(
+            ops.e8m0_shuffle(w2_scale)
+            if w2_scale_e8m0
+            else ops.shuffle_scale_a16w4(w2_scale, experts, False)
+        ),
+        gate_mode=gate_mode,
     )
 
 

@@ -38,33 +38,35 @@ _E2M1_IN_E4M3_FACTOR = tl.constexpr(64.0)
 
 
 @triton.jit
-def _e4m3fn_to_f32(code):
-    """c10's fp8e4m3fn_to_fp32 on int32 codes 0..255: exact values, NaN as 0x7FF00000 | sign."""
-    sign = (code & 0x80) << 24
-    exponent = (code >> 3) & 0xF
-    mantissa = code & 0x7
-    normal = (sign | ((exponent + 120) << 23) | (mantissa << 20)).to(tl.float32, bitcast=True)
-    # The sign goes in as a bit: Triton's unary minus is 0 - x, which turns -0.0 into +0.0.
-    magnitude = (mantissa.to(tl.float32) * _FN_SUBNORMAL_STEP).to(tl.int32, bitcast=True)
-    subnormal = (magnitude | sign).to(tl.float32, bitcast=True)
-    nan = (sign | 0x7FF00000).to(tl.float32, bitcast=True)
-    value = tl.where(exponent == 0, subnormal, normal)
-    return tl.where((code & 0x7F) == 0x7F, nan, value)
+def _program_block(cols, inner, BLOCK: tl.constexpr):
+    """This program's output row and block of columns, the part of them inside `cols`, and the
+    row's place (r // inner, r % inner) in the [outer, inner, K] input views."""
+    row = tl.program_id(0).to(tl.int64)
+    col = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    return row, row // inner, row % inner, col, col < cols
 
 
 @triton.jit
-def _e4m3fnuz_to_f32(code):
-    """c10's fp8 fnuz decoding on int32 codes 0..255: exact values, 0x80 as the NaN 0x7F800001."""
+def _e4m3_to_f32(code, FNUZ: tl.constexpr):
+    """c10's fp8 decoding on int32 codes 0..255, exact values: e4m3fn (fp8e4m3fn_to_fp32, NaN as
+    0x7FF00000 | sign) or, with FNUZ, e4m3fnuz (exponent bias 8, 0x80 as the NaN 0x7F800001)."""
     sign = (code & 0x80) << 24
     exponent = (code >> 3) & 0xF
     mantissa = code & 0x7
-    normal = (sign | ((exponent + 119) << 23) | (mantissa << 20)).to(tl.float32, bitcast=True)
+    rebias = 119 if FNUZ else 120
+    normal = (sign | ((exponent + rebias) << 23) | (mantissa << 20)).to(tl.float32, bitcast=True)
     # The sign goes in as a bit: Triton's unary minus is 0 - x, which turns -0.0 into +0.0.
-    magnitude = (mantissa.to(tl.float32) * _FNUZ_SUBNORMAL_STEP).to(tl.int32, bitcast=True)
+    step = _FNUZ_SUBNORMAL_STEP if FNUZ else _FN_SUBNORMAL_STEP
+    magnitude = (mantissa.to(tl.float32) * step).to(tl.int32, bitcast=True)
     subnormal = (magnitude | sign).to(tl.float32, bitcast=True)
-    nan = tl.full(code.shape, 0x7F800001, tl.int32).to(tl.float32, bitcast=True)
     value = tl.where(exponent == 0, subnormal, normal)
-    return tl.where(code == 0x80, nan, value)
+    if FNUZ:
+        nan = tl.full(code.shape, 0x7F800001, tl.int32).to(tl.float32, bitcast=True)
+        is_nan = code == 0x80
+    else:
+        nan = (sign | 0x7FF00000).to(tl.float32, bitcast=True)
+        is_nan = (code & 0x7F) == 0x7F
+    return tl.where(is_nan, nan, value)
 
 
 @triton.jit
@@ -83,18 +85,10 @@ def _fp8_1x128_kernel(
     GROUP: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    # Row r of the output is (r // inner, r % inner) of the [outer, inner, K] input views.
-    row = tl.program_id(0).to(tl.int64)
-    outer_index = row // inner
-    inner_index = row % inner
-    col = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    inside = col < cols
+    row, outer_index, inner_index, col, inside = _program_block(cols, inner, BLOCK)
     q_at = q_ptr + outer_index * q_outer_stride + inner_index * q_inner_stride + col
     code = tl.load(q_at, mask=inside, other=0).to(tl.int32) & 0xFF
-    if FNUZ:
-        value = _e4m3fnuz_to_f32(code)
-    else:
-        value = _e4m3fn_to_f32(code)
+    value = _e4m3_to_f32(code, FNUZ)
     scale_row = scale_ptr + outer_index * scale_outer_stride + inner_index * scale_inner_stride
     scale_at = scale_row + (col // GROUP) * scale_col_stride
     scale = tl.load(scale_at, mask=inside, other=1.0).to(tl.float32)
@@ -125,16 +119,12 @@ def _mxfp4_kernel(
     GROUP: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    row = tl.program_id(0).to(tl.int64)
-    outer_index = row // inner
-    inner_index = row % inner
-    col = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    inside = col < cols
+    row, outer_index, inner_index, col, inside = _program_block(cols, inner, BLOCK)
     packed_row = packed_ptr + outer_index * packed_outer_stride + inner_index * packed_inner_stride
     byte = tl.load(packed_row + col // 2, mask=inside, other=0)
     nibble = (byte.to(tl.int32) >> ((col % 2) * 4)) & 0xF
     # The torch code's e4m3 byte for this nibble: sign to bit 7, magnitude bits to bits 2-4.
-    value = _e4m3fn_to_f32(((nibble & 0x8) << 4) | ((nibble & 0x7) << 2))
+    value = _e4m3_to_f32(((nibble & 0x8) << 4) | ((nibble & 0x7) << 2), False)
     scale_row = scale_ptr + outer_index * scale_outer_stride + inner_index * scale_inner_stride
     code = tl.load(scale_row + (col // GROUP) * scale_col_stride, mask=inside, other=127)
     code = code.to(tl.int32) & 0xFF

@@ -31,7 +31,7 @@ import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -139,9 +139,33 @@ _PostPermute = Callable[
     [AiterRunnerOutput, AiterMoeQuantInfo, _RunnerConfig, RunningState], CombineInput
 ]
 
-# PermuteMethodPool: (dispatch format, runner backend) and (runner backend, combine format).
-_PRE_PERMUTE: dict[tuple[str, str], _PrePermute] = {}
-_POST_PERMUTE: dict[tuple[str, str], _PostPermute] = {}
+_Permute = TypeVar("_Permute", _PrePermute, _PostPermute)
+
+
+class _PermutePool(Generic[_Permute]):
+    """SGLang's PermuteMethodPool, one direction of it: functions by (source, target) format."""
+
+    def __init__(self, kind: str) -> None:
+        self._kind = kind
+        self._functions: dict[tuple[str, str], _Permute] = {}
+
+    def register(self, source: str, target: str) -> Callable[[_Permute], _Permute]:
+        def register(function: _Permute) -> _Permute:
+            self._functions[(source, target)] = function
+            return function
+
+        return register
+
+    def get(self, source: str, target: str) -> _Permute:
+        function = self._functions.get((source, target))
+        if function is None:
+            raise LookupError(f"{self._kind} function for {source} to {target} is not registered")
+        return function
+
+
+# (dispatch format, runner backend) and (runner backend, combine format).
+_PRE_PERMUTE = _PermutePool[_PrePermute]("Pre-permute")
+_POST_PERMUTE = _PermutePool[_PostPermute]("Post-permute")
 
 # SGLang's `dispatch_output.format.value`: MORI outputs claim DeepEP's formats.
 _FORMAT_OF_OUTPUT: dict[type, str] = {
@@ -151,44 +175,6 @@ _FORMAT_OF_OUTPUT: dict[type, str] = {
     MoriEPNormalDispatchOutput: "deepep_normal",
     MoriEPLLDispatchOutput: "deepep_ll",
 }
-
-
-def _register_pre_permute(
-    dispatch_format: str, runner_backend: str
-) -> Callable[[_PrePermute], _PrePermute]:
-    def register(function: _PrePermute) -> _PrePermute:
-        _PRE_PERMUTE[(dispatch_format, runner_backend)] = function
-        return function
-
-    return register
-
-
-def _register_post_permute(
-    runner_backend: str, combine_format: str
-) -> Callable[[_PostPermute], _PostPermute]:
-    def register(function: _PostPermute) -> _PostPermute:
-        _POST_PERMUTE[(runner_backend, combine_format)] = function
-        return function
-
-    return register
-
-
-def _get_pre_permute(dispatch_format: str, runner_backend: str) -> _PrePermute:
-    function = _PRE_PERMUTE.get((dispatch_format, runner_backend))
-    if function is None:
-        raise LookupError(
-            f"Pre-permute function for {dispatch_format} to {runner_backend} is not registered"
-        )
-    return function
-
-
-def _get_post_permute(runner_backend: str, combine_format: str) -> _PostPermute:
-    function = _POST_PERMUTE.get((runner_backend, combine_format))
-    if function is None:
-        raise LookupError(
-            f"Post-permute function for {runner_backend} to {combine_format} is not registered"
-        )
-    return function
 
 
 def _dispatch_format(dispatch_output: object) -> str:
@@ -319,7 +305,7 @@ _A2A_OF_OUTPUT: dict[type, str] = {
 # --------------------------------------------------------------------------- pre-permute
 
 
-@_register_pre_permute("standard", _RUNNER_BACKEND)
+@_PRE_PERMUTE.register("standard", _RUNNER_BACKEND)
 def _pre_permute_standard_to_aiter(
     dispatch_output: Any,
     quant_info: AiterMoeQuantInfo,
@@ -508,14 +494,14 @@ def _pre_permute_mori(
     )
 
 
-_register_pre_permute("deepep_normal", _RUNNER_BACKEND)(_pre_permute_deepep_to_aiter)
-_register_pre_permute("deepep_ll", _RUNNER_BACKEND)(_pre_permute_deepep_to_aiter)
+_PRE_PERMUTE.register("deepep_normal", _RUNNER_BACKEND)(_pre_permute_deepep_to_aiter)
+_PRE_PERMUTE.register("deepep_ll", _RUNNER_BACKEND)(_pre_permute_deepep_to_aiter)
 
 
 # --------------------------------------------------------------------------- post-permute
 
 
-@_register_post_permute(_RUNNER_BACKEND, "standard")
+@_POST_PERMUTE.register(_RUNNER_BACKEND, "standard")
 def _post_permute_aiter_to_standard(
     runner_output: AiterRunnerOutput,
     quant_info: AiterMoeQuantInfo,
@@ -545,7 +531,7 @@ def _post_permute_aiter_to_deepep(
     )
 
 
-@_register_post_permute(_RUNNER_BACKEND, "deepep_normal")
+@_POST_PERMUTE.register(_RUNNER_BACKEND, "deepep_normal")
 def _post_permute_aiter_to_deepep_normal(
     runner_output: AiterRunnerOutput,
     quant_info: AiterMoeQuantInfo,
@@ -555,7 +541,7 @@ def _post_permute_aiter_to_deepep_normal(
     return _post_permute_aiter_to_deepep(runner_output, running_state, is_normal=True)
 
 
-@_register_post_permute(_RUNNER_BACKEND, "deepep_ll")
+@_POST_PERMUTE.register(_RUNNER_BACKEND, "deepep_ll")
 def _post_permute_aiter_to_deepep_ll(
     runner_output: AiterRunnerOutput,
     quant_info: AiterMoeQuantInfo,
@@ -670,14 +656,14 @@ class _MoeRunner:
 
     def run(self, dispatch_output: Any, quant_info: AiterMoeQuantInfo) -> CombineInput:
         dispatch_format = _dispatch_format(dispatch_output)
-        pre_permute_func = _get_pre_permute(dispatch_format, _RUNNER_BACKEND)
+        pre_permute_func = _PRE_PERMUTE.get(dispatch_format, _RUNNER_BACKEND)
 
         running_state: RunningState = {}
         runner_input = pre_permute_func(dispatch_output, quant_info, self.config, running_state)
         runner_output = self.runner_core.run(runner_input, quant_info, running_state)
 
         combine_format = _dispatch_format(dispatch_output)
-        post_permute_func = _get_post_permute(_RUNNER_BACKEND, combine_format)
+        post_permute_func = _POST_PERMUTE.get(_RUNNER_BACKEND, combine_format)
         return post_permute_func(runner_output, quant_info, self.config, running_state)
 
 

@@ -7,7 +7,8 @@ one of its experts, with local ids and -1; DeepEP low latency fills per-expert s
 in `masked_m`; MORI fills fixed-capacity buffers with each token's full routing, `total_recv` valid
 rows first. Rows a real dispatcher leaves undefined (slab rows past `masked_m`, MORI rows past
 `total_recv`) hold large finite values, never zeros, so a runner or combine that reads them is
-visibly wrong. Arrival order is sender rank, then token (then top-k slot for slabs).
+visibly wrong (`moe_runtime.stale` draws them). Arrival order is sender rank, then token (then
+top-k slot for slabs).
 """
 
 from __future__ import annotations
@@ -17,97 +18,45 @@ from dataclasses import dataclass, field
 
 import torch
 
-from moe_runtime.quant import (
-    E8M0,
-    FP4X2,
-    FP8,
-    FP8_FNUZ,
-    quantize_fp8_1x128,
-    quantize_fp8_per_row,
-    quantize_mxfp4,
-    quantize_mxfp8,
+from moe_runtime import stale
+
+# The format names are the runtime's (moe_runtime.formats); the `X as X` imports keep them
+# reachable as `emulate.X`, the spelling tests and benchmarks use next to `emulate.dispatch`.
+from moe_runtime.formats import (
+    COMBINE_INPUT_TYPES,
+    MORI_WIRES,
+    mori_wire,
 )
+from moe_runtime.formats import DEEPEP_LL as DEEPEP_LL
+from moe_runtime.formats import DEEPEP_LL_FP8 as DEEPEP_LL_FP8
+from moe_runtime.formats import DEEPEP_NORMAL as DEEPEP_NORMAL
+from moe_runtime.formats import FORMATS as FORMATS
+from moe_runtime.formats import MORI_LL as MORI_LL
+from moe_runtime.formats import MORI_LL_FP4 as MORI_LL_FP4
+from moe_runtime.formats import MORI_LL_FP8 as MORI_LL_FP8
+from moe_runtime.formats import MORI_LL_FP8_TOKEN as MORI_LL_FP8_TOKEN
+from moe_runtime.formats import MORI_LL_MXFP8 as MORI_LL_MXFP8
+from moe_runtime.formats import MORI_NORMAL as MORI_NORMAL
+from moe_runtime.formats import MORI_NORMAL_FP4 as MORI_NORMAL_FP4
+from moe_runtime.formats import MORI_NORMAL_FP8 as MORI_NORMAL_FP8
+from moe_runtime.formats import MORI_NORMAL_FP8_TOKEN as MORI_NORMAL_FP8_TOKEN
+from moe_runtime.formats import MORI_NORMAL_MXFP8 as MORI_NORMAL_MXFP8
+from moe_runtime.formats import MORI_V2 as MORI_V2
+from moe_runtime.formats import MORI_V2_FORMATS as MORI_V2_FORMATS
+from moe_runtime.formats import MORI_V2_FP4 as MORI_V2_FP4
+from moe_runtime.formats import MORI_V2_FP8 as MORI_V2_FP8
+from moe_runtime.formats import MORI_V2_MXFP8 as MORI_V2_MXFP8
+from moe_runtime.formats import STANDARD as STANDARD
+from moe_runtime.quant import quantize_fp8_1x128
 from moe_runtime.types import (
     CombineInput,
     DeepEPLLCombineInput,
     DeepEPLLDispatchOutput,
-    DeepEPNormalCombineInput,
     DeepEPNormalDispatchOutput,
     DispatchOutput,
-    MoriEPLLCombineInput,
-    MoriEPLLDispatchOutput,
-    MoriEPNormalCombineInput,
-    MoriEPNormalDispatchOutput,
-    MoriEPV2DispatchOutput,
-    StandardCombineInput,
     StandardDispatchOutput,
     TopKOutput,
 )
-
-STANDARD = "standard"
-DEEPEP_NORMAL = "deepep_normal"
-DEEPEP_LL = "deepep_ll"
-DEEPEP_LL_FP8 = "deepep_ll_fp8"
-MORI_NORMAL = "mori_normal"
-MORI_LL = "mori_ll"
-MORI_NORMAL_FP8 = "mori_normal_fp8"
-MORI_NORMAL_FP4 = "mori_normal_fp4"
-MORI_LL_FP8 = "mori_ll_fp8"
-MORI_LL_FP4 = "mori_ll_fp4"
-MORI_V2 = "mori_v2"
-MORI_V2_FP8 = "mori_v2_fp8"
-MORI_V2_FP4 = "mori_v2_fp4"
-MORI_NORMAL_MXFP8 = "mori_normal_mxfp8"
-MORI_LL_MXFP8 = "mori_ll_mxfp8"
-MORI_V2_MXFP8 = "mori_v2_mxfp8"
-MORI_NORMAL_FP8_TOKEN = "mori_normal_fp8_token"
-MORI_LL_FP8_TOKEN = "mori_ll_fp8_token"
-
-# Wire of each MORI format: bf16, fp8 per 1x128, mxfp4 per 1x32, mxfp8 per 1x32 (e8m0 scales) or
-# fp8 per row (one fp32 scale per row).
-_MORI_WIRES = {
-    MORI_NORMAL: "bf16",
-    MORI_LL: "bf16",
-    MORI_NORMAL_FP8: "fp8",
-    MORI_NORMAL_FP4: "fp4",
-    MORI_LL_FP8: "fp8",
-    MORI_LL_FP4: "fp4",
-    MORI_V2: "bf16",
-    MORI_V2_FP8: "fp8",
-    MORI_V2_FP4: "fp4",
-    MORI_NORMAL_MXFP8: "mxfp8",
-    MORI_LL_MXFP8: "mxfp8",
-    MORI_V2_MXFP8: "mxfp8",
-    MORI_NORMAL_FP8_TOKEN: "fp8_token",
-    MORI_LL_FP8_TOKEN: "fp8_token",
-}
-_MORI_LL = frozenset({MORI_LL, MORI_LL_FP8, MORI_LL_FP4, MORI_LL_MXFP8, MORI_LL_FP8_TOKEN})
-MORI_V2_FORMATS = frozenset({MORI_V2, MORI_V2_FP8, MORI_V2_FP4, MORI_V2_MXFP8})
-FORMATS: tuple[str, ...] = (STANDARD, DEEPEP_NORMAL, DEEPEP_LL, DEEPEP_LL_FP8, *_MORI_WIRES)
-
-_COMBINE_INPUT_TYPES: dict[str, type] = {
-    STANDARD: StandardCombineInput,
-    DEEPEP_NORMAL: DeepEPNormalCombineInput,
-    DEEPEP_LL: DeepEPLLCombineInput,
-    DEEPEP_LL_FP8: DeepEPLLCombineInput,
-    **{
-        name: MoriEPLLCombineInput if name in _MORI_LL else MoriEPNormalCombineInput
-        for name in _MORI_WIRES
-    },
-}
-
-# Undefined rows: magnitudes far above any real activation, still finite after dequantization.
-_GARBAGE_BF16 = 1024.0
-_GARBAGE_FP8 = 448.0  # float8_e4m3fn's largest finite value
-_GARBAGE_FP8_SCALE = 1024.0
-_GARBAGE_FP4_BYTES = (0x77, 0xFF, 0x7F, 0xF7)  # nibble pairs of +-6.0, E2M1's largest magnitude
-_GARBAGE_E8M0 = 127 + 16  # scale 2**16
-_GARBAGE_SEED = 0x5EED
-# MORI EPv2 moves each row's scales as int32 dwords in rows wider than the scales, and SGLang
-# 0.5.23 hands them over as the view [:, :H/group] (token_dispatcher/moriep.py:1536-1545); its
-# combine arena has rows of its own past the R the runner sees (moriep.py:1555-1558).
-_V2_SCALE_PAD = 16
-_V2_ARENA_EXTRA_ROWS = 3
 
 
 @dataclass(frozen=True)
@@ -260,7 +209,7 @@ def dispatch(
 
 def combine(dispatched: Dispatched, combine_inputs: Sequence[CombineInput]) -> torch.Tensor:
     """Fold one combine input per rank back into `[T, H]` float32, as the format's combine does."""
-    expected_type = _COMBINE_INPUT_TYPES[dispatched.format]
+    expected_type = COMBINE_INPUT_TYPES[dispatched.format]
     if len(combine_inputs) != len(dispatched.outputs):
         raise ValueError(
             f"need one combine input per rank ({len(dispatched.outputs)}), "
@@ -294,38 +243,6 @@ def _destination_ranks(batch: GlobalBatch) -> torch.Tensor:
     )
     reaches.scatter_(1, rank_of, True)
     return reaches[:, : batch.ep_size]
-
-
-def _as_bytes(x: torch.Tensor) -> torch.Tensor:
-    """A uint8 view of one-byte float tensors: PyTorch's CPU indexing lacks kernels for them."""
-    if x.dtype in (FP8, FP8_FNUZ, FP4X2, E8M0):
-        return x.view(torch.uint8)
-    return x
-
-
-def _garbage_generator() -> torch.Generator:
-    return torch.Generator().manual_seed(_GARBAGE_SEED)
-
-
-def _garbage_bf16(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """Values of magnitude in [512, 1536) with random signs."""
-    generator = _garbage_generator()
-    magnitude = _GARBAGE_BF16 * (0.5 + torch.rand(shape, generator=generator))
-    sign = torch.randint(0, 2, shape, generator=generator) * 2 - 1
-    return (magnitude * sign).to(device=device, dtype=dtype)
-
-
-def _garbage_fp8(shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
-    """+-448 (float8_e4m3fn's max) with random signs."""
-    sign = torch.randint(0, 2, shape, generator=_garbage_generator()) * 2 - 1
-    return (sign * _GARBAGE_FP8).to(device=device, dtype=FP8)
-
-
-def _garbage_fp4(shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
-    """Packed bytes of +-6.0 pairs, as float4_e2m1fn_x2."""
-    choice = torch.randint(0, len(_GARBAGE_FP4_BYTES), shape, generator=_garbage_generator())
-    table = torch.tensor(_GARBAGE_FP4_BYTES, dtype=torch.uint8)
-    return table[choice].to(device).view(FP4X2)
 
 
 def _dispatch_standard(batch: GlobalBatch) -> Dispatched:
@@ -418,15 +335,12 @@ def _dispatch_deepep_ll(batch: GlobalBatch, format: str, capacity: int) -> Dispa
         shape = (local_count, capacity, hidden_size)
         scale: torch.Tensor | None = None
         if fp8_wire:
-            hidden = _garbage_fp8(shape, device)
-            _as_bytes(hidden)[experts, slot] = _as_bytes(wire)[tokens]
-            # DeepEP stores the scales column-major in the last two dims.
-            scale = torch.full(
-                (local_count, hidden_size // 128, capacity), _GARBAGE_FP8_SCALE, device=device
-            ).transpose(1, 2)
+            hidden = stale.fp8(shape, device)
+            stale.as_bytes(hidden)[experts, slot] = stale.as_bytes(wire)[tokens]
+            scale = stale.ll_scales(local_count, hidden_size // 128, capacity, device)
             scale[experts, slot] = wire_scale[tokens]
         else:
-            hidden = _garbage_bf16(shape, batch.hidden_states.dtype, device)
+            hidden = stale.bf16(shape, batch.hidden_states.dtype, device)
             hidden[experts, slot] = batch.hidden_states[tokens]
         sent = batch.tokens_slice(rank)
         sent_count = sent.stop - sent.start
@@ -445,99 +359,22 @@ def _dispatch_deepep_ll(batch: GlobalBatch, format: str, capacity: int) -> Dispa
     return Dispatched(format, tuple(outputs), batch.num_tokens, hidden_size, _slots=slots)
 
 
-def _mori_wire(
-    batch: GlobalBatch, wire: str
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The activations each sender puts on the wire (quantized per row before dispatch)."""
-    if wire == "fp8":
-        return quantize_fp8_1x128(batch.hidden_states)
-    if wire == "fp4":
-        return quantize_mxfp4(batch.hidden_states)
-    if wire == "mxfp8":
-        # AITER's per_1x32 quant with scale_type e8m0 (SGLang 0.5.23 moriep.py:794-814).
-        return quantize_mxfp8(batch.hidden_states)
-    if wire == "fp8_token":
-        # AITER's per_Token quant (vLLM mori_prepare_finalize.py 1dbff2c76f:102-119).
-        return quantize_fp8_per_row(batch.hidden_states)
-    return batch.hidden_states, None
-
-
-def _mori_stale(
-    wire: str, rows: int, hidden: torch.Tensor, scale: torch.Tensor | None, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Capacity buffers of `rows` rows full of stale values, shaped and typed like the wire."""
-    width = hidden.shape[1]
-    if wire in ("fp8", "fp8_token") and scale is not None:
-        stale_scale = torch.full((rows, scale.shape[1]), _GARBAGE_FP8_SCALE, device=device)
-        return _garbage_fp8((rows, width), device), stale_scale
-    if wire in ("fp4", "mxfp8") and scale is not None:
-        stale_scale = torch.full(
-            (rows, scale.shape[1]), _GARBAGE_E8M0, dtype=torch.uint8, device=device
-        ).view(scale.dtype)
-        stale = _garbage_fp4 if wire == "fp4" else _garbage_fp8
-        return stale((rows, width), device), stale_scale
-    return _garbage_bf16((rows, width), hidden.dtype, device), None
-
-
-def as_mori_v2(
-    output: MoriEPNormalDispatchOutput | MoriEPLLDispatchOutput,
-) -> MoriEPV2DispatchOutput:
-    """What MORI EPv2 hands over for the same arrival as MORI's normal kernel: the scales
-    `[R, H/group]` as a strided view of wider rows (their padding stale), and combine's staging
-    view `[R, H]` in `out_dtype` (`expert_output`), full of stale values that a runner which does
-    not write it leaves for combine to read."""
-    rows = output.hidden_states.shape[0]
-    device = output.hidden_states.device
-    width = output.hidden_states.shape[1] * (2 if output.hidden_states.dtype == FP4X2 else 1)
-    arena = _garbage_bf16((rows + _V2_ARENA_EXTRA_ROWS, width), output.out_dtype, device)
-    return MoriEPV2DispatchOutput(
-        hidden_states=output.hidden_states,
-        hidden_states_scale=_strided_scale(output.hidden_states_scale),
-        topk_ids=output.topk_ids,
-        topk_weights=output.topk_weights,
-        num_recv_tokens_per_expert=output.num_recv_tokens_per_expert,
-        origin_topk_ids=output.origin_topk_ids,
-        origin_topk_weights=output.origin_topk_weights,
-        out_dtype=output.out_dtype,
-        expert_output=arena[:rows],
-        recv_cap=output.recv_cap,
-    )
-
-
-def _strided_scale(scale: torch.Tensor | None) -> torch.Tensor | None:
-    """`scale` as the leading columns of wider rows whose other columns are stale."""
-    if scale is None:
-        return None
-    rows, cols = scale.shape
-    if scale.dtype == torch.float32:
-        wide = torch.full((rows, cols + _V2_SCALE_PAD), _GARBAGE_FP8_SCALE, device=scale.device)
-        wide[:, :cols] = scale
-        return wide[:, :cols]
-    wide_bytes = torch.full(
-        (rows, cols + _V2_SCALE_PAD), _GARBAGE_E8M0, dtype=torch.uint8, device=scale.device
-    )
-    wide_bytes[:, :cols] = _as_bytes(scale)
-    return wide_bytes.view(scale.dtype)[:, :cols]
-
-
 def _dispatch_mori(batch: GlobalBatch, format: str, capacity: int, recv_cap: int) -> Dispatched:
-    wire = _MORI_WIRES[format]
-    wire_hidden, wire_scale = _mori_wire(batch, wire)
+    wire = MORI_WIRES[format]
+    wire_hidden, wire_scale = mori_wire(batch.hidden_states, wire)
     device = batch.hidden_states.device
     reaches = _destination_ranks(batch)
-    output_type = MoriEPLLDispatchOutput if format in _MORI_LL else MoriEPNormalDispatchOutput
-    v2 = format in MORI_V2_FORMATS
-    generator = _garbage_generator()
+    generator = stale.generator()
     outputs: list[DispatchOutput] = []
     row_tokens: list[torch.Tensor] = []
     readable: list[int] = []
     for rank in range(batch.ep_size):
         tokens = reaches[:, rank].nonzero().squeeze(1)
         total_recv = int(tokens.numel())
-        hidden, scale = _mori_stale(wire, capacity, wire_hidden, wire_scale, device)
-        _as_bytes(hidden)[:total_recv] = _as_bytes(wire_hidden)[tokens]
+        hidden, scale = stale.mori_buffers(wire, capacity, wire_hidden, wire_scale, device)
+        stale.as_bytes(hidden)[:total_recv] = stale.as_bytes(wire_hidden)[tokens]
         if scale is not None and wire_scale is not None:
-            _as_bytes(scale)[:total_recv] = _as_bytes(wire_scale)[tokens]
+            stale.as_bytes(scale)[:total_recv] = stale.as_bytes(wire_scale)[tokens]
         # Stale routing looks real (valid global ids, positive weights) so that a runner which
         # ignores total_recv computes those rows instead of failing on them.
         ids = torch.randint(
@@ -547,22 +384,21 @@ def _dispatch_mori(batch: GlobalBatch, format: str, capacity: int, recv_cap: int
         ids[:total_recv] = batch.topk_ids[tokens]  # the full routing, ids < 0 included verbatim
         weights[:total_recv] = batch.topk_weights[tokens]
         sent = batch.tokens_slice(rank)
-        output = output_type(
-            hidden_states=hidden,
-            hidden_states_scale=scale,
-            topk_ids=ids,
-            topk_weights=weights,
-            num_recv_tokens_per_expert=torch.tensor(
-                [total_recv], dtype=torch.int32, device=device
-            ),
-            origin_topk_ids=batch.topk_ids[sent],
-            origin_topk_weights=batch.topk_weights[sent],
-            out_dtype=batch.hidden_states.dtype,
-            recv_cap=recv_cap,
+        origin = (batch.topk_ids[sent], batch.topk_weights[sent])
+        outputs.append(
+            stale.mori_output(
+                format,
+                hidden,
+                scale,
+                (ids, weights),
+                origin,
+                total_recv,
+                batch.hidden_states.dtype,
+                recv_cap,
+            )
         )
-        outputs.append(as_mori_v2(output) if v2 else output)
-        stale = torch.full((capacity - total_recv,), -1, dtype=torch.long, device=device)
-        row_tokens.append(torch.cat([tokens, stale]))
+        unfilled = torch.full((capacity - total_recv,), -1, dtype=torch.long, device=device)
+        row_tokens.append(torch.cat([tokens, unfilled]))
         capped = 0 < recv_cap < capacity
         readable.append(min(total_recv, recv_cap) if capped else total_recv)
     return Dispatched(
@@ -598,7 +434,7 @@ def _combine_rows(dispatched: Dispatched, combine_inputs: Sequence[CombineInput]
     total = torch.zeros(
         dispatched.num_tokens, dispatched.hidden_size, device=_output_device(combine_inputs)
     )
-    is_mori = dispatched.format in _MORI_WIRES
+    is_mori = dispatched.format in MORI_WIRES
     for rank, combine_input in enumerate(combine_inputs):
         tokens = dispatched._row_tokens[rank]
         hidden = combine_input.hidden_states

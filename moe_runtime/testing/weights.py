@@ -105,16 +105,29 @@ def _check_divisible(quant_method: str, group: int, sizes: dict[str, int]) -> No
         )
 
 
-def _padded_dense(
-    num_experts: int,
-    hidden_size: int,
-    intermediate_size: int,
-    hidden_pad: int,
-    intermediate_pad: int,
-    generator: torch.Generator,
-) -> tuple[torch.Tensor, torch.Tensor]:
+@dataclasses.dataclass(frozen=True)
+class _Sizes:
+    """A layer's expert count, sizes and pads: `padded` is (H, I) of the module docstring."""
+
+    num_experts: int
+    hidden_size: int
+    intermediate_size: int
+    hidden_pad: int
+    intermediate_pad: int
+
+    @property
+    def unpadded(self) -> tuple[int, int, int]:
+        return self.num_experts, self.hidden_size, self.intermediate_size
+
+    @property
+    def padded(self) -> tuple[int, int]:
+        return self.hidden_size + self.hidden_pad, self.intermediate_size + self.intermediate_pad
+
+
+def _padded_dense(sizes: _Sizes, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """fp32 w13 [L, 2I, H] and w2 [L, H, I] over the padded sizes, zero in every padded slot."""
-    h, i = hidden_size + hidden_pad, intermediate_size + intermediate_pad
+    num_experts, hidden_size, intermediate_size = sizes.unpadded
+    h, i = sizes.padded
     w13 = torch.zeros(num_experts, 2 * i, h)
     w2 = torch.zeros(num_experts, h, i)
     shape13 = (num_experts, intermediate_size, hidden_size)
@@ -129,15 +142,9 @@ def _padded_dense(
     return w13, w2
 
 
-def _padded_biases(
-    num_experts: int,
-    hidden_size: int,
-    intermediate_size: int,
-    hidden_pad: int,
-    intermediate_pad: int,
-    generator: torch.Generator,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    h, i = hidden_size + hidden_pad, intermediate_size + intermediate_pad
+def _padded_biases(sizes: _Sizes, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    num_experts, hidden_size, intermediate_size = sizes.unpadded
+    h, i = sizes.padded
     b13 = torch.zeros(num_experts, 2 * i)
     b2 = torch.zeros(num_experts, h)
     b13[:, :intermediate_size] = torch.randn(num_experts, intermediate_size, generator=generator)
@@ -148,16 +155,11 @@ def _padded_biases(
     return b13 * _BIAS_STD, b2 * _BIAS_STD
 
 
-def _check_sizes(
-    quant_method: str,
-    num_experts: int,
-    hidden_size: int,
-    intermediate_size: int,
-    hidden_pad: int,
-    intermediate_pad: int,
-) -> None:
+def _check_sizes(quant_method: str, sizes: _Sizes) -> None:
     """A known method, positive sizes, non-negative pads, padded sizes its quant groups divide."""
     _check_method(quant_method)
+    num_experts, hidden_size, intermediate_size = sizes.unpadded
+    hidden_pad, intermediate_pad = sizes.hidden_pad, sizes.intermediate_pad
     sizes_ok = min(num_experts, hidden_size, intermediate_size) >= 1
     if not sizes_ok or min(hidden_pad, intermediate_pad) < 0:
         raise ValueError(
@@ -165,7 +167,7 @@ def _check_sizes(
             f"{num_experts}, {hidden_size}, {intermediate_size}, pads {hidden_pad}, "
             f"{intermediate_pad}"
         )
-    h, i = hidden_size + hidden_pad, intermediate_size + intermediate_pad
+    h, i = sizes.padded
     if quant_method == "fp8_block":
         _check_divisible(quant_method, quant.FP8_GROUP, {"H": h, "I": i})
     if quant_method in ("mxfp4", "quark_w4a4_mxfp4", "mxfp8", "quark_w4a8_mxfp4"):
@@ -196,12 +198,10 @@ def make_expert_weights(
     Deterministic for a given seed (drawn on the CPU, then moved to `device`); the same seed gives
     the same experts in either gate mode, only the rows of w13 are ordered differently.
     """
-    _check_sizes(
-        quant_method, num_experts, hidden_size, intermediate_size, hidden_pad, intermediate_pad
-    )
+    sizes = _Sizes(num_experts, hidden_size, intermediate_size, hidden_pad, intermediate_pad)
+    _check_sizes(quant_method, sizes)
     generator = torch.Generator().manual_seed(seed)
-    w13, w2 = _padded_dense(num_experts, hidden_size, intermediate_size, hidden_pad,
-                            intermediate_pad, generator)
+    w13, w2 = _padded_dense(sizes, generator)
     b13: torch.Tensor | None = None
     b2: torch.Tensor | None = None
     a13_scale: torch.Tensor | None = None
@@ -209,8 +209,7 @@ def make_expert_weights(
     w13_weight, w13_scale = _stored(quant_method, w13)
     w2_weight, w2_scale = _stored(quant_method, w2)
     if quant_method in ("mxfp4", "quark_w4a8_mxfp4"):
-        b13, b2 = _padded_biases(num_experts, hidden_size, intermediate_size, hidden_pad,
-                                 intermediate_pad, generator)
+        b13, b2 = _padded_biases(sizes, generator)
     if quant_method in ("ct_w8a8_fp8", "quark_w8a8_fp8", "quark_w4a8_mxfp4"):
         a13_scale = torch.tensor([_STATIC_INPUT_SCALE])
         a2_scale = torch.tensor([_STATIC_INPUT_SCALE])

@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from moe_runtime import ep_run
-from moe_runtime.distributed import oracle
-from moe_runtime.testing import emulate
+from moe_runtime.testing import emulate, ep_oracle
 from moe_runtime.testing.dense import dense_layer
 from moe_runtime.testing.weights import make_expert_weights, slice_experts
 
@@ -19,7 +18,7 @@ def test_oracle_is_the_dense_moe(quant: str, activation: str) -> None:
     batch = emulate.make_batch(11, 256, 8, 3, ep_size=2, seed=4)
     expected = dense_layer(batch, weights, quant, activation=activation)
     shares = [
-        oracle.expert_share(
+        ep_oracle.expert_share(
             batch.hidden_states,
             batch.topk_ids,
             batch.topk_weights,

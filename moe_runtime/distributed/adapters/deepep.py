@@ -201,7 +201,7 @@ class DeepEPLowLatency:
     def dispatch(
         self, hidden_states: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor
     ) -> tuple[DeepEPLLDispatchOutput, Any]:
-        raw = self._buffer_dispatch(self.buffer)(
+        raw = getattr(self.buffer, self._dispatch_call)(
             hidden_states,
             topk_ids.long(),
             self.max_tokens_per_rank,
@@ -221,7 +221,7 @@ class DeepEPLowLatency:
 
     def combine(self, combine_input: DeepEPLLCombineInput, handle: Any) -> torch.Tensor:
         """The sender's `[T, H]`: DeepEP weights each slot by the sender's ids and weights."""
-        combined, _event, _hook = self._buffer_combine(self.buffer)(
+        combined, _event, _hook = getattr(self.buffer, self._combine_call)(
             combine_input.hidden_states,
             combine_input.topk_ids,
             combine_input.topk_weights,
@@ -231,11 +231,5 @@ class DeepEPLowLatency:
 
     # The buffer's low-latency entry points; NIXL EP names the same calls differently.
     source = "deep_ep Buffer.low_latency_dispatch"
-
-    @staticmethod
-    def _buffer_dispatch(buffer: Any) -> Any:
-        return buffer.low_latency_dispatch
-
-    @staticmethod
-    def _buffer_combine(buffer: Any) -> Any:
-        return buffer.low_latency_combine
+    _dispatch_call = "low_latency_dispatch"
+    _combine_call = "low_latency_combine"

@@ -27,11 +27,5 @@ class NixlLowLatency(DeepEPLowLatency):
     layouts under the names `dispatch` and `combine`."""
 
     source = "nixl_ep Buffer.dispatch"
-
-    @staticmethod
-    def _buffer_dispatch(buffer: Any) -> Any:
-        return buffer.dispatch
-
-    @staticmethod
-    def _buffer_combine(buffer: Any) -> Any:
-        return buffer.combine
+    _dispatch_call = "dispatch"
+    _combine_call = "combine"

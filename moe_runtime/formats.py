@@ -1,0 +1,94 @@
+"""The dispatch formats by name, and the facts of each that every dispatcher here keys on.
+
+A runtime fact, not test support: the emulated dispatchers (`moe_runtime.testing.emulate`) and
+the ones across real processes (`moe_runtime.distributed`) must agree on the names, the MORI wire
+of each format (and what a sender puts on it) and which combine input each takes back, so both
+read them from here.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from moe_runtime.quant import (
+    quantize_fp8_1x128,
+    quantize_fp8_per_row,
+    quantize_mxfp4,
+    quantize_mxfp8,
+)
+from moe_runtime.types import (
+    DeepEPLLCombineInput,
+    DeepEPNormalCombineInput,
+    MoriEPLLCombineInput,
+    MoriEPNormalCombineInput,
+    StandardCombineInput,
+)
+
+STANDARD = "standard"
+DEEPEP_NORMAL = "deepep_normal"
+DEEPEP_LL = "deepep_ll"
+DEEPEP_LL_FP8 = "deepep_ll_fp8"
+MORI_NORMAL = "mori_normal"
+MORI_LL = "mori_ll"
+MORI_NORMAL_FP8 = "mori_normal_fp8"
+MORI_NORMAL_FP4 = "mori_normal_fp4"
+MORI_LL_FP8 = "mori_ll_fp8"
+MORI_LL_FP4 = "mori_ll_fp4"
+MORI_V2 = "mori_v2"
+MORI_V2_FP8 = "mori_v2_fp8"
+MORI_V2_FP4 = "mori_v2_fp4"
+MORI_NORMAL_MXFP8 = "mori_normal_mxfp8"
+MORI_LL_MXFP8 = "mori_ll_mxfp8"
+MORI_V2_MXFP8 = "mori_v2_mxfp8"
+MORI_NORMAL_FP8_TOKEN = "mori_normal_fp8_token"
+MORI_LL_FP8_TOKEN = "mori_ll_fp8_token"
+
+# Wire of each MORI format: bf16, fp8 per 1x128, mxfp4 per 1x32, mxfp8 per 1x32 (e8m0 scales) or
+# fp8 per row (one fp32 scale per row).
+MORI_WIRES = {
+    MORI_NORMAL: "bf16",
+    MORI_LL: "bf16",
+    MORI_NORMAL_FP8: "fp8",
+    MORI_NORMAL_FP4: "fp4",
+    MORI_LL_FP8: "fp8",
+    MORI_LL_FP4: "fp4",
+    MORI_V2: "bf16",
+    MORI_V2_FP8: "fp8",
+    MORI_V2_FP4: "fp4",
+    MORI_NORMAL_MXFP8: "mxfp8",
+    MORI_LL_MXFP8: "mxfp8",
+    MORI_V2_MXFP8: "mxfp8",
+    MORI_NORMAL_FP8_TOKEN: "fp8_token",
+    MORI_LL_FP8_TOKEN: "fp8_token",
+}
+DEEPEP_LL_FORMATS = frozenset({DEEPEP_LL, DEEPEP_LL_FP8})
+MORI_LL_FORMATS = frozenset({MORI_LL, MORI_LL_FP8, MORI_LL_FP4, MORI_LL_MXFP8, MORI_LL_FP8_TOKEN})
+MORI_V2_FORMATS = frozenset({MORI_V2, MORI_V2_FP8, MORI_V2_FP4, MORI_V2_MXFP8})
+# The order is the distributed dispatcher's header code for a format.
+FORMATS: tuple[str, ...] = (STANDARD, DEEPEP_NORMAL, DEEPEP_LL, DEEPEP_LL_FP8, *MORI_WIRES)
+
+COMBINE_INPUT_TYPES: dict[str, type] = {
+    STANDARD: StandardCombineInput,
+    DEEPEP_NORMAL: DeepEPNormalCombineInput,
+    DEEPEP_LL: DeepEPLLCombineInput,
+    DEEPEP_LL_FP8: DeepEPLLCombineInput,
+    **{
+        name: MoriEPLLCombineInput if name in MORI_LL_FORMATS else MoriEPNormalCombineInput
+        for name in MORI_WIRES
+    },
+}
+
+
+def mori_wire(hidden: torch.Tensor, wire: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """What a sender puts on a MORI wire: its rows quantized per row group, or as they are."""
+    if wire == "fp8":
+        return quantize_fp8_1x128(hidden)
+    if wire == "fp4":
+        return quantize_mxfp4(hidden)
+    if wire == "mxfp8":
+        # AITER's per_1x32 quant with scale_type e8m0 (SGLang 0.5.23 moriep.py:794-814).
+        return quantize_mxfp8(hidden)
+    if wire == "fp8_token":
+        # AITER's per_Token quant (vLLM mori_prepare_finalize.py 1dbff2c76f:102-119).
+        return quantize_fp8_per_row(hidden)
+    return hidden, None
