@@ -39,7 +39,9 @@ activation (0.5.23: SwiGLU-OAI on gfx95 as `Swiglu` with its clamp, situ as `Sit
 and `linear_beta`; `moe_runtime.layer_options`), the clamp the quant method puts in its quant info
 (`swiglu_limit`), and the `gate_mode` SGLang's runner derives from that clamp, the method's
 requested mode, the GPU and `SGLANG_USE_AITER_MOE_GU_ITLV` (`sglang_gate_mode`), which becomes the
-weights' `ExpertWeights.gate_mode`.
+weights' `ExpertWeights.gate_mode`. `Mxfp4MoEMethod` with a padded hidden size pads the
+activations itself before `MoeRunner.run`: its runner is built for the padded size with its own
+padding off, and hands combine the padded rows, as SGLang's path does.
 
 SGLang names this module relies on (present in both releases):
 - `sglang.srt.layers.moe.utils.get_moe_a2a_backend` (`.value`: none, deepep, mooncake, nixl, mori)
@@ -79,12 +81,10 @@ fused shared experts, a `swiglu_limit` on a quant method other than `Mxfp4MoEMet
 `QuarkW4A4MXFp4MoE` (this integration does not read the clamp and gate_mode those methods hand
 the runner), a clamp on SGLang 0.5.13's Quark W4A4 MXFP4 (its apply drops it), situ on any method
 but `Mxfp4MoEMethod` (the runner refuses it: AITER's Situv2 runs on the a16w4 kernels only),
-`fused_moe_kwargs` of `Fp8MoEMethod`, fp4/mxfp8 experts of `Fp8MoEMethod`, `Mxfp4MoEMethod` with a
-padded hidden size (its apply pads the activations before `MoeRunner.run`, the runner pads them
-again), compressed-tensors fp8 weights that are not channel-wise, a method whose
-apply would raise before `MoeRunner.run` on the layer's formats (`topk_output` on DeepEP/MORI
-outputs, `expert_mask_gpu` on Mooncake/NIXL dispatchers), MORI's mxfp8 wire, DeepEP nvfp4, and
-quant methods not listed above.
+`fused_moe_kwargs` of `Fp8MoEMethod`, fp4/mxfp8 experts of `Fp8MoEMethod`, compressed-tensors
+fp8 weights that are not channel-wise, a method whose apply would raise before `MoeRunner.run` on
+the layer's formats (`topk_output` on DeepEP/MORI outputs, `expert_mask_gpu` on Mooncake/NIXL
+dispatchers), MORI's mxfp8 wire, DeepEP nvfp4, and quant methods not listed above.
 """
 
 from __future__ import annotations
@@ -572,11 +572,6 @@ def _read_mxfp4(layer: Any, method: Any, ctx: _Context) -> tuple[str, ExpertWeig
             "SGLang 0.5.13's Mxfp4MoEMethod.apply reads dispatch_output.topk_output, which "
             f"{', '.join(ctx.formats)} outputs lack (SGLang's path raises before MoeRunner.run)"
         )
-    if method.hidden_pad:
-        raise ctx.refuse(
-            f"hidden_pad {method.hidden_pad}: Mxfp4MoEMethod.apply pads the activations before "
-            "MoeRunner.run, and the runner pads them itself"
-        )
     with_bias = ctx.release == "0.5.13" or method.with_bias
     w13, w2 = _fp4_views(layer)
     return "mxfp4", ExpertWeights(
@@ -688,6 +683,35 @@ _CLAMPS: Final[dict[str, Callable[[Any, Any, _Context], tuple[float, str | None]
 }
 
 
+class _HiddenPadKeyword:
+    """The kernel with `hidden_pad` fixed: for Mxfp4MoEMethod's padded H, whose apply pads the
+    activations before `MoeRunner.run` (0.5.13 mxfp4.py:1270-1278, 0.5.23 mxfp4.py:1770-1777)
+    and passes the pad to AITER. The runner is built for the padded H with unpadded weights (its
+    own padding off: the rows arrive padded) and this restores the keyword SGLang passes; the
+    output keeps the padded H, as SGLang's, which `FusedMoE.forward_impl` crops after combine."""
+
+    def __init__(self, kernel: FusedMoeKernel, hidden_pad: int) -> None:
+        self.__wrapped__ = kernel  # the keywords it takes are read through this (inspect)
+        self._kernel: Callable[..., Any] = kernel
+        self._hidden_pad = hidden_pad
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["hidden_pad"] = self._hidden_pad
+        return self._kernel(*args, **kwargs)
+
+
+def _padded_activations(
+    layer: Any, config: MoeLayerConfig, kernel: FusedMoeKernel | None
+) -> tuple[MoeLayerConfig, FusedMoeKernel | None]:
+    """Mxfp4MoEMethod with a padded H: the runner's H is the padded one (see _HiddenPadKeyword)."""
+    method = _serving_method(layer)
+    pad = int(getattr(method, "hidden_pad", 0) or 0)
+    if type(method).__name__ != "Mxfp4MoEMethod" or pad == 0:
+        return config, kernel
+    padded: Any = _HiddenPadKeyword(_default_kernel() if kernel is None else kernel, pad)
+    return replace(config, hidden_size=config.hidden_size + pad), padded
+
+
 def _read_kernel_options(
     layer: Any,
     runner_config: Any,
@@ -744,6 +768,7 @@ def install(
     config, weights = _read_kernel_options(
         layer, moe_runner.config, config, weights, _Context(name, sglang_release(), formats)
     )
+    config, kernel = _padded_activations(layer, config, kernel)
     return install_on_runner(
         moe_runner,
         a2a=a2a,

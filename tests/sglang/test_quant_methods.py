@@ -151,9 +151,12 @@ def _case(
     dispatch: str,
     ep_size: int = EP_SIZE,
     options: dict[str, Any] | None = None,
+    hidden_pad: int = 0,
 ) -> Case:
     harness.set_a2a_backend(a2a)
-    weights = make_expert_weights(quant, NUM_EXPERTS, HIDDEN, INTERMEDIATE, seed=5)
+    weights = make_expert_weights(
+        quant, NUM_EXPERTS, HIDDEN, INTERMEDIATE, seed=5, hidden_pad=hidden_pad
+    )
     batch = emulate.make_batch(TOKENS, HIDDEN, NUM_EXPERTS, TOP_K, ep_size=ep_size, seed=6)
     dispatched = emulate.dispatch(batch, dispatch)
     local = NUM_EXPERTS // ep_size
@@ -172,6 +175,10 @@ def _case(
         )
         rank_weights = slice_experts(weights, rank * local, (rank + 1) * local)
         layer = Layer(quant, config, rank_weights, options)
+        if hidden_pad:
+            # Mxfp4MoEMethod.create_weights: H rounded up to 256, the pad kept (mxfp4.py).
+            layer.quant_method.hidden_pad = hidden_pad
+            layer.quant_method.hidden_size = HIDDEN + hidden_pad
         layer.dispatcher = _dispatcher(a2a, dispatch, config)
         layers.append(layer)
         outputs.append(harness.sglang_dispatch_output(ours))
@@ -406,12 +413,49 @@ def test_clamps_sglang_drops_or_the_runners_cannot_serve_are_refused() -> None:
     integration.install(_case("quark_w4a4_mxfp4", "none", "standard").layers[0])
 
 
-def test_mxfp4_padded_hidden_is_refused_at_install() -> None:
-    layer = _case("mxfp4", "none", "standard").layers[0]
-    layer.quant_method.hidden_pad = 64
-    with pytest.raises(integration.SGLangIntegrationError, match="hidden_pad 64"):
+PAD = 64
+PADDED_FORMATS = [
+    (a2a, dispatch)
+    for a2a, dispatch in FORMATS
+    if (dispatch == "standard" or not _standard_only("mxfp4"))
+    and not _sglang_wrong("mxfp4", a2a, dispatch, EP_SIZE)
+]
+
+
+@pytest.mark.parametrize(("a2a", "dispatch"), PADDED_FORMATS, ids=[d for _, d in PADDED_FORMATS])
+def test_mxfp4_padded_hidden_is_served_as_sglang_pads_it(a2a: str, dispatch: str) -> None:
+    """Mxfp4MoEMethod pads H to 256 at load; its apply pads the rows (unless they arrive padded,
+    RMSNorm's x_pad_to_multiple) and passes `hidden_pad`; FusedMoE crops after combine. The
+    installed runner makes the same call on the same padded rows and hands the same combine
+    input; cropped, both are the dense MoE."""
+    case = _case("mxfp4", a2a, dispatch, hidden_pad=PAD)
+    installed = []
+    for layer, output in zip(case.layers, case.outputs, strict=True):
+        assert output.hidden_states.shape[-1] == HIDDEN
+        prepadded = output._replace(
+            hidden_states=torch.nn.functional.pad(output.hidden_states, (0, PAD))
+        )
+        natives = [_native(layer, output), _native(layer, prepadded)]
         integration.install(layer)
-    assert integration.installed(layer) is None
+        for (native, native_call), given in zip(natives, (output, prepadded), strict=True):
+            assert native_call is not None, native
+            assert native_call["hidden_states"].shape[-1] == HIDDEN + PAD
+            assert native_call["hidden_pad"] == PAD
+            ours = layer.quant_method.apply(layer, given)
+            ours_call = harness.last_call()
+            assert compare.call_differences(native_call, ours_call) == []
+            assert compare.combine_differences(native, ours) == []
+            assert compare.call_differences(native_call, compare.perturbed_call(ours_call))
+            assert compare.combine_differences(native, compare.perturbed_combine(ours))
+            # Negative control: without the pad keyword it is another call.
+            assert compare.call_differences(native_call, {**ours_call, "hidden_pad": 0})
+        # FusedMoE.forward_impl crops after combine; combine works row by row, so crop first.
+        installed.append(ours._replace(hidden_states=ours.hidden_states[..., :HIDDEN]))
+        assert integration.uninstall(layer)
+    out = harness.combined(case.dispatched, installed)
+    assert dense_mismatch(out, case.expected, "mxfp4", dispatch) is None
+    assert dense_mismatch(torch.zeros_like(out), case.expected, "mxfp4", dispatch)
+    COUNTS["exact via install(layer) + apply, mxfp4 padded H"] += 1
 
 
 def test_ct_strategies_sglang_does_not_prepare_for_aiter_are_refused() -> None:
