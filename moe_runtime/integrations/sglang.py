@@ -84,7 +84,8 @@ but `Mxfp4MoEMethod` (the runner refuses it: AITER's Situv2 runs on the a16w4 ke
 `fused_moe_kwargs` of `Fp8MoEMethod`, fp4/mxfp8 experts of `Fp8MoEMethod`, compressed-tensors
 fp8 weights that are not channel-wise, a method whose apply would raise before `MoeRunner.run` on
 the layer's formats (`topk_output` on DeepEP/MORI outputs, `expert_mask_gpu` on Mooncake/NIXL
-dispatchers), MORI's mxfp8 wire, DeepEP nvfp4, and quant methods not listed above.
+dispatchers), DeepEP nvfp4, and quant methods not listed above. MORI's mxfp8 wire (0.5.23,
+`DispatchDtype.mxfp8`) is served as `mori_{normal,ll}_mxfp8`.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ import re
 
 import pytest
 import torch
+from sglang.srt.layers.moe.token_dispatcher import moriep
 
 import generated
 from moe_runtime.testing.dynamic import QUANT_METHODS, has_path, known_wrong
@@ -95,8 +96,18 @@ def test_installed_runner_against_sglang(key: tuple[str, str, str], ep_size: int
         assert dense_mismatch(installed, paths.expected, quant, dispatch) is None
         COUNTS["sglang cannot run on CPU (Triton upscale); installed vs dense"] += 1
         return
-    wrong = known_wrong(a2a, quant, dispatch, ep_size=ep_size, hidden_pad=0)
-    if wrong is None:
+    wrong = known_wrong(a2a, quant, dispatch, ep_size=ep_size, hidden_pad=0) is not None
+    _compare(paths, key, ep_size, wrong=wrong)
+
+
+def _compare(
+    paths: Paths, key: tuple[str, str, str], ep_size: int, *, wrong: bool, label: str = ""
+) -> None:
+    """Exact where SGLang is right; where it is `wrong`, the installed path is the dense MoE and
+    SGLang's is not. Each with a negative control; counted under `label`."""
+    _, quant, dispatch = key
+    installed = _combined(paths, "installed")
+    if not wrong:
         for rank in paths.ranks:
             assert not isinstance(rank.native, Exception), rank.native
             assert rank.native_call is not None and rank.installed_call is not None
@@ -118,7 +129,7 @@ def test_installed_runner_against_sglang(key: tuple[str, str, str], ep_size: int
             assert (
                 dense_mismatch(_combined(paths, "native"), paths.expected, quant, dispatch) is None
             )
-        COUNTS["exact"] += 1
+        COUNTS[f"{label}exact"] += 1
         return
     # SGLang is wrong here: the installed path matches the dense MoE, SGLang's does not.
     assert dense_mismatch(installed, paths.expected, quant, dispatch) is None
@@ -142,4 +153,58 @@ def test_installed_runner_against_sglang(key: tuple[str, str, str], ep_size: int
         assert dense_mismatch(
             harness.combined(paths.dispatched, zeroed), paths.expected, quant, dispatch
         )
-    COUNTS["dense (sglang wrong)"] += 1
+    COUNTS[f"{label}dense (sglang wrong)"] += 1
+
+
+# SGLang 0.5.23's MORI mxfp8 wire (DispatchDtype.mxfp8, token_dispatcher/moriep.py:250): fp8 rows
+# with one e8m0 scale per 32, which its pre-permute hands AITER as they are (moe_runner/aiter.py:
+# 464-471). Wrong on every weight this harness builds: fp4 (per_1x32) weights get fp8 rows that
+# AITER's per_1x32 fp4 kernels take only with `quant_dtype_a` (the a8w4 path, which SGLang sets
+# for interleaved weights on gfx95 only, aiter.py:306-310), so the reference kernel refuses them;
+# and two known 0.5.23 defects: bf16 weights get PER_128X128 with those e8m0 scales
+# (aiter.py:406-407), fp8 block / per-token weights their own quant type with an e8m0 a1_scale
+# (aiter.py:389-402).
+MXFP8_WIRES = ("mori_normal_mxfp8", "mori_ll_mxfp8")
+MXFP8_CASES = [
+    (key, ep)
+    for key in sorted(generated.RUNNERS)
+    if key[1] in QUANT_METHODS and key[2] in MXFP8_WIRES and harness.RELEASE != "0.5.13"
+    for ep in EP_SIZES
+]
+
+
+def test_sglang_enables_the_mxfp8_wire_with_this_aiter() -> None:
+    """SGLang turns SGLANG_MORI_DISPATCH_DTYPE=mxfp8 into its mxfp8 wire only when AITER's
+    `get_hip_quant` takes `scale_type` (moriep.py:130-150, 929-939); the fake AITER does."""
+    if harness.RELEASE == "0.5.13":
+        assert not hasattr(moriep.DispatchDtype, "mxfp8")
+        return
+    moriep._aiter_supports_mxfp8_dispatch.cache_clear()
+    assert moriep._aiter_supports_mxfp8_dispatch()
+    moriep._aiter_supports_mxfp8_dispatch.cache_clear()
+
+
+@pytest.mark.parametrize(
+    ("key", "ep_size"), MXFP8_CASES, ids=[f"{'/'.join(k)}-ep{e}" for k, e in MXFP8_CASES]
+)
+def test_installed_runner_on_the_mxfp8_wire(key: tuple[str, str, str], ep_size: int) -> None:
+    quant = key[1]
+    paths = run_paths(key, ep_size)
+    raises = apply_raises(key)
+    if raises is not None:
+        for rank in paths.ranks:
+            assert isinstance(rank.native, AttributeError), rank.native
+            assert re.search(raises, str(rank.native)), rank.native
+        COUNTS["mxfp8 wire: sglang cannot run (apply raises)"] += 1
+        return
+    for rank in paths.ranks:
+        assert not isinstance(rank.installed, Exception), rank.installed
+    for rank in paths.ranks:
+        if quant in FP4_WEIGHTS:
+            assert isinstance(rank.native, ValueError), rank.native
+            assert "float8_e4m3fn do not fit quant_type per_1x32" in str(rank.native)
+        elif rank.native_call is not None:
+            # The defect itself: e8m0 scales under a quant type that reads fp32 ones.
+            assert rank.native_call["a1_scale"].dtype == torch.float8_e8m0fnu
+            assert rank.native_call["quant_type"] is not harness.aiter.QuantType.per_1x32
+    _compare(paths, key, ep_size, wrong=True, label="mxfp8 wire: ")

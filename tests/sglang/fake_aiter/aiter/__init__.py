@@ -7,7 +7,7 @@ import enum
 from .utility import dtypes
 
 __version__ = "0.1.20.post1+fake-sglang"
-__all__ = ["CALLS", "ActivationType", "QuantType", "dtypes"]
+__all__ = ["CALLS", "ActivationType", "QuantType", "dtypes", "get_hip_quant"]
 
 # Every fused_moe call: a dict of every parameter of its signature (defaults filled in).
 CALLS: list[dict[str, object]] = []
@@ -35,3 +35,14 @@ class QuantType(_PybindLikeEnum):
     per_1x32 = 3
     per_1x128 = 4
     per_128x128 = 5
+
+
+def get_hip_quant(quant_type: QuantType, scale_type: object = None) -> object:
+    """AITER's activation quantizer factory, with the `scale_type` keyword whose presence SGLang
+    0.5.23 probes to enable its MORI mxfp8 wire (token_dispatcher/moriep.py:130-150). The tests
+    emulate the dispatch, so the quantizer itself is never called."""
+
+    def quantize(*args: object, **kwargs: object) -> object:
+        raise NotImplementedError("the fake AITER does not quantize activations")
+
+    return quantize
