@@ -85,7 +85,9 @@ but `Mxfp4MoEMethod` (the runner refuses it: AITER's Situv2 runs on the a16w4 ke
 fp8 weights that are not channel-wise, a method whose apply would raise before `MoeRunner.run` on
 the layer's formats (`topk_output` on DeepEP/MORI outputs, `expert_mask_gpu` on Mooncake/NIXL
 dispatchers), DeepEP nvfp4, and quant methods not listed above. MORI's mxfp8 wire (0.5.23,
-`DispatchDtype.mxfp8`) is served as `mori_{normal,ll}_mxfp8`.
+`DispatchDtype.mxfp8`) is served as `mori_{normal,ll}_mxfp8`, and 0.5.23's MORI EPv2 dispatcher
+(`_MoriEPv2DispatcherImplNormal`, by class name) as `mori_v2*`: the runner writes the expert output
+into the dispatch output's `expert_output` (combine's buffer) where SGLang passes it as `output=`.
 """
 
 from __future__ import annotations
@@ -328,6 +330,10 @@ def dispatch_formats(a2a: str, dispatcher: Any) -> tuple[str, ...]:
     if a2a == "mori":
         for impl, mode in ((normal, "normal"), (low_latency, "ll")):
             if impl is not None:
+                if type(impl).__name__ == "_MoriEPv2DispatcherImplNormal":
+                    # 0.5.23's EPv2 (SGLANG_MORI_EP_V2, its default; normal mode only): its
+                    # output carries combine's buffer (`expert_output`), the mori_v2* formats.
+                    mode = "v2"
                 wire = impl.dispatch_dtype.name
                 if wire not in _MORI_WIRES:
                     raise SGLangIntegrationError(
@@ -361,6 +367,7 @@ def _classes(dispatch: str) -> tuple[Any, Any]:
     if dispatch.startswith("mori_"):
         from sglang.srt.layers.moe.token_dispatcher import moriep
 
+        # EPv2's output is 0.5.23's MoriEPNormalDispatchOutput, with `expert_output`.
         if dispatch.startswith("mori_ll"):
             return moriep.MoriEPLLDispatchOutput, moriep.MoriEPLLCombineInput
         return moriep.MoriEPNormalDispatchOutput, moriep.MoriEPNormalCombineInput

@@ -19,6 +19,7 @@ import torch
 from sglang.srt.layers.moe.token_dispatcher import moriep
 
 import generated
+from moe_runtime.integrations import sglang as integration
 from moe_runtime.testing.dynamic import QUANT_METHODS, has_path, known_wrong
 from tests.runners.harness import dense_mismatch
 from tests.sglang import compare, harness
@@ -134,7 +135,7 @@ def _compare(
     # SGLang is wrong here: the installed path matches the dense MoE, SGLang's does not.
     assert dense_mismatch(installed, paths.expected, quant, dispatch) is None
     failures = [r.native for r in paths.ranks if isinstance(r.native, Exception)]
-    if quant == "mxfp4" and dispatch in FP4_WIRES:
+    if quant == "mxfp4" and dispatch.replace("mori_v2", "mori_normal") in FP4_WIRES:
         # The reference kernel reads fp4 activations as AITER's a4w4 kernels would, so the flaw
         # shows in the call: fp4 rows and scales handed to the Swiglu (a16w4, bf16-input) kernel.
         for rank in paths.ranks:
@@ -208,3 +209,74 @@ def test_installed_runner_on_the_mxfp8_wire(key: tuple[str, str, str], ep_size: 
             assert rank.native_call["a1_scale"].dtype == torch.float8_e8m0fnu
             assert rank.native_call["quant_type"] is not harness.aiter.QuantType.per_1x32
     _compare(paths, key, ep_size, wrong=True, label="mxfp8 wire: ")
+
+
+# SGLang 0.5.23's MORI EPv2 (`_MoriEPv2DispatcherImplNormal`, its default): its normal dispatch
+# output with combine's staging buffer `expert_output`, which its AITER runner passes as
+# `output=` when fused_moe takes it (moe_runner/aiter.py:161-165, 249-257); received scales are
+# strided views of MORI's wider scale rows (moriep.py:1536-1545).
+V2_CASES = [
+    (key, ep)
+    for key in sorted(generated.RUNNERS)
+    if key[1] in QUANT_METHODS and key[2].startswith("mori_v2") and harness.RELEASE != "0.5.13"
+    for ep in EP_SIZES
+]
+
+
+@pytest.mark.parametrize(
+    ("key", "ep_size"), V2_CASES, ids=[f"{'/'.join(k)}-ep{e}" for k, e in V2_CASES]
+)
+def test_installed_runner_on_mori_epv2(key: tuple[str, str, str], ep_size: int) -> None:
+    a2a, quant, dispatch = key
+    paths = run_paths(key, ep_size)
+    raises = apply_raises(key)
+    if raises is not None:
+        for rank in paths.ranks:
+            assert isinstance(rank.native, AttributeError), rank.native
+        COUNTS["mori EPv2: sglang cannot run (apply raises)"] += 1
+        return
+    written = 0
+    for rank in paths.ranks:
+        assert not isinstance(rank.installed, Exception), rank.installed
+        buffer = rank.dispatch_output.expert_output
+        if rank.installed_call is not None and buffer is not None:
+            # The installed runner writes the expert output into combine's buffer, no copy.
+            assert rank.installed_call["output"] is buffer
+            assert rank.installed.hidden_states.data_ptr() == buffer.data_ptr()
+            written += 1
+    assert written, "no rank wrote into combine's buffer"
+    # What SGLang does with the rows is its normal pre-permute's: the EPv1 format's verdicts.
+    base = (a2a, quant, dispatch.replace("mori_v2", "mori_normal"))
+    if cpu_blocked(base):
+        for rank in paths.ranks:
+            assert isinstance(rank.native, RuntimeError), rank.native
+            assert "active drivers" in str(rank.native), rank.native
+        installed = _combined(paths, "installed")
+        assert dense_mismatch(installed, paths.expected, quant, dispatch) is None
+        assert dense_mismatch(torch.zeros_like(installed), paths.expected, quant, dispatch)
+        COUNTS["mori EPv2: sglang cannot run on CPU (Triton upscale); installed vs dense"] += 1
+        return
+    wrong = dispatch.endswith("_mxfp8") or (
+        known_wrong(*base, ep_size=ep_size, hidden_pad=0) is not None
+    )
+    _compare(paths, key, ep_size, wrong=wrong, label="mori EPv2: ")
+
+
+def test_epv2_dispatcher_is_read_as_the_mori_v2_formats() -> None:
+    """`install` reads EPv2 from the dispatcher SGLang built (`_MoriEPv2DispatcherImplNormal`) and
+    its wire from `dispatch_dtype`, as for EPv1 (whose impl gives the mori_normal* formats)."""
+    if harness.RELEASE == "0.5.13":
+        assert not hasattr(moriep, "_MoriEPv2DispatcherImplNormal")
+        return
+    for impl_cls, mode in (
+        (moriep._MoriEPv2DispatcherImplNormal, "v2"),
+        (moriep._MoriEPDispatcherImplNormal, "normal"),
+    ):
+        for dtype, suffix in (("bf16", ""), ("fp8", "_fp8"), ("fp4", "_fp4"), ("mxfp8", "_mxfp8")):
+            impl = impl_cls.__new__(impl_cls)
+            impl.dispatch_dtype = moriep.DispatchDtype[dtype]
+            dispatcher = moriep.MoriEPDispatcher.__new__(moriep.MoriEPDispatcher)
+            dispatcher._normal_dispatcher = impl
+            formats = integration.dispatch_formats("mori", dispatcher)
+            assert formats == (f"mori_{mode}{suffix}",)
+            assert ("mori", "fp8_block", formats[0]) in generated.RUNNERS
