@@ -29,7 +29,7 @@ from moe_runtime.testing.dynamic import known_wrong
 from moe_runtime.testing.weights import make_expert_weights, slice_experts
 from tests.sglang import compare, harness
 from tests.sglang.conftest import COUNTS
-from tests.sglang.paths import HIDDEN, INTERMEDIATE, NUM_EXPERTS, TOKENS, TOP_K
+from tests.sglang.paths import HIDDEN, INTERMEDIATE, NUM_EXPERTS, TOKENS, TOP_K, rank_config
 
 METHODS = ("unquant", "fp8_block", "fp8_channel")
 # (a2a, dispatch) pairs of the dispatchers whose attributes _dispatcher sets.
@@ -126,16 +126,7 @@ def _layers(quant: str, a2a: str, dispatch: str, ep_size: int = 2) -> list[tuple
     local = NUM_EXPERTS // ep_size
     out = []
     for rank, ours in enumerate(dispatched.outputs):
-        config = t.MoeLayerConfig(
-            num_experts=NUM_EXPERTS,
-            num_local_experts=local,
-            ep_rank=rank,
-            ep_size=ep_size,
-            top_k=TOP_K,
-            hidden_size=HIDDEN,
-            intermediate_size=INTERMEDIATE,
-            activation="silu",
-        )
+        config = rank_config(rank, ep_size)
         layer = Layer(quant, config, slice_experts(weights, rank * local, (rank + 1) * local))
         layer.dispatcher = _dispatcher(a2a, dispatch, config)
         out.append((layer, harness.sglang_dispatch_output(ours)))
@@ -169,10 +160,7 @@ def test_apply_through_installed_runner(
         installed = layer.quant_method.apply(layer, dispatch_output)
         installed_call = harness.last_call()
         assert installed_call is not native_call
-        assert compare.call_differences(native_call, installed_call) == []
-        assert compare.combine_differences(native, installed) == []
-        assert compare.call_differences(native_call, compare.perturbed_call(installed_call))
-        assert compare.combine_differences(native, compare.perturbed_combine(installed))
+        compare.assert_exact(native, native_call, installed, installed_call)
         # Off again: SGLang's own path, the same call once more.
         assert integration.uninstall(layer)
         assert integration.installed(layer) is None

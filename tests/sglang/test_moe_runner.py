@@ -78,27 +78,46 @@ def _combined(paths: Paths, which: str) -> torch.Tensor:
 def test_installed_runner_against_sglang(key: tuple[str, str, str], ep_size: int) -> None:
     a2a, quant, dispatch = key
     paths = run_paths(key, ep_size)
-    raises = apply_raises(key)
-    if raises is not None:
-        # SGLang cannot run this combination: every rank's apply raises before MoeRunner.run.
-        for rank in paths.ranks:
-            assert isinstance(rank.native, AttributeError), rank.native
-            assert re.search(raises, str(rank.native)), rank.native
-        COUNTS["sglang cannot run (apply raises)"] += 1
+    if _apply_raised(paths, key):
         return
     for rank in paths.ranks:
         assert not isinstance(rank.installed, Exception), rank.installed
         assert type(rank.installed).__module__.startswith("sglang."), type(rank.installed)
-    installed = _combined(paths, "installed")
-    if cpu_blocked(key):
-        for rank in paths.ranks:
-            assert isinstance(rank.native, RuntimeError), rank.native
-            assert "active drivers" in str(rank.native), rank.native
-        assert dense_mismatch(installed, paths.expected, quant, dispatch) is None
-        COUNTS["sglang cannot run on CPU (Triton upscale); installed vs dense"] += 1
+    if _cpu_blocked(paths, key, key):
         return
     wrong = known_wrong(a2a, quant, dispatch, ep_size=ep_size, hidden_pad=0) is not None
     _compare(paths, key, ep_size, wrong=wrong)
+
+
+def _apply_raised(paths: Paths, key: tuple[str, str, str], label: str = "") -> bool:
+    """Whether SGLang cannot run `key` at all: then every rank's apply raised before
+    MoeRunner.run, as `apply_raises` says (asserted and counted under `label`)."""
+    raises = apply_raises(key)
+    if raises is None:
+        return False
+    for rank in paths.ranks:
+        assert isinstance(rank.native, AttributeError), rank.native
+        assert re.search(raises, str(rank.native)), rank.native
+    COUNTS[f"{label}sglang cannot run (apply raises)"] += 1
+    return True
+
+
+def _cpu_blocked(
+    paths: Paths, key: tuple[str, str, str], verdict: tuple[str, str, str], label: str = ""
+) -> bool:
+    """Whether SGLang's path for `key` needs its ROCm Triton upscale (by the `verdict` key's
+    wire): then it raised on a CPU, and the installed path is compared with the dense MoE."""
+    if not cpu_blocked(verdict):
+        return False
+    _, quant, dispatch = key
+    for rank in paths.ranks:
+        assert isinstance(rank.native, RuntimeError), rank.native
+        assert "active drivers" in str(rank.native), rank.native
+    installed = _combined(paths, "installed")
+    assert dense_mismatch(installed, paths.expected, quant, dispatch) is None
+    assert dense_mismatch(torch.zeros_like(installed), paths.expected, quant, dispatch)
+    COUNTS[f"{label}sglang cannot run on CPU (Triton upscale); installed vs dense"] += 1
+    return True
 
 
 def _compare(
@@ -191,12 +210,7 @@ def test_sglang_enables_the_mxfp8_wire_with_this_aiter() -> None:
 def test_installed_runner_on_the_mxfp8_wire(key: tuple[str, str, str], ep_size: int) -> None:
     quant = key[1]
     paths = run_paths(key, ep_size)
-    raises = apply_raises(key)
-    if raises is not None:
-        for rank in paths.ranks:
-            assert isinstance(rank.native, AttributeError), rank.native
-            assert re.search(raises, str(rank.native)), rank.native
-        COUNTS["mxfp8 wire: sglang cannot run (apply raises)"] += 1
+    if _apply_raised(paths, key, "mxfp8 wire: "):
         return
     for rank in paths.ranks:
         assert not isinstance(rank.installed, Exception), rank.installed
@@ -229,11 +243,7 @@ V2_CASES = [
 def test_installed_runner_on_mori_epv2(key: tuple[str, str, str], ep_size: int) -> None:
     a2a, quant, dispatch = key
     paths = run_paths(key, ep_size)
-    raises = apply_raises(key)
-    if raises is not None:
-        for rank in paths.ranks:
-            assert isinstance(rank.native, AttributeError), rank.native
-        COUNTS["mori EPv2: sglang cannot run (apply raises)"] += 1
+    if _apply_raised(paths, key, "mori EPv2: "):
         return
     written = 0
     for rank in paths.ranks:
@@ -247,14 +257,7 @@ def test_installed_runner_on_mori_epv2(key: tuple[str, str, str], ep_size: int) 
     assert written, "no rank wrote into combine's buffer"
     # What SGLang does with the rows is its normal pre-permute's: the EPv1 format's verdicts.
     base = (a2a, quant, dispatch.replace("mori_v2", "mori_normal"))
-    if cpu_blocked(base):
-        for rank in paths.ranks:
-            assert isinstance(rank.native, RuntimeError), rank.native
-            assert "active drivers" in str(rank.native), rank.native
-        installed = _combined(paths, "installed")
-        assert dense_mismatch(installed, paths.expected, quant, dispatch) is None
-        assert dense_mismatch(torch.zeros_like(installed), paths.expected, quant, dispatch)
-        COUNTS["mori EPv2: sglang cannot run on CPU (Triton upscale); installed vs dense"] += 1
+    if _cpu_blocked(paths, key, base, "mori EPv2: "):
         return
     wrong = dispatch.endswith("_mxfp8") or (
         known_wrong(*base, ep_size=ep_size, hidden_pad=0) is not None

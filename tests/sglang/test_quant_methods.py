@@ -43,7 +43,7 @@ from moe_runtime.testing.weights import make_expert_weights, slice_experts
 from tests.runners.harness import dense_mismatch
 from tests.sglang import compare, harness
 from tests.sglang.conftest import COUNTS
-from tests.sglang.paths import HIDDEN, INTERMEDIATE, NUM_EXPERTS, TOKENS, TOP_K
+from tests.sglang.paths import HIDDEN, INTERMEDIATE, NUM_EXPERTS, TOKENS, TOP_K, rank_config
 from tests.sglang.test_layer import _dispatcher
 
 EP_SIZE = 2
@@ -163,16 +163,7 @@ def _case(
     activation = "swiglu" if quant == "mxfp4" else "silu"
     layers, outputs = [], []
     for rank, ours in enumerate(dispatched.outputs):
-        config = t.MoeLayerConfig(
-            num_experts=NUM_EXPERTS,
-            num_local_experts=local,
-            ep_rank=rank,
-            ep_size=ep_size,
-            top_k=TOP_K,
-            hidden_size=HIDDEN,
-            intermediate_size=INTERMEDIATE,
-            activation="silu",
-        )
+        config = rank_config(rank, ep_size)
         rank_weights = slice_experts(weights, rank * local, (rank + 1) * local)
         layer = Layer(quant, config, rank_weights, options)
         if hidden_pad:
@@ -252,10 +243,7 @@ def test_install_reads_the_method_and_serves_its_apply(
     if not _sglang_wrong(quant, a2a, dispatch, ep_size):
         for (native, native_call), (ours, ours_call) in zip(natives, installed, strict=True):
             assert native_call is not None, native
-            assert compare.call_differences(native_call, ours_call) == []
-            assert compare.combine_differences(native, ours) == []
-            assert compare.call_differences(native_call, compare.perturbed_call(ours_call))
-            assert compare.combine_differences(native, compare.perturbed_combine(ours))
+            compare.assert_exact(native, native_call, ours, ours_call)
         COUNTS["exact via install(layer) + apply, other quant methods"] += 1
         return
     # SGLang passes no expert mask here: the installed path is the dense MoE, SGLang's is not.
@@ -283,67 +271,29 @@ class Option:
     gate_mode: str
     swiglu_limit: float | None
     activation: str
-    gu_itlv: bool = True  # SGLANG_USE_AITER_MOE_GU_ITLV
-    releases: tuple[str, ...] = ("0.5.13", "0.5.23")
+    gu_itlv: bool  # SGLANG_USE_AITER_MOE_GU_ITLV
+    releases: tuple[str, ...]
 
 
-NEW = ("0.5.23",)
-OPTIONS = [
-    # gpt-oss: the clamp as gemm1_clamp_limit; its weights are shuffled gate/up interleaved.
-    Option("clamp", "mxfp4", {"gemm1_clamp_limit": 7.0}, "", "interleave", 7.0, "Swiglu"),
-    Option("swiglu_limit", "mxfp4", {"swiglu_limit": 5.0}, "", "interleave", 5.0, "Swiglu"),
-    Option(
-        "clamp-gu-itlv-off",
-        "mxfp4",
-        {"gemm1_clamp_limit": 7.0},
-        "",
-        "separated",
-        7.0,
-        "Swiglu",
-        gu_itlv=False,
-    ),
-    Option(
-        "clamp-gfx95-split",
-        "mxfp4",
-        {"gemm1_clamp_limit": 7.0, "gate_up_interleaved": False},
-        "gfx95",
-        "separated",
-        7.0,
-        "Swiglu",
-        releases=NEW,
-    ),
-    Option(
-        "situ",
-        "mxfp4",
-        {"activation": "situ", "gemm1_alpha": 1.5, "gemm1_clamp_limit": 2.0},
-        "",
-        "separated",
-        None,
-        "Situv2",
-        releases=NEW,
-    ),
-    Option(
-        "swiglu-oai-gfx95",
-        "quark_w4a4_mxfp4",
-        {"is_gated": True, "gemm1_alpha": 1.702, "gemm1_clamp_limit": 7.0},
-        "gfx95",
-        "separated",
-        7.0,
-        "Swiglu",
-        releases=NEW,
-    ),
-    Option(
-        "swiglu_limit",
-        "quark_w4a4_mxfp4",
-        {"swiglu_limit": 5.0},
-        "",
-        "interleave",
-        5.0,
-        "Silu",
-        releases=NEW,
-    ),
-    Option("gfx1250", "quark_w4a4_mxfp4", {}, "gfx1250", "interleave", None, "Silu", releases=NEW),
+BOTH, NEW = ("0.5.13", "0.5.23"), ("0.5.23",)
+CLAMP, LIMIT = {"gemm1_clamp_limit": 7.0}, {"swiglu_limit": 5.0}
+SPLIT = {**CLAMP, "gate_up_interleaved": False}
+SITU = {"activation": "situ", "gemm1_alpha": 1.5, "gemm1_clamp_limit": 2.0}
+OAI = {"is_gated": True, "gemm1_alpha": 1.702, **CLAMP}
+# name, quant method, MoeRunnerConfig fields, GPU, then what SGLang passes: gate_mode,
+# swiglu_limit, activation; then SGLANG_USE_AITER_MOE_GU_ITLV and the releases. gpt-oss sets the
+# clamp as gemm1_clamp_limit (its weights are shuffled gate/up interleaved), others swiglu_limit.
+_TABLE: list[tuple[Any, ...]] = [
+    ("clamp", "mxfp4", CLAMP, "", "interleave", 7.0, "Swiglu", True, BOTH),
+    ("swiglu_limit", "mxfp4", LIMIT, "", "interleave", 5.0, "Swiglu", True, BOTH),
+    ("clamp-gu-itlv-off", "mxfp4", CLAMP, "", "separated", 7.0, "Swiglu", False, BOTH),
+    ("clamp-gfx95-split", "mxfp4", SPLIT, "gfx95", "separated", 7.0, "Swiglu", True, NEW),
+    ("situ", "mxfp4", SITU, "", "separated", None, "Situv2", True, NEW),
+    ("swiglu-oai-gfx95", "quark_w4a4_mxfp4", OAI, "gfx95", "separated", 7.0, "Swiglu", True, NEW),
+    ("swiglu_limit", "quark_w4a4_mxfp4", LIMIT, "", "interleave", 5.0, "Silu", True, NEW),
+    ("gfx1250", "quark_w4a4_mxfp4", {}, "gfx1250", "interleave", None, "Silu", True, NEW),
 ]
+OPTIONS = [Option(*row) for row in _TABLE]
 OPTIONS_HERE = [o for o in OPTIONS if harness.RELEASE in o.releases]
 
 
@@ -379,10 +329,7 @@ def test_layer_options_reach_the_kernel_as_sglang_passes_them(
         integration.install(layer)
         ours = layer.quant_method.apply(layer, output)
         ours_call = harness.last_call()
-        assert compare.call_differences(native_call, ours_call) == []
-        assert compare.combine_differences(native, ours) == []
-        assert compare.call_differences(native_call, compare.perturbed_call(ours_call))
-        assert compare.combine_differences(native, compare.perturbed_combine(ours))
+        compare.assert_exact(native, native_call, ours, ours_call)
         assert integration.uninstall(layer)
         # Negative control: the other gate_mode is another call and another output.
         with monkeypatch.context() as patch:
@@ -443,10 +390,7 @@ def test_mxfp4_padded_hidden_is_served_as_sglang_pads_it(a2a: str, dispatch: str
             assert native_call["hidden_pad"] == PAD
             ours = layer.quant_method.apply(layer, given)
             ours_call = harness.last_call()
-            assert compare.call_differences(native_call, ours_call) == []
-            assert compare.combine_differences(native, ours) == []
-            assert compare.call_differences(native_call, compare.perturbed_call(ours_call))
-            assert compare.combine_differences(native, compare.perturbed_combine(ours))
+            compare.assert_exact(native, native_call, ours, ours_call)
             # Negative control: without the pad keyword it is another call.
             assert compare.call_differences(native_call, {**ours_call, "hidden_pad": 0})
         # FusedMoE.forward_impl crops after combine; combine works row by row, so crop first.
