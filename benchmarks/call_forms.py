@@ -19,7 +19,11 @@ Numbers are overheads above the floor divided by the hand-written runner's (gen/
 from __future__ import annotations
 
 import argparse
+import ast
+import inspect
 import statistics
+import sys
+import textwrap
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -28,19 +32,10 @@ from typing import Any
 import torch
 
 from benchmarks.cases import build_case
-from benchmarks.common import (
-    Shape,
-    Workload,
-    command_line,
-    device_of,
-    emit,
-    fmt,
-    machine_description,
-    markdown_table,
-    synchronizer,
-    time_interleaved,
-)
-from moe_runtime.types import StandardCombineInput, StandardDispatchOutput
+from benchmarks.common import Shape, Workload, device_of
+from benchmarks.report import command_note, emit, fmt, machine_description, markdown_table
+from benchmarks.timing import synchronizer, time_interleaved
+from moe_runtime.types import StandardCombineInput
 
 MODULE = "benchmarks.call_forms"
 QUANTS = ("unquant", "fp8_block", "mxfp4")
@@ -52,27 +47,40 @@ class _KernelFor(dict[type, Callable[..., torch.Tensor]]):
         raise TypeError(f"not a StandardDispatchOutput: {cls.__qualname__}")
 
 
-def _folded(self: Any, dispatch_output: StandardDispatchOutput) -> StandardCombineInput:
-    kernel = self._kernel_for[type(dispatch_output)]
-    hidden_states = dispatch_output.hidden_states
-    topk_output = dispatch_output.topk_output
-    topk_weights = topk_output.topk_weights
-    topk_ids = topk_output.topk_ids
-    if hidden_states.shape[0] == 0:
-        return StandardCombineInput(hidden_states)
-    out = kernel(hidden_states, self._w13, self._w2, topk_weights, topk_ids)
-    return StandardCombineInput(out)
+_CHECK = "self._dispatch_types[type(dispatch_output)]"
+_FOLDED_READ = "kernel = self._kernel_for[type(dispatch_output)]"
 
 
-def _no_check(self: Any, dispatch_output: StandardDispatchOutput) -> StandardCombineInput:
-    hidden_states = dispatch_output.hidden_states
-    topk_output = dispatch_output.topk_output
-    topk_weights = topk_output.topk_weights
-    topk_ids = topk_output.topk_ids
-    if hidden_states.shape[0] == 0:
-        return StandardCombineInput(hidden_states)
-    out = self._kernel(hidden_states, self._w13, self._w2, topk_weights, topk_ids)
-    return StandardCombineInput(out)
+class _ReadKernel(ast.NodeTransformer):
+    """`self._kernel` -> `kernel`: the hot path calls the kernel its folded lookup returned."""
+
+    def visit_Attribute(self, node: ast.Attribute) -> ast.AST:
+        if ast.unparse(node) == "self._kernel":
+            return ast.copy_location(ast.Name("kernel", ast.Load()), node)
+        return self.generic_visit(node)
+
+
+def _hot_path_without_check(
+    runner_class: type, *, folded: bool
+) -> Callable[..., StandardCombineInput]:
+    """The generated `__call__` of `runner_class` recompiled without its class check (its first
+    statement): `no check`; or with `folded`, the check and the kernel read as one lookup.
+
+    Derived from the generated source, not copied from it, so that each variant differs from
+    the runner it is timed against in that one respect, whatever the template writes.
+    """
+    function = ast.parse(textwrap.dedent(inspect.getsource(runner_class.__call__))).body[0]
+    if not isinstance(function, ast.FunctionDef) or ast.unparse(function.body[0]) != _CHECK:
+        raise RuntimeError(f"{runner_class.__module__}: the hot path does not open with {_CHECK}")
+    body = function.body[1:]
+    if folded:
+        body = [ast.parse(_FOLDED_READ).body[0], *(_ReadKernel().visit(s) for s in body)]
+    function.body = body
+    module = ast.fix_missing_locations(ast.Module([function], type_ignores=[]))
+    namespace = dict(vars(sys.modules[runner_class.__module__]))
+    exec(compile(module, inspect.getsourcefile(runner_class) or "<generated>", "exec"), namespace)
+    call: Callable[..., StandardCombineInput] = namespace[function.name]
+    return call
 
 
 def _variant(runner: Any, call: Callable[..., StandardCombineInput], d: Any) -> Any:
@@ -85,7 +93,9 @@ def _variant(runner: Any, call: Callable[..., StandardCombineInput], d: Any) -> 
 
 
 def _forms(runner: Any, d: Any) -> dict[str, Callable[[], object]]:
-    folded, no_check = _variant(runner, _folded, d), _variant(runner, _no_check, d)
+    hot_path = _hot_path_without_check
+    folded = _variant(runner, hot_path(type(runner), folded=True), d)
+    no_check = _variant(runner, hot_path(type(runner), folded=False), d)
     bound, no_check_bound = runner.__call__, no_check.__call__
     # Each variant makes the generated runner's kernel call (the stub returns one tensor).
     assert folded(d).hidden_states is runner(d).hidden_states is no_check(d).hidden_states
@@ -139,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     table = markdown_table(("combination", "T", "hand over µs", *FORMS), rows)
     body = (
         f"Machine: {machine_description(device, threads=1)}.\n"
-        f"Command: `{command_line(MODULE, argv)}` ({time.perf_counter() - started:.0f} s).\n"
+        f"{command_note(MODULE, argv, started)}\n"
         "Overhead above the floor / the hand-written runner's (1.00 = as fast as the closure).\n\n"
         f"{table}\n\nMedians: "
         + ", ".join(f"{f} {m:.2f}" for f, m in zip(FORMS, medians, strict=True))

@@ -11,14 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import generated
 from benchmarks import handwritten
-from benchmarks.common import (
-    Key,
-    StubKernel,
-    Workload,
-    same_call,
-)
+from benchmarks.common import Key, StubKernel, Workload, same_call
 from moe_runtime.testing.dynamic import DynamicRunner, has_path, known_wrong
 from moe_runtime.testing.recording import KernelCall, RecordingKernel
 from moe_runtime.types import DispatchOutput
@@ -60,17 +54,9 @@ def build_case(workload: Workload, key: Key, tokens: int) -> Case:
     The hand-written runner must make exactly the generated runner's kernel call; a difference
     is a bug in one of them and stops the benchmark.
     """
-    _, quant, dispatch_format = key
-    placed = workload.dispatched(dispatch_format, tokens)
+    dispatch_format = key[2]
+    placed, config, weights, runner_class, reference_call, stub = workload.recorded(key, tokens)
     d = placed.dispatch_output
-    config = workload.config(placed.rank)
-    weights = workload.weights(quant)
-    runner_class = generated.select(*key)
-
-    recorder = RecordingKernel(respond=KernelCall.output_like)
-    runner_class(config, weights, kernel=recorder)(d)
-    reference_call = recorder.only_call()
-    stub = StubKernel(reference_call.output_like())
 
     hand_written = handwritten.build(dispatch_format, stub, reference_call, config, weights)
     hand_recorder = RecordingKernel(respond=KernelCall.output_like)
@@ -98,13 +84,27 @@ def build_case(workload: Workload, key: Key, tokens: int) -> Case:
     )
 
 
+def missing_sglang_path(key: Key) -> str | None:
+    """Why SGLang 0.5.13's path (moe_runtime.testing.dynamic) has no such combination, or None
+    when it has one: MORI EPv2 and the newer wires and quant methods came in later releases."""
+    a2a, quant, dispatch_format = key
+    if not has_path(a2a, dispatch_format):
+        return f"SGLang 0.5.13 has no {dispatch_format} path (it came in a later release)"
+    try:
+        known_wrong(a2a, quant, dispatch_format)
+    except ValueError:
+        return f"SGLang 0.5.13 has no {quant} method (it came in a later release)"
+    return None
+
+
 def _dynamic(
     key: tuple[str, str, str], config: Any, weights: Any, stub: Any, d: Any
 ) -> tuple[Callable[[Any], Any] | None, str]:
     """SGLang 0.5.13's path for this case, or None with the reason it is not benchmarked."""
     a2a, quant, dispatch_format = key
-    if not has_path(a2a, dispatch_format):
-        return None, "SGLang 0.5.13 has no such path (MORI EPv2 came in a later release)"
+    missing = missing_sglang_path(key)
+    if missing:
+        return None, missing
     dynamic: Callable[[Any], Any] | None = DynamicRunner(
         config, weights, quant, kernel=stub, a2a_backend=a2a
     )

@@ -13,31 +13,14 @@ so the asserts' kernels are included.
 from __future__ import annotations
 
 import argparse
-import time
 from collections.abc import Sequence
 
 import torch
 
 import generated
-from benchmarks.common import (
-    QUICK_SHAPE,
-    Key,
-    Shape,
-    StubKernel,
-    Workload,
-    add_common_arguments,
-    command_line,
-    device_of,
-    emit,
-    fmt,
-    key_name,
-    machine_description,
-    markdown_table,
-    select_keys,
-    synchronizer,
-    time_interleaved,
-)
-from moe_runtime.testing.recording import KernelCall, RecordingKernel
+from benchmarks.common import Key, Workload, add_common_arguments, key_name, run_of
+from benchmarks.report import command_note, emit_for, fmt, machine_description, markdown_table
+from benchmarks.timing import synchronizer, time_interleaved
 
 MODULE = "benchmarks.checked_overhead"
 
@@ -46,12 +29,8 @@ def _time_case(
     workload: Workload, key: Key, tokens: int, *, quick: bool, budget: float
 ) -> dict[str, float]:
     """Median µs per call of the plain and the checked runner of `key`, on the same input."""
-    placed = workload.dispatched(key[2], tokens)
-    config, weights = workload.config(placed.rank), workload.weights(key[1])
-    recorder = RecordingKernel(respond=KernelCall.output_like)
-    generated.select(*key)(config, weights, kernel=recorder)(placed.dispatch_output)
-    stub = StubKernel(recorder.only_call().output_like())
-    plain = generated.select(*key)(config, weights, kernel=stub)
+    placed, config, weights, runner_class, _, stub = workload.recorded(key, tokens)
+    plain = runner_class(config, weights, kernel=stub)
     checked = generated.select(*key, checked=True)(config, weights, kernel=stub)
     d = placed.dispatch_output
     return time_interleaved(
@@ -70,17 +49,16 @@ def main(argv: Sequence[str] | None = None) -> list[tuple[str, int, float, float
     add_common_arguments(parser, tokens=(8, 256))
     parser.add_argument("--budget-s", type=float, default=1.0, help="time budget per case")
     args = parser.parse_args(argv)
-    device = device_of(args.device)
-    shape = QUICK_SHAPE if args.quick else Shape()
-    workload = Workload(shape, device, seed=args.seed)
+    run = run_of(args)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    started = time.perf_counter()
     results = []
     try:
-        for key in select_keys(all_keys=args.all_keys, only=args.only):
-            for tokens in [8] if args.quick else args.tokens:
-                times = _time_case(workload, key, tokens, quick=args.quick, budget=args.budget_s)
+        for key in run.keys:
+            for tokens in run.tokens:
+                times = _time_case(
+                    run.workload, key, tokens, quick=args.quick, budget=args.budget_s
+                )
                 results.append((key_name(key), tokens, times["plain"], times["checked"]))
                 print(f"  {key_name(key)} T={tokens}: {times}", flush=True)
     finally:
@@ -89,17 +67,15 @@ def main(argv: Sequence[str] | None = None) -> list[tuple[str, int, float, float
         (f"`{name}`", tokens, fmt(plain_us), fmt(checked_us), fmt(checked_us - plain_us))
         for name, tokens, plain_us, checked_us in results
     ]
+    device = run.device
     body = (
         f"Machine: {machine_description(device, threads=1)}.\n"
-        f"Layer: {shape.describe()}; median µs per call with a stub kernel.\n"
-        f"Command: `{command_line(MODULE, argv)}` ({time.perf_counter() - started:.0f} s).\n\n"
+        f"Layer: {run.shape.describe()}; median µs per call with a stub kernel.\n"
+        f"{command_note(MODULE, argv, run.started)}\n\n"
         + markdown_table(("combination", "T", "plain µs", "checked µs", "prologue µs"), rows)
     )
-    emit(
-        f"Checked variant overhead ({device.type})",
-        body,
-        out_dir=args.out_dir,
-        filename=f"checked_overhead_{device.type}.md",
+    emit_for(
+        device, "Checked variant overhead", body, out_dir=args.out_dir, stem="checked_overhead"
     )
     return results
 

@@ -1,5 +1,6 @@
 """What every benchmark of issue 5 shares: the combinations, the layer shapes, the emulated inputs,
-the stub kernel, interleaved timing, and the markdown tables they print.
+the stub kernel and the command-line options that pick them (timing: benchmarks.timing; the
+markdown they print: benchmarks.report).
 
 Shapes: `tokens` is the size of the global batch that the emulator dispatches over `ep_size` ranks
 (the standard format replicates it, so its kernel sees `tokens` rows); each benchmark runs rank 0,
@@ -11,15 +12,9 @@ from __future__ import annotations
 
 import argparse
 import ast
-import gc
 import inspect
-import os
-import platform
-import shlex
-import statistics
-import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -28,13 +23,14 @@ import torch
 
 import generated
 from moe_runtime.testing import emulate
-from moe_runtime.testing.recording import KernelCall, value_difference
+from moe_runtime.testing.recording import KernelCall, RecordingKernel, value_difference
 from moe_runtime.testing.weights import make_expert_weights
-from moe_runtime.types import DispatchOutput, ExpertWeights, MoeLayerConfig
+from moe_runtime.types import DispatchOutput, ExpertWeights, MoeLayerConfig, Runner
 
 Key = tuple[str, str, str]
 
 DEFAULT_TOKENS = (1, 8, 64, 256)
+QUICK_TOKENS = 8  # --quick's one global batch size
 # Formats whose shapes do not depend on the routing: a CUDA graph can capture their runners.
 STATIC_SHAPE_FORMATS = frozenset(emulate.FORMATS) - {emulate.DEEPEP_NORMAL}
 
@@ -52,6 +48,14 @@ class Shape:
     @property
     def num_experts(self) -> int:
         return self.local_experts * self.ep_size
+
+    def config(self, rank: int) -> MoeLayerConfig:
+        """This layer on `rank` of its EP group, with SiLU (the stub never applies it)."""
+        return MoeLayerConfig(
+            num_experts=self.num_experts, num_local_experts=self.local_experts, ep_rank=rank,
+            ep_size=self.ep_size, top_k=self.top_k, hidden_size=self.hidden,
+            intermediate_size=self.intermediate, activation="silu",
+        )
 
     def describe(self) -> str:
         return (
@@ -174,6 +178,18 @@ class Placed(NamedTuple):
     rows: int  # rows the kernel sees (slots for the low-latency formats)
 
 
+class Recorded(NamedTuple):
+    """A combination on its measured rank for one batch: the rank's config and weights, the
+    kernel call the generated runner makes on the input, and a stub that answers that call."""
+
+    placed: Placed
+    config: MoeLayerConfig
+    weights: ExpertWeights
+    runner_class: type[Runner]
+    call: KernelCall
+    stub: StubKernel
+
+
 def _kernel_rows(output: DispatchOutput) -> int:
     hidden_states = output.hidden_states
     if hidden_states.dim() == 3:
@@ -213,17 +229,17 @@ class Workload:
         return self._weights[quant]
 
     def config(self, rank: int) -> MoeLayerConfig:
-        shape = self.shape
-        return MoeLayerConfig(
-            num_experts=shape.num_experts,
-            num_local_experts=shape.local_experts,
-            ep_rank=rank,
-            ep_size=shape.ep_size,
-            top_k=shape.top_k,
-            hidden_size=shape.hidden,
-            intermediate_size=shape.intermediate,
-            activation="silu",
-        )
+        return self.shape.config(rank)
+
+    def recorded(self, key: Key, tokens: int) -> Recorded:
+        """`key` at `tokens` on its measured rank, its generated runner's kernel call recorded."""
+        placed = self.dispatched(key[2], tokens)
+        config, weights = self.config(placed.rank), self.weights(key[1])
+        runner_class = generated.select(*key)
+        recorder = RecordingKernel(respond=KernelCall.output_like)
+        runner_class(config, weights, kernel=recorder)(placed.dispatch_output)
+        call = recorder.only_call()
+        return Recorded(placed, config, weights, runner_class, call, StubKernel(call.output_like()))
 
     def dispatched(self, dispatch_format: str, tokens: int, *, draw: int = 0) -> Placed:
         """This rank's dispatch output of `dispatch_format` for a batch of `tokens`; `draw`
@@ -250,109 +266,6 @@ class Workload:
                 rank = self.dispatched(dispatch_format, tokens).rank
         output = to_device(outputs[rank], self.device)
         return Placed(rank, output, _kernel_rows(output))
-
-
-def time_interleaved(
-    variants: Mapping[str, Callable[[], object]],
-    *,
-    sync: Callable[[], None],
-    rounds: int,
-    batch_seconds: float,
-    budget_seconds: float,
-    warmup: int = 5,
-) -> dict[str, float]:
-    """Median µs per call of each variant.
-
-    Each round times one batch of calls per variant, in the listed order on even rounds and the
-    reverse on odd ones; a batch is bracketed by `sync` (a device synchronisation on CUDA) and
-    sized to about `batch_seconds`. The garbage collector is paused inside batches. Rounds stop
-    at `rounds`, or earlier (never under 5) when the case would exceed `budget_seconds`.
-    """
-    names = list(variants)
-    per_call: dict[str, float] = {}
-    for name in names:
-        function = variants[name]
-        for _ in range(warmup):
-            function()
-        sync()
-        start = time.perf_counter()
-        function()
-        sync()
-        per_call[name] = max(time.perf_counter() - start, 1e-7)
-    calls = {name: max(1, min(1000, int(batch_seconds / per_call[name]))) for name in names}
-    round_seconds = sum(calls[name] * per_call[name] for name in names)
-    rounds = max(5, min(rounds, int(budget_seconds / max(round_seconds, 1e-9))))
-    samples: dict[str, list[float]] = {name: [] for name in names}
-    for round_index in range(rounds):
-        order = names if round_index % 2 == 0 else names[::-1]
-        for name in order:
-            function, count = variants[name], calls[name]
-            gc.disable()
-            sync()
-            start = time.perf_counter_ns()
-            for _ in range(count):
-                function()
-            sync()
-            elapsed = time.perf_counter_ns() - start
-            gc.enable()
-            samples[name].append(elapsed / count / 1000.0)
-    return {name: statistics.median(values) for name, values in samples.items()}
-
-
-def synchronizer(device: torch.device) -> Callable[[], None]:
-    if device.type == "cuda":
-        return torch.cuda.synchronize
-    return lambda: None
-
-
-def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines.extend("| " + " | ".join(str(cell) for cell in row) + " |" for row in rows)
-    return "\n".join(lines)
-
-
-def fmt(value: float | None, digits: int = 1) -> str:
-    if value is None:
-        return "n/a"
-    return f"{value:.{digits}f}"
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine_description(device: torch.device, *, threads: int | None = None) -> str:
-    """One line naming the machine or card, and the software that produced a table (`threads`:
-    the intra-op threads the measurement ran with, when not the current setting)."""
-    software = (
-        f"Python {platform.python_version()}, torch {torch.__version__}, "
-        f"{threads or torch.get_num_threads()} intra-op thread(s)"
-    )
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        return f"{name} (CUDA {torch.version.cuda}); host {_cpu_model()}; {software}"
-    return f"CPU {_cpu_model()}, {os.cpu_count()} logical cores; {software}"
-
-
-def command_line(module: str, argv: Sequence[str] | None) -> str:
-    """The command that reproduces a run of `module` with `argv` (None: this process's)."""
-    arguments = list(sys.argv[1:] if argv is None else argv)
-    return " ".join(["python -m", module, *(shlex.quote(a) for a in arguments)])
-
-
-def emit(title: str, body: str, *, out_dir: Path | None, filename: str) -> None:
-    """Print a markdown section to stdout and, with `out_dir`, write it to `out_dir/filename`."""
-    text = f"### {title}\n\n{body}\n"
-    print(text, flush=True)
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / filename).write_text(text)
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, *, tokens: Sequence[int]) -> None:
@@ -384,3 +297,46 @@ def device_of(name: str) -> torch.device:
     if device.type not in ("cpu", "cuda"):
         raise SystemExit(f"--device must be cpu or cuda, got {name!r}")
     return device
+
+
+@dataclass(frozen=True)
+class Run:
+    """What the options of `add_common_arguments` select: the workload (`--quick`'s tiny layer or
+    the benchmark's, on `--device`, seeded by `--seed`), the combinations and the batch sizes;
+    and when the measurement started, for the report's Command line."""
+
+    workload: Workload
+    keys: list[Key]
+    tokens: list[int]
+    started: float
+
+    @property
+    def shape(self) -> Shape:
+        return self.workload.shape
+
+    @property
+    def device(self) -> torch.device:
+        return self.workload.device
+
+
+def run_of(
+    args: argparse.Namespace,
+    *,
+    keys: Sequence[Key] | None = None,
+    shape: Shape | None = None,
+    sample_quick: bool = False,
+) -> Run:
+    """The run `args` asks for; `keys` (default: `select_keys` of `--all`/`--only`) and `shape`
+    (default: QUICK_SHAPE under `--quick`, else the default Shape) where a benchmark decides.
+    With `sample_quick` (the slow benchmarks), `--quick` keeps at most four of the keys, spread
+    over the list."""
+    device = device_of(args.device)
+    if keys is None:
+        keys = select_keys(all_keys=args.all_keys, only=args.only)
+    if sample_quick and args.quick:
+        keys = keys[:: max(1, len(keys) // 4)][:4]
+    if shape is None:
+        shape = QUICK_SHAPE if args.quick else Shape()
+    tokens = [QUICK_TOKENS] if args.quick else list(args.tokens)
+    workload = Workload(shape, device, seed=args.seed)
+    return Run(workload, list(keys), tokens, time.perf_counter())

@@ -17,7 +17,6 @@ aot_eager (no C++ compiler).
 from __future__ import annotations
 
 import argparse
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,20 +25,9 @@ import torch
 import torch._dynamo
 
 import generated
-from benchmarks.common import (
-    QUICK_SHAPE,
-    Key,
-    Shape,
-    Workload,
-    add_common_arguments,
-    command_line,
-    device_of,
-    emit,
-    key_name,
-    machine_description,
-    markdown_table,
-    select_keys,
-)
+from benchmarks.cases import missing_sglang_path
+from benchmarks.common import QUICK_SHAPE, Key, Workload, add_common_arguments, key_name, run_of
+from benchmarks.report import command_note, emit_for, machine_description, markdown_table
 from moe_runtime.kernels.reference import ReferenceFusedMoe
 from moe_runtime.testing.dynamic import DynamicRunner, known_wrong
 from moe_runtime.testing.recording import PARAMETERS, output_dtype
@@ -90,32 +78,21 @@ class CustomOpKernel:
     def __init__(self, *, stub: bool = False) -> None:
         self._op = torch.ops.moe_bench.fused_moe_stub if stub else torch.ops.moe_bench.fused_moe
 
-    # fused_moe's parameters spelled out again, on purpose: Dynamo traces this wrapper into the
-    # graphs measured here, and binding `*args, **kwargs` against the protocol adds 30-40 guards
-    # per graph (measured), which would change the guard counts this benchmark reports.
+    # fused_moe's parameters (moe_runtime.types.FusedMoeKernel, enums as ints) spelled out again,
+    # on purpose: Dynamo traces this wrapper into the graphs measured here, and the guards it
+    # installs depend on the wrapper's signature. Binding `*args, **kwargs` against the protocol
+    # added 30-40 guards per graph, and passing them through to an op schema with defaults
+    # removes 2-15 (both measured), either of which would change the guard counts reported.
     def __call__(
-        self,
-        hidden_states: torch.Tensor,
-        w1: torch.Tensor,
-        w2: torch.Tensor,
-        topk_weight: torch.Tensor,
-        topk_ids: torch.Tensor,
-        expert_mask: torch.Tensor | None = None,
-        activation: int = 0,
-        quant_type: int = 0,
-        doweight_stage1: bool = False,
-        w1_scale: torch.Tensor | None = None,
-        w2_scale: torch.Tensor | None = None,
-        a1_scale: torch.Tensor | None = None,
-        a2_scale: torch.Tensor | None = None,
-        block_size_M: int | None = None,
-        num_local_tokens: torch.Tensor | None = None,
-        moe_sorting_dispatch_policy: int = 0,
-        dtype: torch.dtype | None = None,
-        hidden_pad: int = 0,
-        intermediate_pad: int = 0,
-        bias1: torch.Tensor | None = None,
-        bias2: torch.Tensor | None = None,
+        self, hidden_states: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor,
+        topk_weight: torch.Tensor, topk_ids: torch.Tensor, expert_mask: torch.Tensor | None = None,
+        activation: int = 0, quant_type: int = 0, doweight_stage1: bool = False,
+        w1_scale: torch.Tensor | None = None, w2_scale: torch.Tensor | None = None,
+        a1_scale: torch.Tensor | None = None, a2_scale: torch.Tensor | None = None,
+        block_size_M: int | None = None, num_local_tokens: torch.Tensor | None = None,
+        moe_sorting_dispatch_policy: int = 0, dtype: torch.dtype | None = None,
+        hidden_pad: int = 0, intermediate_pad: int = 0,
+        bias1: torch.Tensor | None = None, bias2: torch.Tensor | None = None,
     ) -> torch.Tensor:
         result: torch.Tensor = self._op(
             hidden_states, w1, w2, topk_weight, topk_ids, expert_mask, int(activation),
@@ -123,6 +100,19 @@ class CustomOpKernel:
             num_local_tokens, dtype, hidden_pad, intermediate_pad, bias1, bias2,
         )
         return result
+
+
+class CustomOpOutputKernel:
+    """`CustomOpKernel` with AITER's newer `output` keyword, for the MORI EPv2 runners (which
+    refuse a kernel without it): the result is copied into `output`. A wrapper of its own, so
+    that the other rows' wrapper, and with it their guard counts, stay as they were."""
+
+    def __init__(self) -> None:
+        self._kernel = CustomOpKernel()
+
+    def __call__(self, *args: Any, output: torch.Tensor | None = None, **kwargs: Any) -> Any:
+        result = self._kernel(*args, **kwargs)
+        return result if output is None else output.copy_(result)
 
 
 @dataclass(frozen=True)
@@ -142,7 +132,8 @@ class Row:
     matches_eager: bool | None  # None when fullgraph failed
     dynamic: Explained | None  # None where SGLang's path raises eagerly
     dynamic_error: str | None
-    dynamic_wrong: bool  # SGLang's result is wrong here (moe_runtime.testing.dynamic.known_wrong)
+    # SGLang's result is wrong here (moe_runtime.testing.dynamic.known_wrong); None: no such path
+    dynamic_wrong: bool | None
 
 
 def _short(text: str, limit: int = 110) -> str:
@@ -173,7 +164,9 @@ def check(workload: Workload, key: Key, tokens: int, backend: str) -> Row:
     d = placed.dispatch_output
     config = workload.config(placed.rank)
     weights = workload.weights(quant)
-    kernel = CustomOpKernel()
+    # MORI EPv2 runners write into combine's buffer through `output` (the plan's expert-output
+    # record); every other runner gets the plain wrapper.
+    kernel = CustomOpOutputKernel() if dispatch_format.startswith("mori_v2") else CustomOpKernel()
     runner = generated.select(*key)(config, weights, kernel=kernel)
 
     def call_generated(dispatch_output: Any) -> Any:
@@ -190,6 +183,9 @@ def check(workload: Workload, key: Key, tokens: int, backend: str) -> Row:
     except Exception as error:  # reported in the table: that is the measurement
         fullgraph = _short(f"{type(error).__name__}: {error}", 80)
 
+    missing = missing_sglang_path(key)
+    if missing:
+        return Row(key, generated_explained, fullgraph, matches, None, missing, None)
     # Only traced, never compared: the stub op lets SGLang's wrong paths (which the reference
     # rejects) be traced as far as SGLang's own code goes.
     dynamic_runner = DynamicRunner(
@@ -227,7 +223,7 @@ def table(rows: Sequence[Row]) -> str:
                 dynamic.ops if dynamic else "-",
                 dynamic.guards if dynamic else "-",
                 (dynamic.first_reason or "-") if dynamic else "-",
-                "wrong" if r.dynamic_wrong else "right",
+                "no path" if r.dynamic_wrong is None else ("wrong" if r.dynamic_wrong else "right"),
             )
         )
     headers = (
@@ -249,17 +245,12 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
         "needs a C++ compiler)",
     )
     args = parser.parse_args(argv)
-    device = device_of(args.device)
     # Tracing does not depend on the layer's size: a small layer keeps the reference fast.
-    shape: Shape = QUICK_SHAPE
-    keys = select_keys(all_keys=args.all_keys, only=args.only)
-    if args.quick:
-        keys = keys[:: max(1, len(keys) // 4)][:4]
-    started = time.perf_counter()
-    workload = Workload(shape, device, seed=args.seed)
+    run = run_of(args, shape=QUICK_SHAPE, sample_quick=True)
+    device = run.device
     rows = []
-    for key in keys:
-        row = check(workload, key, args.tokens[0], args.backend)
+    for key in run.keys:
+        row = check(run.workload, key, args.tokens[0], args.backend)
         rows.append(row)
         print(
             f"  {key_name(key)}: generated {row.generated.breaks} break(s), fullgraph "
@@ -268,17 +259,15 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
             flush=True,
         )
     body = (
-        f"Machine: {machine_description(device)}.\nLayer: {shape.describe()}, "
+        f"Machine: {machine_description(device)}.\nLayer: {run.shape.describe()}, "
         f"T={args.tokens[0]}; kernel = custom op `{OP_NAME}` (graph-safe reference inside, "
         f"fake implementation for tracing); backend for fullgraph: {args.backend}; breaks "
         "counted by torch._dynamo.explain; ops = nodes in the traced graphs; guards = checks "
         "Dynamo runs on every call before reusing them.\n"
-        f"Command: `{command_line(MODULE, argv)}` ({time.perf_counter() - started:.0f} s)."
-        f"\n\n{table(rows)}"
+        f"{command_note(MODULE, argv, run.started)}\n\n{table(rows)}"
     )
-    emit(
-        f"torch.compile graph breaks ({device.type})", body,
-        out_dir=args.out_dir, filename=f"compile_breaks_{device.type}.md",
+    emit_for(
+        device, "torch.compile graph breaks", body, out_dir=args.out_dir, stem="compile_breaks"
     )
     return rows
 

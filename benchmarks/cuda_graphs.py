@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,27 +25,19 @@ from typing import Any
 
 import torch
 
-import generated
+from benchmarks.cases import missing_sglang_path
 from benchmarks.common import (
-    QUICK_SHAPE,
     STATIC_SHAPE_FORMATS,
     Key,
-    Shape,
-    StubKernel,
     Workload,
     add_common_arguments,
-    command_line,
-    device_of,
-    emit,
-    fmt,
     key_name,
-    machine_description,
-    markdown_table,
+    run_of,
     select_keys,
 )
+from benchmarks.report import command_note, emit, fmt, machine_description, markdown_table
 from moe_runtime.kernels.reference import ReferenceFusedMoe
 from moe_runtime.testing.dynamic import DynamicRunner
-from moe_runtime.testing.recording import KernelCall, RecordingKernel
 
 MODULE = "benchmarks.cuda_graphs"
 
@@ -160,28 +151,25 @@ class GraphRow:
 
 def run_case(workload: Workload, key: Key, tokens: int, repeats: int) -> GraphRow:
     a2a, quant, dispatch_format = key
-    placed = workload.dispatched(dispatch_format, tokens)
+    placed, config, weights, runner_class, _, stub = workload.recorded(key, tokens)
     fresh = workload.dispatched(dispatch_format, tokens, draw=1).dispatch_output
-    config = workload.config(placed.rank)
-    weights = workload.weights(quant)
-    runner_class = generated.select(*key)
     runner = runner_class(config, weights, kernel=ReferenceFusedMoe(graph_safe=True))
     static_input = clone_output(placed.dispatch_output)
 
     runner(static_input)  # first-call work (cuBLAS handles, lazy init) is not per-call work
     syncs_reference = sync_free(lambda: runner(static_input))
-    recorder = RecordingKernel(respond=KernelCall.output_like)
-    runner_class(config, weights, kernel=recorder)(static_input)
-    call: KernelCall = recorder.only_call()
-    stub = StubKernel(call.output_like())
     bare_runner = runner_class(config, weights, kernel=stub)
     syncs_runner = sync_free(lambda: bare_runner(static_input))
-    dynamic = DynamicRunner(config, weights, quant, kernel=stub, a2a_backend=a2a)
-    try:
-        dynamic(static_input)
-        syncs_dynamic = sync_free(lambda: dynamic(static_input))
-    except Exception as error:  # SGLang's own failure modes
-        syncs_dynamic = f"raises {type(error).__name__}"
+    missing = missing_sglang_path(key)
+    if missing:
+        syncs_dynamic = missing
+    else:
+        dynamic = DynamicRunner(config, weights, quant, kernel=stub, a2a_backend=a2a)
+        try:
+            dynamic(static_input)
+            syncs_dynamic = sync_free(lambda: dynamic(static_input))
+        except Exception as error:  # SGLang's own failure modes
+            syncs_dynamic = f"raises {type(error).__name__}"
 
     eager = clone_output(runner(static_input))
     graph, graph_out = capture(lambda: runner(static_input))
@@ -239,20 +227,14 @@ def main(argv: Sequence[str] | None = None) -> list[GraphRow]:
         help="calls of the reference layer per timed round (3 rounds, median)",
     )
     args = parser.parse_args(argv)
-    device = device_of(args.device)
+    run = run_of(args, keys=graph_keys(all_keys=args.all_keys, only=args.only), sample_quick=True)
+    device = run.device
     if device.type != "cuda":
         raise SystemExit("CUDA graphs need a CUDA device: run with --device cuda")
-    shape = QUICK_SHAPE if args.quick else Shape()
-    keys = graph_keys(all_keys=args.all_keys, only=args.only)
-    tokens = [8] if args.quick else args.tokens
-    if args.quick:
-        keys = keys[:: max(1, len(keys) // 4)][:4]
-    started = time.perf_counter()
-    workload = Workload(shape, device, seed=args.seed)
     rows = []
-    for key in keys:
-        for t in tokens:
-            row = run_case(workload, key, t, 2 if args.quick else args.repeats)
+    for key in run.keys:
+        for t in run.tokens:
+            row = run_case(run.workload, key, t, 2 if args.quick else args.repeats)
             rows.append(row)
             print(
                 f"  {key_name(key)} T={t}: syncs {row.syncs_reference}/{row.syncs_runner}, "
@@ -267,10 +249,10 @@ def main(argv: Sequence[str] | None = None) -> list[GraphRow]:
         or r.replay_equal != 0 or r.fresh_equal != 0
     ]
     body = (
-        f"Machine: {machine_description(device)}.\nLayer: {shape.describe()}; kernel = "
+        f"Machine: {machine_description(device)}.\nLayer: {run.shape.describe()}; kernel = "
         "ReferenceFusedMoe(graph_safe=True) (dense over experts: its times are the reference's, "
         "not AITER's); runner alone = the same runner with the stub kernel, captured.\n"
-        f"Command: `{command_line(MODULE, argv)}` ({time.perf_counter() - started:.0f} s). "
+        f"{command_note(MODULE, argv, run.started)} "
         f"{len(rows) - len(failures)} of {len(rows)} cases sync-free with replay == eager.\n\n"
         f"{table(rows)}"
     )

@@ -22,27 +22,13 @@ from typing import Any
 
 import torch
 
-import generated
 from benchmarks import launches
-from benchmarks.common import (
-    STATIC_SHAPE_FORMATS,
-    Key,
-    Shape,
-    StubKernel,
-    Workload,
-    command_line,
-    device_of,
-    emit,
-    fmt,
-    key_name,
-    machine_description,
-    markdown_table,
-    synchronizer,
-    time_interleaved,
-)
+from benchmarks.cases import missing_sglang_path
+from benchmarks.common import STATIC_SHAPE_FORMATS, Key, Shape, Workload, device_of, key_name
 from benchmarks.cuda_graphs import capture
+from benchmarks.report import command_note, emit, fmt, machine_description, markdown_table
+from benchmarks.timing import synchronizer, time_interleaved
 from moe_runtime.testing.dynamic import DynamicRunner, known_wrong
-from moe_runtime.testing.recording import KernelCall, RecordingKernel
 
 MODULE = "benchmarks.decode_step"
 LAYERS = 61
@@ -100,25 +86,26 @@ def _replay(step: Callable[[], object]) -> Callable[[], object] | str:
 
 def measure(workload: Workload, key: Key, tokens_per_rank: int, budget: float) -> StepRow:
     a2a, quant, dispatch_format = key
-    placed = workload.dispatched(dispatch_format, tokens_per_rank * SHAPE.ep_size)
+    placed, config, weights, runner_type, call, stub = workload.recorded(
+        key, tokens_per_rank * SHAPE.ep_size
+    )
     d = placed.dispatch_output
-    config = workload.config(placed.rank)
-    weights = workload.weights(quant)
-    runner_type = generated.select(*key)
-    recorder = RecordingKernel(respond=KernelCall.output_like)
-    runner_type(config, weights, kernel=recorder)(d)
-    call = recorder.only_call()
-    stub = StubKernel(call.output_like())
     gen_layers = [runner_type(config, weights, kernel=stub) for _ in range(LAYERS)]
-    dyn_layers = [
-        DynamicRunner(config, weights, quant, kernel=stub, a2a_backend=a2a) for _ in range(LAYERS)
-    ]
-    note = known_wrong(a2a, quant, dispatch_format, ep_size=config.ep_size, hidden_pad=0) or ""
-    try:
-        dyn_layers[0](d)
-    except Exception as error:  # SGLang's own failure modes: reported, not timed
-        note = f"raises {type(error).__name__}"
-        dyn_layers = []
+    missing = missing_sglang_path(key)
+    dyn_layers: list[DynamicRunner] = []
+    if missing:
+        note = missing
+    else:
+        dyn_layers = [
+            DynamicRunner(config, weights, quant, kernel=stub, a2a_backend=a2a)
+            for _ in range(LAYERS)
+        ]
+        note = known_wrong(a2a, quant, dispatch_format, ep_size=config.ep_size, hidden_pad=0) or ""
+        try:
+            dyn_layers[0](d)
+        except Exception as error:  # SGLang's own failure modes: reported, not timed
+            note = f"raises {type(error).__name__}"
+            dyn_layers = []
     args, kwargs = call.args, call.kwargs
 
     def floor() -> object:
@@ -254,8 +241,7 @@ def main(argv: Sequence[str] | None = None) -> list[StepRow]:
         "device work it queues; T/rank = decode tokens per rank (global batch T * ep); rows = "
         "rows the kernel sees on the measured rank. Eager = wall time per step, batches "
         "bracketed by a device sync; replay = one CUDA graph of the whole step, replayed.\n"
-        f"Command: `{command_line(MODULE, argv)}` ({time.perf_counter() - started:.0f} s).\n\n"
-        f"{table(rows)}"
+        f"{command_note(MODULE, argv, started)}\n\n{table(rows)}"
     )
     emit("Decode step, 61 layers", body, out_dir=args.out_dir, filename="decode_step.md")
     return rows

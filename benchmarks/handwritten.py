@@ -9,16 +9,22 @@ mapping; per-call ones are passed by name.
 
 The benchmark checks that each of these makes exactly the kernel call that the generated runner
 makes, so the comparison is between two implementations of the same work.
+
+The closures repeat each other's lines on purpose (the MORI ones most): each is one combination's
+straight-line hot path, and a helper shared between them would put a Python call per invocation
+into the baseline that `gen/hand` is measured against. What they share at build time (`Bound`,
+`_Slabs`, `_upscaler`) is written once.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
 from moe_runtime import loadtime
+from moe_runtime.kernels import upscale
 from moe_runtime.testing import emulate
 from moe_runtime.testing.recording import KernelCall
 from moe_runtime.types import (
@@ -37,12 +43,45 @@ from moe_runtime.types import (
 Kernel = Callable[..., torch.Tensor]
 HandWritten = Callable[[Any], Any]
 
-_FP8_WIRES = frozenset(
-    {emulate.DEEPEP_LL_FP8, emulate.MORI_NORMAL_FP8, emulate.MORI_LL_FP8, emulate.MORI_V2_FP8}
+
+class Bound(NamedTuple):
+    """What every hand-written runner closes over: the kernel, the two weights as the generated
+    runner passes them, and the keywords fixed at load (each builder unpacks it into locals, so
+    its closure reads them as the hand-written code it stands for would)."""
+
+    kernel: Kernel
+    w13: torch.Tensor
+    w2: torch.Tensor
+    static: Mapping[str, Any]
+
+
+# The quantized wires, each with the upscaler a runner binds where its kernel cannot take it.
+_WIRE_UPSCALERS: Mapping[str, upscale.UpscalerName] = {
+    emulate.DEEPEP_LL_FP8: "dequantize_fp8_1x128",
+    emulate.MORI_NORMAL_FP8: "dequantize_fp8_1x128",
+    emulate.MORI_LL_FP8: "dequantize_fp8_1x128",
+    emulate.MORI_V2_FP8: "dequantize_fp8_1x128",
+    emulate.MORI_NORMAL_FP4: "dequantize_mxfp4",
+    emulate.MORI_LL_FP4: "dequantize_mxfp4",
+    emulate.MORI_V2_FP4: "dequantize_mxfp4",
+    emulate.MORI_NORMAL_MXFP8: "dequantize_mxfp8",
+    emulate.MORI_LL_MXFP8: "dequantize_mxfp8",
+    emulate.MORI_V2_MXFP8: "dequantize_mxfp8",
+    emulate.MORI_NORMAL_FP8_TOKEN: "dequantize_fp8_per_row",
+    emulate.MORI_LL_FP8_TOKEN: "dequantize_fp8_per_row",
+}
+_MORI_V2 = frozenset(
+    {emulate.MORI_V2, emulate.MORI_V2_FP8, emulate.MORI_V2_FP4, emulate.MORI_V2_MXFP8}
 )
-_FP4_WIRES = frozenset({emulate.MORI_NORMAL_FP4, emulate.MORI_LL_FP4, emulate.MORI_V2_FP4})
-_MORI_V2 = frozenset({emulate.MORI_V2, emulate.MORI_V2_FP8, emulate.MORI_V2_FP4})
-_MORI_LL = frozenset({emulate.MORI_LL, emulate.MORI_LL_FP8, emulate.MORI_LL_FP4})
+_MORI_LL = frozenset(
+    {
+        emulate.MORI_LL,
+        emulate.MORI_LL_FP8,
+        emulate.MORI_LL_FP4,
+        emulate.MORI_LL_MXFP8,
+        emulate.MORI_LL_FP8_TOKEN,
+    }
+)
 
 
 def build(
@@ -63,7 +102,7 @@ def build(
             "the hand-written runners are written for weights without hidden padding, got "
             f"hidden_pad={weights.hidden_pad}"
         )
-    quantized_wire = dispatch_format in _FP8_WIRES | _FP4_WIRES
+    quantized_wire = dispatch_format in _WIRE_UPSCALERS
     upscale = quantized_wire and reference_call.tensor("hidden_states").dtype in (
         torch.bfloat16,
         torch.float16,
@@ -75,32 +114,37 @@ def build(
         per_call.add("a1_scale")
     static = {k: v for k, v in reference_call.kwargs.items() if k not in per_call}
     w13, w2 = reference_call.tensor("w1"), reference_call.tensor("w2")
+    bound = Bound(kernel, w13, w2, static)
     rows = reference_call.tensor("hidden_states").shape[0]
     if dispatch_format == emulate.STANDARD:
-        return standard(kernel, w13, w2, static)
+        return standard(bound)
     if dispatch_format == emulate.DEEPEP_NORMAL:
-        return deepep_normal(kernel, w13, w2, static, config.num_local_experts)
+        return deepep_normal(bound, config.num_local_experts)
     slabs = _Slabs(config.num_local_experts, rows, w13.device)
     if dispatch_format == emulate.DEEPEP_LL:
-        return deepep_ll(kernel, w13, w2, static, slabs)
+        return deepep_ll(bound, slabs)
     if dispatch_format == emulate.DEEPEP_LL_FP8 and upscale:
-        return deepep_ll_fp8_upscale(kernel, w13, w2, static, slabs)
+        return deepep_ll_fp8_upscale(bound, slabs)
     if dispatch_format == emulate.DEEPEP_LL_FP8:
-        return deepep_ll_fp8(kernel, w13, w2, static, slabs)
+        return deepep_ll_fp8(bound, slabs)
     if dispatch_format in _MORI_V2:
-        return mori_v2(kernel, w13, w2, static, dispatch_format, upscale)
+        return mori_v2(bound, dispatch_format, upscale)
     combine = MoriEPLLCombineInput if dispatch_format in _MORI_LL else MoriEPNormalCombineInput
     if not quantized_wire:
-        return mori_bf16(kernel, w13, w2, static, combine)
+        return mori_bf16(bound, combine)
     if not upscale:
-        return mori_pass_through(kernel, w13, w2, static, combine)
-    name = "dequantize_fp8_1x128" if dispatch_format in _FP8_WIRES else "dequantize_mxfp4"
-    return mori_upscale(kernel, w13, w2, static, combine, loadtime.bind_upscaler(name, w13.device))
+        return mori_pass_through(bound, combine)
+    return mori_upscale(bound, combine, _upscaler(dispatch_format, w13.device))
 
 
-def standard(
-    kernel: Kernel, w13: torch.Tensor, w2: torch.Tensor, static: Mapping[str, Any]
-) -> HandWritten:
+def _upscaler(dispatch_format: str, device: torch.device) -> upscale.Upscaler:
+    """The bound upscaler of a MORI quantized wire, the one the generated runner binds."""
+    return loadtime.bind_upscaler(_WIRE_UPSCALERS[dispatch_format], device)
+
+
+def standard(bound: Bound) -> HandWritten:
+    kernel, w13, w2, static = bound
+
     def run(d: StandardDispatchOutput) -> StandardCombineInput:
         hidden_states = d.hidden_states
         if hidden_states.shape[0] == 0:
@@ -112,13 +156,8 @@ def standard(
     return run
 
 
-def deepep_normal(
-    kernel: Kernel,
-    w13: torch.Tensor,
-    w2: torch.Tensor,
-    static: Mapping[str, Any],
-    num_local_experts: int,
-) -> HandWritten:
+def deepep_normal(bound: Bound, num_local_experts: int) -> HandWritten:
+    kernel, w13, w2, static = bound
     modulus = num_local_experts + 1  # -1 % (L + 1) == L, the sink
 
     def run(d: DeepEPNormalDispatchOutput) -> DeepEPNormalCombineInput:
@@ -147,13 +186,9 @@ class _Slabs:
         self.unit_weights = torch.ones((rows, 1), dtype=torch.float32, device=device)
 
 
-def deepep_ll(
-    kernel: Kernel,
-    w13: torch.Tensor,
-    w2: torch.Tensor,
-    static: Mapping[str, Any],
-    s: _Slabs,
-) -> HandWritten:
+def deepep_ll(bound: Bound, s: _Slabs) -> HandWritten:
+    kernel, w13, w2, static = bound
+
     def run(d: DeepEPLLDispatchOutput) -> DeepEPLLCombineInput:
         slabs, capacity, hidden = d.hidden_states.shape
         rows = slabs * capacity
@@ -164,13 +199,9 @@ def deepep_ll(
     return run
 
 
-def deepep_ll_fp8(
-    kernel: Kernel,
-    w13: torch.Tensor,
-    w2: torch.Tensor,
-    static: Mapping[str, Any],
-    s: _Slabs,
-) -> HandWritten:
+def deepep_ll_fp8(bound: Bound, s: _Slabs) -> HandWritten:
+    kernel, w13, w2, static = bound
+
     def run(d: DeepEPLLDispatchOutput) -> DeepEPLLCombineInput:
         slabs, capacity, hidden = d.hidden_states.shape
         rows = slabs * capacity
@@ -185,13 +216,8 @@ def deepep_ll_fp8(
     return run
 
 
-def deepep_ll_fp8_upscale(
-    kernel: Kernel,
-    w13: torch.Tensor,
-    w2: torch.Tensor,
-    static: Mapping[str, Any],
-    s: _Slabs,
-) -> HandWritten:
+def deepep_ll_fp8_upscale(bound: Bound, s: _Slabs) -> HandWritten:
+    kernel, w13, w2, static = bound
     dequantize = loadtime.bind_upscaler("dequantize_fp8_1x128", w13.device)
 
     def run(d: DeepEPLLDispatchOutput) -> DeepEPLLCombineInput:
@@ -211,13 +237,9 @@ def deepep_ll_fp8_upscale(
 MoriCombine = type[MoriEPNormalCombineInput] | type[MoriEPLLCombineInput]
 
 
-def mori_bf16(
-    kernel: Kernel,
-    w13: torch.Tensor,
-    w2: torch.Tensor,
-    static: Mapping[str, Any],
-    combine: MoriCombine,
-) -> HandWritten:
+def mori_bf16(bound: Bound, combine: MoriCombine) -> HandWritten:
+    kernel, w13, w2, static = bound
+
     def run(d: Any) -> Any:
         hidden_states = d.hidden_states
         if hidden_states.shape[0] == 0:
@@ -231,13 +253,9 @@ def mori_bf16(
     return run
 
 
-def mori_pass_through(
-    kernel: Kernel,
-    w13: torch.Tensor,
-    w2: torch.Tensor,
-    static: Mapping[str, Any],
-    combine: MoriCombine,
-) -> HandWritten:
+def mori_pass_through(bound: Bound, combine: MoriCombine) -> HandWritten:
+    kernel, w13, w2, static = bound
+
     def run(d: Any) -> Any:
         hidden_states = d.hidden_states
         if hidden_states.shape[0] == 0:
@@ -253,13 +271,12 @@ def mori_pass_through(
 
 
 def mori_upscale(
-    kernel: Kernel,
-    w13: torch.Tensor,
-    w2: torch.Tensor,
-    static: Mapping[str, Any],
+    bound: Bound,
     combine: MoriCombine,
-    dequantize: Callable[[torch.Tensor, torch.Tensor, torch.dtype], torch.Tensor],
+    dequantize: upscale.Upscaler,
 ) -> HandWritten:
+    kernel, w13, w2, static = bound
+
     def run(d: Any) -> Any:
         wire = d.hidden_states
         if wire.shape[0] == 0:
@@ -274,16 +291,10 @@ def mori_upscale(
     return run
 
 
-def mori_v2(
-    kernel: Kernel,
-    w13: torch.Tensor,
-    w2: torch.Tensor,
-    static: Mapping[str, Any],
-    dispatch_format: str,
-    upscale: bool,
-) -> HandWritten:
+def mori_v2(bound: Bound, dispatch_format: str, upscale: bool) -> HandWritten:
     """MORI EPv2: the normal format's call with the expert output written into combine's buffer
     (`output=d.expert_output`); the wire as it arrives, its scales passed, or upscaled."""
+    kernel, w13, w2, static = bound
     combine = MoriEPNormalCombineInput
     if dispatch_format == emulate.MORI_V2:
 
@@ -313,8 +324,7 @@ def mori_v2(
             return combine(out, d.origin_topk_ids, d.origin_topk_weights)
 
         return run_pass_through
-    name = "dequantize_fp8_1x128" if dispatch_format in _FP8_WIRES else "dequantize_mxfp4"
-    dequantize = loadtime.bind_upscaler(name, w13.device)
+    dequantize = _upscaler(dispatch_format, w13.device)
 
     def run_upscaled(d: Any) -> Any:
         wire = d.hidden_states

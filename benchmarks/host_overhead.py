@@ -18,30 +18,15 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
 from benchmarks.cases import Case, build_case
-from benchmarks.common import (
-    DEFAULT_TOKENS,
-    QUICK_SHAPE,
-    Shape,
-    Workload,
-    add_common_arguments,
-    command_line,
-    device_of,
-    emit,
-    fmt,
-    key_name,
-    machine_description,
-    markdown_table,
-    select_keys,
-    synchronizer,
-    time_interleaved,
-)
+from benchmarks.common import DEFAULT_TOKENS, Run, add_common_arguments, key_name, run_of
+from benchmarks.report import command_note, emit_for, fmt, machine_description, markdown_table
+from benchmarks.timing import synchronizer, time_interleaved
 
 MODULE = "benchmarks.host_overhead"
 
@@ -93,24 +78,20 @@ def family(dispatch_format: str) -> str:
 
 @dataclass(frozen=True)
 class Options:
-    shape: Shape
-    device: torch.device
-    keys: list[tuple[str, str, str]]
-    tokens: list[int]
+    run: Run
     rounds: int
     batch_seconds: float
     budget_seconds: float
-    seed: int
 
 
 def measure(options: Options) -> list[Result]:
     """Time every (combination, tokens) case; progress goes to stdout."""
-    workload = Workload(options.shape, options.device, seed=options.seed)
-    sync = synchronizer(options.device)
+    run = options.run
+    sync = synchronizer(run.device)
     results = []
-    for key in options.keys:
-        for tokens in options.tokens:
-            case = build_case(workload, key, tokens)
+    for key in run.keys:
+        for tokens in run.tokens:
+            case = build_case(run.workload, key, tokens)
             times = time_interleaved(
                 case.callables(),
                 sync=sync,
@@ -206,16 +187,11 @@ def summary_table(results: Sequence[Result]) -> str:
 
 
 def options_from(args: argparse.Namespace) -> Options:
-    device = device_of(args.device)
-    keys = select_keys(all_keys=args.all_keys, only=args.only)
+    run = run_of(args)
     if args.quick:
-        return Options(
-            shape=QUICK_SHAPE, device=device, keys=keys, tokens=[8], rounds=5,
-            batch_seconds=0.0002, budget_seconds=0.02, seed=args.seed,
-        )
+        return Options(run, rounds=5, batch_seconds=0.0002, budget_seconds=0.02)
     return Options(
-        shape=Shape(), device=device, keys=keys, tokens=args.tokens, rounds=args.rounds,
-        batch_seconds=args.batch_ms / 1000, budget_seconds=args.budget_s, seed=args.seed,
+        run, rounds=args.rounds, batch_seconds=args.batch_ms / 1000, budget_seconds=args.budget_s
     )
 
 
@@ -234,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> list[Result]:
     )
     args = parser.parse_args(argv)
     options = options_from(args)
-    started = time.perf_counter()
+    device = options.run.device
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:
@@ -247,18 +223,15 @@ def main(argv: Sequence[str] | None = None) -> list[Result]:
             raise RuntimeError(f"{key_name(r.case.key)}: a time is not a positive number")
     table, notes = per_case_table(results)
     header = (
-        f"Machine: {machine_description(options.device, threads=args.threads)}.\n"
-        f"Layer: {options.shape.describe()}; T = global batch dispatched over ep ranks; rows = "
+        f"Machine: {machine_description(device, threads=args.threads)}.\n"
+        f"Layer: {options.run.shape.describe()}; T = global batch dispatched over ep ranks; rows = "
         "rows the kernel sees on the measured rank. Median µs per call; `over` = above the "
         "floor; dyn/gen and gen/hand are ratios of overheads.\n"
-        f"Command: `{command_line(MODULE, argv)}` ({time.perf_counter() - started:.0f} s).\n"
+        f"{command_note(MODULE, argv, options.run.started)}\n"
     )
     notes_text = "\n".join(f"[{i}] {note}" for i, note in enumerate(notes, start=1))
     body = f"{header}\n{summary_table(results)}\n\n{table}\n\n{notes_text}"
-    emit(
-        f"Host overhead per call ({options.device.type})", body,
-        out_dir=args.out_dir, filename=f"host_overhead_{options.device.type}.md",
-    )
+    emit_for(device, "Host overhead per call", body, out_dir=args.out_dir, stem="host_overhead")
     return results
 
 

@@ -14,7 +14,6 @@ code around it. Two counts:
 from __future__ import annotations
 
 import argparse
-import time
 import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -26,19 +25,8 @@ from torch.profiler import ProfilerActivity, profile
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from benchmarks.cases import Case, build_case
-from benchmarks.common import (
-    QUICK_SHAPE,
-    Shape,
-    Workload,
-    add_common_arguments,
-    command_line,
-    device_of,
-    emit,
-    key_name,
-    machine_description,
-    markdown_table,
-    select_keys,
-)
+from benchmarks.common import add_common_arguments, key_name, run_of
+from benchmarks.report import command_note, emit_for, machine_description, markdown_table
 
 MODULE = "benchmarks.launches"
 _LAUNCH_CALLS = frozenset(
@@ -179,17 +167,13 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Count]]:
     )
     add_common_arguments(parser, tokens=(8,))
     args = parser.parse_args(argv)
-    device = device_of(args.device)
-    shape = QUICK_SHAPE if args.quick else Shape()
-    tokens = [8] if args.quick else args.tokens
-    keys = select_keys(all_keys=args.all_keys, only=args.only)
-    started = time.perf_counter()
-    workload = Workload(shape, device, seed=args.seed)
+    run = run_of(args)
+    device = run.device
     cases: list[Case] = []
     counts: list[dict[str, Count]] = []
-    for key in keys:
-        for t in tokens:
-            case = build_case(workload, key, t)
+    for key in run.keys:
+        for t in run.tokens:
+            case = build_case(run.workload, key, t)
             cases.append(case)
             counts.append(count_case(case, device))
     what = (
@@ -201,15 +185,12 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Count]]:
         "allocations excluded), the CPU proxy for launches"
     )
     body = (
-        f"Machine: {machine_description(device)}.\nLayer: {shape.describe()}. Counted: {what}; "
-        "the stub kernel launches nothing, so all of it is the code around the kernel.\n"
-        f"Command: `{command_line(MODULE, argv)}` ({time.perf_counter() - started:.0f} s).\n\n"
+        f"Machine: {machine_description(device)}.\nLayer: {run.shape.describe()}. Counted: "
+        f"{what}; the stub kernel launches nothing, so all of it is the code around the kernel.\n"
+        f"{command_note(MODULE, argv, run.started)}\n\n"
         f"{table(cases, counts, device)}"
     )
-    emit(
-        f"Kernel launches per call ({device.type})", body,
-        out_dir=args.out_dir, filename=f"launches_{device.type}.md",
-    )
+    emit_for(device, "Kernel launches per call", body, out_dir=args.out_dir, stem="launches")
     return counts
 
 

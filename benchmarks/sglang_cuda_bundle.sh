@@ -39,6 +39,15 @@ WHEELS=(
   apache-tvm-ffi==0.1.15.post2 sentencepiece==0.2.3 einops==0.8.2 compressed-tensors==0.20.1
   loguru==0.7.3 gguf==0.19.0
 )
+# SGLang 0.5.13's server_args imports its OpenAI protocol and function-call parsers at import
+# (srt/server_args.py:48 -> srt/entrypoints/openai/protocol.py:36); 0.5.23's MoE path does not.
+if [ "$RELEASE" = 0.5.13 ]; then
+  WHEELS+=(
+    openai==3.57.0 httpx2==2.16.2 httpcore2==2.16.2 truststore==0.10.5 jiter==0.19.0
+    sniffio==1.3.1 partial-json-parser==0.2.1.1.post7 click==8.5.1 rich==15.0.0
+    markdown-it-py==4.3.0 mdurl==0.1.2 charset-normalizer==3.5.3
+  )
+fi
 
 installed=$("$VENV/bin/python" -c "import importlib.metadata as m; print(m.version('sglang'))")
 if [ "$installed" != "$RELEASE" ]; then
@@ -74,9 +83,12 @@ site = work / "site"
 for wheel in sorted((work / "wheels").glob("*.whl")):
     zipfile.ZipFile(wheel).extractall(site)
 # Directories (relative to site-packages) holding an imported file, and all their parents; the
-# layers, kernels, distributed and utils trees stay whole (their CUDA branches import more).
+# layers, kernels, distributed and utils trees stay whole (their CUDA branches import more), and
+# so does jit_kernel, whose utils look up its own data directories by path at import (0.5.13:
+# moe_runner/runner.py -> deep_gemm.py -> jit_kernel/dsv4, `_resolve_kernel_path`).
 whole = [pathlib.PurePath(p) for p in ("sglang/srt/layers", "sglang/kernels",
-                                       "sglang/srt/distributed", "sglang/srt/utils")]
+                                       "sglang/srt/distributed", "sglang/srt/utils",
+                                       "sglang/jit_kernel")]
 kept = set()
 for line in (work / "used.txt").read_text().split():
     parts = pathlib.PurePath(line).parts

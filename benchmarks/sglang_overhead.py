@@ -30,18 +30,15 @@ os.environ["MOE_RUNTIME_KERNEL"] = "aiter"
 
 import aiter.fused_moe  # noqa: E402  (the fake: its fused_moe is replaced by the stub below)
 
-from benchmarks.common import (  # noqa: E402
-    StubKernel,
+from benchmarks.common import Shape, StubKernel, device_of  # noqa: E402
+from benchmarks.report import (  # noqa: E402
     command_line,
-    device_of,
     emit,
     fmt,
     machine_description,
     markdown_table,
-    synchronizer,
-    time_interleaved,
 )
-from moe_runtime import types as t  # noqa: E402
+from benchmarks.timing import synchronizer, time_interleaved  # noqa: E402
 from moe_runtime.integrations import sglang as integration  # noqa: E402
 from moe_runtime.testing import emulate  # noqa: E402
 from moe_runtime.testing.weights import make_expert_weights, slice_experts  # noqa: E402
@@ -56,6 +53,10 @@ KEYS = (
     ("mori", "unquant", "mori_ll"),
 )
 EXPERTS, HIDDEN, INTERMEDIATE, TOP_K, EP_SIZE = 8, 256, 128, 4, 2
+LAYER = Shape(
+    hidden=HIDDEN, top_k=TOP_K, local_experts=EXPERTS // EP_SIZE, ep_size=EP_SIZE,
+    intermediate=INTERMEDIATE,
+)
 
 
 def measure_key(
@@ -68,18 +69,8 @@ def measure_key(
         tokens, HIDDEN, EXPERTS, TOP_K, ep_size=EP_SIZE, seed=1, device=device
     )
     ours = emulate.dispatch(batch, dispatch).outputs[0]
-    local = EXPERTS // EP_SIZE
-    config = t.MoeLayerConfig(
-        num_experts=EXPERTS,
-        num_local_experts=local,
-        ep_rank=0,
-        ep_size=EP_SIZE,
-        top_k=TOP_K,
-        hidden_size=HIDDEN,
-        intermediate_size=INTERMEDIATE,
-        activation="silu",
-    )
-    rank_weights = slice_experts(weights, 0, local)
+    config = LAYER.config(0)
+    rank_weights = slice_experts(weights, 0, LAYER.local_experts)
     dispatch_output = harness.sglang_dispatch_output(ours)
     info = harness.quant_info(quant, rank_weights, harness.Dispatcher(a2a, config), dispatch_output)
     rows = ours.hidden_states.shape[0]

@@ -29,14 +29,8 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import (
-    command_line,
-    device_of,
-    emit,
-    fmt,
-    machine_description,
-    markdown_table,
-)
+from benchmarks.common import device_of
+from benchmarks.report import command_note, emit, fmt, machine_description, markdown_table
 from moe_runtime import quant
 
 MODULE = "benchmarks.triton_launch"
@@ -184,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"Launch bound: {kind}; specialisations compiled: fp8 "
         f"{len(getattr(triton_dequant.FP8_LAUNCH, 'specialisations', ()))}, fp4 "
         f"{len(getattr(triton_dequant.MXFP4_LAUNCH, 'specialisations', ()))}.\n"
-        f"Command: `{command_line(MODULE, argv)}` ({time.perf_counter() - started:.0f} s).\n"
+        f"{command_note(MODULE, argv, started)}\n"
         "Median host µs per call (no sync inside a timed batch); saved = jit - fast.\n\n"
         f"{table}\n\n"
         + (

@@ -172,7 +172,7 @@ QUANT_RULES = (
     ),
     Rule(
         "kernel_quant", ("per_1x32",), "weight_kind", ("fp4", "fp8"),
-        "per_1x32 is AITER's mxfp4 path, and from v0.1.17 its mxfp8 one",
+        "per_1x32 is AITER's mxfp4 path, and from v0.1.16.post1 its mxfp8 one",
     ),
     Rule(
         "weight_kind", ("fp8", "int4", "fp4"), "has_weight_scales", ("true",),

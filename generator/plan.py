@@ -282,11 +282,22 @@ def _wire_handling(fmt: DispatchFormat, handling: WireHandling, reason: str) -> 
         case _:
             assert_never(handling)
     passed = handling is WireHandling.PASS_THROUGH
+    what = f"{fmt.wire.value}, {handling.value}"
+    min_aiter = ""
+    load: tuple[str, ...] = ("wire_upscale",) if handling is WireHandling.UPSCALE else ()
+    if passed and fmt.wire is Wire.MXFP8_1X32:
+        # AITER quantizes per_1x32 input again and ignores a1_scale (moe_runtime.kernels.
+        # reads_mxfp8_activations): a kernel that does so is refused at load.
+        what += "; the kernel must read mxfp8 activations as they are (refused at load otherwise)"
+        load = ("require_mxfp8_activations",)
+        # No AITER release yet, nor main at e4048607a5 (docs/formats.md, the mxfp8 wire).
+        min_aiter = "after v0.1.20.post1"
     return Decision(
         "wire",
-        f"{fmt.wire.value}, {handling.value}",
+        what,
         reason,
-        load=("wire_upscale",) if handling is WireHandling.UPSCALE else (),
+        load=load,
+        min_aiter=min_aiter,
         call=call,
         check=(scale if quantized else "no_scale",),
         kernel_arguments=(KernelArgument("a1_scale", "hidden_states_scale"),) if passed else (),

@@ -4,7 +4,7 @@ exact comparison of a call and a combine input with the recorded ones."""
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,7 @@ from moe_runtime.testing.recording import KERNEL_DEFAULTS, as_dtype, value_diffe
 from moe_runtime.types import (
     DeepEPNormalDispatchOutput,
     ExpertWeights,
+    MoeLayerConfig,
     MoriEPLLDispatchOutput,
     MoriEPNormalDispatchOutput,
     StandardDispatchOutput,
@@ -99,3 +100,20 @@ def build_dispatch_output(dispatch: str, fields: dict[str, Any]) -> Any:
         return DeepEPNormalDispatchOutput(**fields)
     output_type = MoriEPLLDispatchOutput if "_ll" in dispatch else MoriEPNormalDispatchOutput
     return output_type(**{**fields, "out_dtype": as_dtype(fields["out_dtype"])})
+
+
+# What `replay` builds a runner from: the vector's key, layer config and weights.
+RunnerOf = Callable[[tuple[str, str, str], MoeLayerConfig, ExpertWeights], Callable[[Any], Any]]
+
+
+def replay(path: Path, runner_of: RunnerOf) -> tuple[dict[str, Any], Any]:
+    """A vector, and the combine input of the runner `runner_of` builds for it on its dispatch
+    output."""
+    vector = load_vector(path)
+    a2a, quant, dispatch = vector["key"]
+    runner = runner_of(
+        (a2a, quant, dispatch),
+        MoeLayerConfig(**vector["config"]),
+        build_weights(vector["weights"]),
+    )
+    return vector, runner(build_dispatch_output(dispatch, vector["dispatch_output"]))

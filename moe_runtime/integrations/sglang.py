@@ -56,7 +56,15 @@ SGLang names this module relies on (present in both releases):
   `QuarkFusedMoEMethod` / `CompressedTensorsFusedMoEMethod`, its `scheme`; by class name:
   - `UnquantizedFusedMoEMethod` (`_aiter_runner`, `layer.w13_weight`, `layer.w2_weight`)
   - `Fp8MoEMethod` (`runner`, `block_quant`, `is_fp4_expert`, `use_mxfp8`,
-    `maybe_get_hip_aiter_quant_info(layer)`)
+    `convert_mxfp8_to_block` and `moe_runner_config` (0.5.23, mxfp8),
+    `maybe_get_hip_aiter_quant_info(layer)`); per-tensor checkpoints read as `fp8_channel`, the
+    per_Token call SGLang makes with the per-row `*_scale1` it folds them into
+  - `QuarkW8A8FP8MoE` (0.5.23: `runner`, `weight_qscheme`; `layer.w13_weight`, `w2_weight`,
+    `w13_weight_scale`, `w2_weight_scale`, `w13_input_scale`, `w2_input_scale`)
+  - `QuarkW4A8MXFp4MoE` (0.5.23 only: `runner`, `moe_runner_config`, `hidden_pad`,
+    `intermediate_pad`; `layer.w13_weight` / `w2_weight` (uint8-held fp4, `is_shuffled`),
+    `w13_weight_scale`, `w2_weight_scale`, `w13_weight_bias`, `w2_weight_bias`,
+    `w13_input_scale`, `w2_input_scale`)
   - `Mxfp4MoEMethod` (`runner`, `moe_runner_config`, `hidden_pad`, `intermediate_pad`,
     `with_bias` (0.5.23); `layer.w13_weight` / `w2_weight` (uint8-held fp4, `is_shuffled`),
     `w13_weight_scale`, `w2_weight_scale`, `w13_weight_bias`, `w2_weight_bias`)
@@ -81,13 +89,16 @@ fused shared experts, a `swiglu_limit` on a quant method other than `Mxfp4MoEMet
 `QuarkW4A4MXFp4MoE` (this integration does not read the clamp and gate_mode those methods hand
 the runner), a clamp on SGLang 0.5.13's Quark W4A4 MXFP4 (its apply drops it), situ on any method
 but `Mxfp4MoEMethod` (the runner refuses it: AITER's Situv2 runs on the a16w4 kernels only),
-`fused_moe_kwargs` of `Fp8MoEMethod`, fp4/mxfp8 experts of `Fp8MoEMethod`, compressed-tensors
-fp8 weights that are not channel-wise, a method whose apply would raise before `MoeRunner.run` on
-the layer's formats (`topk_output` on DeepEP/MORI outputs, `expert_mask_gpu` on Mooncake/NIXL
-dispatchers), DeepEP nvfp4, and quant methods not listed above. MORI's mxfp8 wire (0.5.23,
-`DispatchDtype.mxfp8`) is served as `mori_{normal,ll}_mxfp8`, and 0.5.23's MORI EPv2 dispatcher
-(`_MoriEPv2DispatcherImplNormal`, by class name) as `mori_v2*`: the runner writes the expert output
-into the dispatch output's `expert_output` (combine's buffer) where SGLang passes it as `output=`.
+`fused_moe_kwargs` of `Fp8MoEMethod` (but its mxfp8 ones), fp4 experts of `Fp8MoEMethod`, its
+mxfp8 experts on SGLang 0.5.13 (SM100 only there), off gfx95 or with an activation other than
+SwiGLU-OAI, Quark W8A8 fp8 weights SGLang runs on Triton (0.5.13, per-tensor weights), Quark
+W4A8 MXFP4 with a padded hidden size, compressed-tensors fp8 weights that are not channel-wise, a
+method whose apply would raise before `MoeRunner.run` on the layer's formats (`topk_output` on
+DeepEP/MORI outputs, `expert_mask_gpu` on Mooncake/NIXL dispatchers), DeepEP nvfp4, and quant
+methods not listed above. MORI's mxfp8 wire (0.5.23, `DispatchDtype.mxfp8`) is served as
+`mori_{normal,ll}_mxfp8`, and 0.5.23's MORI EPv2 dispatcher (`_MoriEPv2DispatcherImplNormal`, by
+class name) as `mori_v2*`: the runner writes the expert output into the dispatch output's
+`expert_output` (combine's buffer) where SGLang passes it as `output=`.
 """
 
 from __future__ import annotations
@@ -496,6 +507,8 @@ _READS_EXPERT_MASK = (
     "Fp8MoEMethod",
     "Mxfp4MoEMethod",
     "QuarkW4A4MXFp4MoE",
+    "QuarkW8A8FP8MoE",
+    "QuarkW4A8MXFp4MoE",
 )
 # The quant methods that delegate to a per-layer scheme (`layer.scheme`, which owns the runner).
 _SCHEME_METHODS = ("QuarkFusedMoEMethod", "CompressedTensorsFusedMoEMethod")
@@ -546,16 +559,78 @@ def _read_unquant(layer: Any, method: Any, ctx: _Context) -> tuple[str, ExpertWe
 
 def _read_fp8(layer: Any, method: Any, ctx: _Context) -> tuple[str, ExpertWeights]:
     """Fp8MoEMethod: block (128x128) or per-channel, from its own `block_quant`; the tensors of
-    its `maybe_get_hip_aiter_quant_info` (fp8.py, both releases)."""
-    if getattr(method, "is_fp4_expert", False) or getattr(method, "use_mxfp8", False):
-        raise ctx.refuse("Fp8MoEMethod's fp4/mxfp8 experts are not served")
+    its `maybe_get_hip_aiter_quant_info` (fp8.py, both releases). A per-tensor checkpoint is
+    per-channel here: SGLang folds its scales into the per-row `w13_weight_scale1` at load and
+    runs per_Token (`process_weights_hip_scale_padding`, 0.5.13 fp8.py:1740-1741, 0.5.23
+    :2926-2927), so it reads as `fp8_channel`, never as the matrix's `fp8_tensor`. mxfp8: see
+    `_read_fp8_mxfp8`."""
+    if getattr(method, "use_mxfp8", False):
+        return _read_fp8_mxfp8(layer, method, ctx)
+    if getattr(method, "is_fp4_expert", False):
+        raise ctx.refuse("Fp8MoEMethod's fp4 experts are not served")
     quant_info = method.maybe_get_hip_aiter_quant_info(layer)
     if quant_info is None:
         raise ctx.refuse("Fp8MoEMethod builds no AITER quant info (SGLANG_USE_AITER is off)")
     if quant_info.fused_moe_kwargs:
         raise ctx.refuse(f"fused_moe_kwargs {sorted(quant_info.fused_moe_kwargs)} are not served")
-    quant = "fp8_block" if method.block_quant else "fp8_channel"
-    return quant, weights_from_quant_info(quant_info)
+    if method.block_quant:
+        return "fp8_block", weights_from_quant_info(quant_info)
+    return "fp8_channel", _per_row_scales(weights_from_quant_info(quant_info))
+
+
+def _per_row_scales(weights: ExpertWeights) -> ExpertWeights:
+    """Fp8MoEMethod's per-row `*_scale1` as it creates them, `[E, N]` (0.5.13 fp8.py:1088-1103,
+    0.5.23 fp8.py:1763-1778), viewed as the `[E, N, 1]` AITER's per_Token takes
+    (docs/aiter_fused_moe.md; the runners check it): the same memory, no copy."""
+    w13, w2 = weights.w13_scale, weights.w2_scale
+    if w13 is None or w2 is None or w13.dim() != 2:
+        return weights
+    return dataclasses.replace(weights, w13_scale=w13.unsqueeze(-1), w2_scale=w2.unsqueeze(-1))
+
+
+# gemm1_alpha of the one activation SGLang's mxfp8 AITER path runs, SwiGLU-OAI (0.5.23
+# fp8.py:3427-3432 raises NotImplementedError for any other).
+_MXFP8_SWIGLU_ALPHA: Final = 1.702
+
+
+def _read_fp8_mxfp8(layer: Any, method: Any, ctx: _Context) -> tuple[str, ExpertWeights]:
+    """Fp8MoEMethod with `use_mxfp8` (0.5.23 fp8.py:1492-1501): fp8 weights with e8m0 1x32 scales
+    (`w13_weight_scale_inv`), shuffled for AITER's a16w4 layout on gfx95 (fp8.py:2586-2608); its
+    `maybe_get_hip_aiter_quant_info` (fp8.py:3426-3452) hands AITER PER_1X32 with
+    `fused_moe_kwargs` `activation=Swiglu`, `gate_mode=INTERLEAVE` and its clamp as
+    `swiglu_limit` (`_clamp_fp8`): the `mxfp8` runner, which forces Swiglu."""
+    if ctx.release == "0.5.13":
+        raise ctx.refuse(
+            "SGLang 0.5.13 loads Fp8MoEMethod's mxfp8 weights on SM100 only "
+            "(_process_mxfp8_moe_weights, fp8.py:1371-1374): it has no AITER mxfp8 path"
+        )
+    if getattr(method, "convert_mxfp8_to_block", False):
+        raise ctx.refuse(
+            "Fp8MoEMethod converts these mxfp8 weights to block fp8 when it processes them "
+            "(fp8.py:2078-2084, gfx942): install after process_weights_after_loading"
+        )
+    if not _gfx95():
+        raise ctx.refuse(
+            "SGLang runs Fp8MoEMethod's mxfp8 weights on AITER only on gfx95 (fp8.py:2319-2325)"
+        )
+    config = method.moe_runner_config
+    if config.activation == "situ" or config.gemm1_alpha != _MXFP8_SWIGLU_ALPHA:
+        raise ctx.refuse(
+            f"mxfp8 experts with activation {config.activation!r}, gemm1_alpha "
+            f"{config.gemm1_alpha}: SGLang's AITER mxfp8 path runs SwiGLU-OAI (alpha "
+            f"{_MXFP8_SWIGLU_ALPHA}) only and raises for any other (fp8.py:3427-3432)"
+        )
+    quant_info = method.maybe_get_hip_aiter_quant_info(layer)
+    if quant_info is None:
+        raise ctx.refuse("Fp8MoEMethod builds no AITER quant info (SGLANG_USE_AITER is off)")
+    kwargs = dict(quant_info.fused_moe_kwargs or {})
+    activation = getattr(kwargs.pop("activation", None), "name", None)
+    if activation != "Swiglu" or kwargs != {"gate_mode": GateMode.INTERLEAVE.value}:
+        raise ctx.refuse(
+            f"Fp8MoEMethod's mxfp8 fused_moe_kwargs {quant_info.fused_moe_kwargs} are not the "
+            "activation=Swiglu, gate_mode=INTERLEAVE this integration reads"
+        )
+    return "mxfp8", weights_from_quant_info(quant_info)
 
 
 def _fp4_views(layer: Any) -> tuple[Any, Any]:
@@ -648,6 +723,54 @@ def _read_ct_w8a8_fp8(layer: Any, scheme: Any, ctx: _Context) -> tuple[str, Expe
     )
 
 
+def _read_quark_w8a8_fp8(layer: Any, scheme: Any, ctx: _Context) -> tuple[str, ExpertWeights]:
+    """QuarkW8A8FP8MoE.apply_weights' AITER branch (0.5.23 quark/schemes/quark_w8a8_fp8_moe.py:
+    286-307): per_Token with the per-channel scales `[E, N, 1]` its
+    `process_weights_after_loading` leaves (:227-233), the static input scales (None when
+    dynamic) and the expert mask. SGLang takes AITER for per-channel weights only (:266-276);
+    0.5.13 always runs Triton (same file:264)."""
+    if not scheme.runner.runner_backend.is_aiter():
+        raise ctx.refuse(
+            "SGLang 0.5.13's QuarkW8A8FP8MoE always runs Triton (quark_w8a8_fp8_moe.py:264)"
+            if ctx.release == "0.5.13"
+            else f"QuarkW8A8FP8MoE runs {scheme.weight_qscheme} weights on Triton: SGLang takes "
+            "AITER for per-channel weights only (quark_w8a8_fp8_moe.py:266-276)"
+        )
+    return "quark_w8a8_fp8", ExpertWeights(
+        w13_weight=layer.w13_weight,
+        w2_weight=layer.w2_weight,
+        w13_scale=layer.w13_weight_scale,
+        w2_scale=layer.w2_weight_scale,
+        a13_scale=layer.w13_input_scale,
+        a2_scale=layer.w2_input_scale,
+    )
+
+
+def _read_quark_w4a8_mxfp4(layer: Any, scheme: Any, ctx: _Context) -> tuple[str, ExpertWeights]:
+    """QuarkW4A8MXFp4MoE.apply_weights' AITER branch (0.5.23 quark/schemes/
+    quark_w4a8_mxfp4_moe.py:440-531; 0.5.13 has no such class): fp4 views, e8m0 scales, fp32
+    biases, the static fp8 input scales, the router weight in stage 1 and the pads
+    `create_weights` chose (:117-127); its clamp and gate_mode: `_clamp_quark_w4a8_mxfp4`."""
+    if scheme.hidden_pad:
+        raise ctx.refuse(
+            f"hidden_pad {scheme.hidden_pad}: QuarkW4A8MXFp4MoE.apply_weights pads the "
+            "activations before MoeRunner.run, and the runner pads them itself"
+        )
+    w13, w2 = _fp4_views(layer)
+    return "quark_w4a8_mxfp4", ExpertWeights(
+        w13_weight=w13,
+        w2_weight=w2,
+        w13_scale=layer.w13_weight_scale,
+        w2_scale=layer.w2_weight_scale,
+        a13_scale=layer.w13_input_scale,
+        a2_scale=layer.w2_input_scale,
+        b13=layer.w13_weight_bias,
+        b2=layer.w2_weight_bias,
+        doweight_stage1=bool(scheme.moe_runner_config.apply_router_weight_on_input),
+        intermediate_pad=scheme.intermediate_pad,
+    )
+
+
 def _clamp_mxfp4(layer: Any, method: Any, ctx: _Context) -> tuple[float, str | None]:
     """The swiglu clamp Mxfp4MoEMethod puts in its quant info (gpt-oss's `gemm1_clamp_limit`, or
     `swiglu_limit`; none under situ, whose `gemm1_clamp_limit` is its linear_beta: 0.5.13
@@ -684,10 +807,36 @@ def _clamp_quark_w4a4_mxfp4(layer: Any, scheme: Any, ctx: _Context) -> tuple[flo
     return float(limit), requested
 
 
+def _clamp_fp8(layer: Any, method: Any, ctx: _Context) -> tuple[float, str | None]:
+    """Fp8MoEMethod's clamp and requested gate_mode. mxfp8: `swiglu_limit or gemm1_clamp_limit`
+    and INTERLEAVE (0.5.23 fp8.py:3436-3451). Its other experts get SGLang's `swiglu_limit` with a
+    gate_mode from `_aiter_gate_up_interleaved` (fp8.py:3476-3490), not read here: refused; else
+    SwiGLU-OAI's clamp from the layer config, as for a method without a clamp reader."""
+    config = method.moe_runner_config
+    if getattr(method, "use_mxfp8", False):
+        limit = config.swiglu_limit or config.gemm1_clamp_limit or 0.0
+        return float(limit), GateMode.INTERLEAVE.value
+    if config.swiglu_limit:
+        raise ctx.refuse(
+            "swiglu_limit is set: SGLang then passes AITER a clamp and a gate_mode that this "
+            "integration does not read for Fp8MoEMethod's block and per-channel experts"
+        )
+    return float(activation_options(config).get("swiglu_limit", 0.0)), None
+
+
+def _clamp_quark_w4a8_mxfp4(layer: Any, scheme: Any, ctx: _Context) -> tuple[float, str | None]:
+    """QuarkW4A8MXFp4MoE's clamp (gpt-oss's `gemm1_clamp_limit`, else `swiglu_limit`:
+    quark_w4a8_mxfp4_moe.py:524-529); it requests no gate_mode, SGLang's runner picks it."""
+    config = scheme.moe_runner_config
+    return float(config.gemm1_clamp_limit or config.swiglu_limit or 0.0), None
+
+
 # Quant methods whose clamp and gate_mode request this integration reads (else a clamp is refused).
 _CLAMPS: Final[dict[str, Callable[[Any, Any, _Context], tuple[float, str | None]]]] = {
     "Mxfp4MoEMethod": _clamp_mxfp4,
     "QuarkW4A4MXFp4MoE": _clamp_quark_w4a4_mxfp4,
+    "Fp8MoEMethod": _clamp_fp8,
+    "QuarkW4A8MXFp4MoE": _clamp_quark_w4a8_mxfp4,
 }
 
 
@@ -752,6 +901,8 @@ _READERS: Final[dict[str, Callable[[Any, Any, _Context], tuple[str, ExpertWeight
     "QuarkW4A4MXFp4MoE": _read_quark_w4a4_mxfp4,
     "QuarkInt4Fp8MoEMethod": _read_quark_int4fp8,
     "CompressedTensorsW8A8Fp8MoE": _read_ct_w8a8_fp8,
+    "QuarkW8A8FP8MoE": _read_quark_w8a8_fp8,
+    "QuarkW4A8MXFp4MoE": _read_quark_w4a8_mxfp4,
 }
 
 

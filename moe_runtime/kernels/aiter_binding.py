@@ -23,6 +23,7 @@ import torch
 from moe_runtime import gate_up
 from moe_runtime.enums import ActivationType, GateMode, QuantType
 from moe_runtime.kernels import keywords, rounding
+from moe_runtime.kernels.releases import Release, release_of, tag
 from moe_runtime.types import ExpertWeights, FusedMoeKernel
 
 # Distribution names AITER is installed under: the wheel on the package index, a source build.
@@ -33,6 +34,14 @@ _LAYOUT = (16, 16)
 _A16W4_LANES = 16
 # int4 values travel in int8 (the logical layout); anything outside this range is real int8.
 _INT4_MIN, _INT4_MAX = -8, 7
+# fp8 weights with per_1x32 e8m0 scales (mxfp8): `fused_moe_` first picks fp8 activations for
+# them at v0.1.16.post1 (fused_moe.py:408-410); v0.1.16 treats every per_1x32 call as fp4.
+_MXFP8_WEIGHTS_SINCE: Release = (0, 1, 16, 1)
+# Whether AITER's fused_moe reads mxfp8 activations (fp8 + e8m0 per 32) as they are: it does not.
+# Pre-quantized fp8 input is recognised for per_1x128 alone (fused_moe.py e4048607a5:759-767);
+# per_1x32 input on fp8 or fp4 weights is quantized again from `hidden_states`
+# (fused_dynamic_mxfp8_quant_moe_sort, :3074-3099) and `a1_scale` is not read.
+READS_MXFP8_ACTIVATIONS = False
 
 PrepareWeights = Callable[[ExpertWeights, QuantType, ActivationType | None], ExpertWeights]
 _Transform = Callable[..., torch.Tensor]
@@ -101,7 +110,7 @@ def load() -> AiterBinding:
         activation_type=cast(type[ActivationType], aiter.ActivationType),
         version=version,
         origin=_origin(module),
-        prepare=partial(_prepare, ops, "gate_mode" in taken),
+        prepare=partial(_prepare, ops, "gate_mode" in taken, version),
         keywords=taken,
         rounding=rounding.for_version(version, arch),
     )
@@ -131,6 +140,7 @@ def _origin(module: ModuleType) -> str:
 def _prepare(
     ops: _AiterOps,
     has_gate_mode: bool,
+    version: str,
     weights: ExpertWeights,
     quant_type: QuantType,
     activation: ActivationType | None,
@@ -149,7 +159,7 @@ def _prepare(
         torch.float8_e4m3fn,
         torch.float8_e4m3fnuz,
     ):
-        return _prepare_mxfp8(ops, gate_up.separated(weights), has_gate_mode)
+        return _prepare_mxfp8(ops, gate_up.separated(weights), has_gate_mode, version)
     weights = _fp8_for_device(ops, gate_up.separated(weights))
     if quant == QuantType.per_1x32:
         if activation is not None and ActivationType(int(activation)) == ActivationType.Swiglu:
@@ -278,7 +288,7 @@ def _prepare_a16w4(
 
 
 def _prepare_mxfp8(
-    ops: _AiterOps, weights: ExpertWeights, has_gate_mode: bool
+    ops: _AiterOps, weights: ExpertWeights, has_gate_mode: bool, version: str
 ) -> ExpertWeights:
     """fp8 weights with e8m0 scales per 1x32 (mxfp8) in the layout of AITER's a8w8 kernels.
 
@@ -286,14 +296,18 @@ def _prepare_mxfp8(
     `shuffle_weight_a16w4(w13, 16, True)`, `shuffle_scale_a16w4(w13_scale, experts, True)`,
     `shuffle_weight_a16w4(w2, 16, False)` and, unlike the mxfp4 method, `e8m0_shuffle(w2_scale)`;
     the runner passes `gate_mode=INTERLEAVE` (fp8.py:3448-3451). AITER has fp8 per_1x32 kernels
-    from v0.1.17 (fused_moe.py v0.1.20.post1:728-730) and on gfx950 only (SGLang converts mxfp8 to
-    block fp8 on gfx942: fp8.py:2319-2325), so an AITER without `gate_mode` or computing in
-    e4m3fnuz is refused here rather than handed a layout it does not read.
+    from v0.1.16.post1 (`_MXFP8_WEIGHTS_SINCE`) and on gfx950 only (SGLang converts mxfp8 to
+    block fp8 on gfx942: fp8.py:2319-2325), so an older AITER, one without `gate_mode` or one
+    computing in e4m3fnuz is refused here rather than handed a layout it does not read. A version
+    that names no release (a source build) is taken at its word: its signature still decides.
     """
-    if not has_gate_mode or ops.fp8_dtype != torch.float8_e4m3fn:
+    release = release_of(version)
+    too_old = release is not None and release < _MXFP8_WEIGHTS_SINCE
+    if too_old or not has_gate_mode or ops.fp8_dtype != torch.float8_e4m3fn:
         raise ValueError(
-            "mxfp8 weights (fp8 with per_1x32 e8m0 scales) need AITER v0.1.17 or later on gfx950 "
-            f"(fused_moe with gate_mode: {has_gate_mode}; AITER's fp8: {ops.fp8_dtype})"
+            f"mxfp8 weights (fp8 with per_1x32 e8m0 scales) need AITER {tag(_MXFP8_WEIGHTS_SINCE)}"
+            f" or later on gfx950 (installed: {version}; fused_moe with gate_mode: "
+            f"{has_gate_mode}; AITER's fp8: {ops.fp8_dtype})"
         )
     experts = weights.num_local_experts
     w13_scale = _rows(_required_scale(weights.w13_scale, "w13_scale"))

@@ -321,7 +321,7 @@ def _check_call(
         raise ValueError(
             "Situv2 runs on AITER's a16w4 kernels only: it needs per_1x32 and fp4 weights"
         )
-    # AITER (v0.1.17 onwards) quantizes both stages' activations to mxfp8 for fp8 per_1x32
+    # AITER (v0.1.16.post1 onwards) quantizes both stages' activations to mxfp8 for fp8 per_1x32
     # weights, whatever the activation (fused_moe.py v0.1.20.post1:728-730, 3028-3039); for fp4
     # weights the release's rule decides by activation, gate mode and M (kernels.rounding).
     mxfp8 = per_1x32 and w1.dtype in quant.FP8_DTYPES

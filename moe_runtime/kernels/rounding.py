@@ -27,10 +27,10 @@ kernel takes it as a constructor option (default: the newest, `NEWEST`).
 from __future__ import annotations
 
 import enum
-import re
 from dataclasses import dataclass
 
 from moe_runtime.enums import ActivationType, GateMode
+from moe_runtime.kernels.releases import release_of
 
 
 class Rounding(enum.Enum):
@@ -93,17 +93,16 @@ RULES = (
     Mxfp4ActivationRule("v0.1.14", 256, True),
 )
 NEWEST = RULES[-1]
-_RELEASES = ((0, 1, 7), (0, 1, 9), (0, 1, 13), (0, 1, 14))
+_RELEASES = ((0, 1, 7, 0), (0, 1, 9, 0), (0, 1, 13, 0), (0, 1, 14, 0))
 
 
 def for_version(version: str, arch: str = "gfx950") -> Mxfp4ActivationRule:
     """The rule of an AITER version string (`0.1.14`, `0.1.20.post1+rocm`); an unreadable one gets
     the newest rule (AITER's main branch), never an older guess."""
-    match = re.match(r"v?(\d+)\.(\d+)\.(\d+)", version)
-    if match is None:
+    release = release_of(version)
+    if release is None:
         rule = NEWEST
     else:
-        release = tuple(int(part) for part in match.groups())
         rule = RULES[0]
         for candidate, since in zip(RULES, _RELEASES, strict=True):
             if release >= since:

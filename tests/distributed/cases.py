@@ -8,12 +8,11 @@ from typing import Any
 import torch
 
 import generated
-from moe_runtime import types as t
 from moe_runtime.distributed import combine, dispatch, wire
 from moe_runtime.distributed import dispatcher as dispatch_module
 from moe_runtime.testing import emulate
 from moe_runtime.testing.weights import make_expert_weights, slice_experts
-from tests.runners.harness import HIDDEN, INTERMEDIATE, NUM_EXPERTS, TOP_K, Run, layer_activation
+from tests.runners.harness import HIDDEN, INTERMEDIATE, NUM_EXPERTS, TOP_K, Run, layer_config
 
 FAULTS = ("drop", "swap")
 
@@ -97,16 +96,7 @@ def run_layer(
             num_experts=NUM_EXPERTS,
             recv_cap=recv_cap,
         )
-        config = t.MoeLayerConfig(
-            num_experts=NUM_EXPERTS,
-            num_local_experts=local,
-            ep_rank=rank,
-            ep_size=world,
-            top_k=TOP_K,
-            hidden_size=HIDDEN,
-            intermediate_size=INTERMEDIATE,
-            activation=layer_activation(quant),
-        )
+        config = layer_config(quant, ep_size=world, ep_rank=rank)
         runner = generated.select(*key)(
             config, slice_experts(weights, rank * local, (rank + 1) * local)
         )

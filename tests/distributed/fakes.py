@@ -77,11 +77,15 @@ def _check_sent(world: FakeWorld, rank: int, x: torch.Tensor, topk_idx: torch.Te
         raise AssertionError(f"rank {rank}: x is not this rank's bf16 tokens")
 
 
-class FakeDeepEPBuffer:
-    """`deep_ep.Buffer` of one rank (normal and low-latency methods)."""
+class _OneRank:
+    """One rank's object of a dispatcher library, over the shared world."""
 
     def __init__(self, world: FakeWorld, rank: int) -> None:
         self.world, self.rank = world, rank
+
+
+class FakeDeepEPBuffer(_OneRank):
+    """`deep_ep.Buffer` of one rank (normal and low-latency methods)."""
 
     def get_dispatch_layout(
         self,
@@ -149,7 +153,7 @@ class FakeDeepEPBuffer:
         x: torch.Tensor,
         handle: tuple[Any, ...],
         topk_weights: torch.Tensor | None = None,
-        bias: Any = None,
+        bias: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None,
         config: Any = None,
         previous_event: Any = None,
         async_finish: bool = False,
@@ -251,11 +255,23 @@ def _ll_combine(
     return world.combined(rank, x), FakeEvent(), None
 
 
-class FakeMooncakeBuffer:
+class FakeMooncakeBuffer(_OneRank):
     """`mooncake.mooncake_ep_buffer.Buffer` of one rank."""
 
-    def __init__(self, world: FakeWorld, rank: int) -> None:
-        self.world, self.rank = world, rank
+    def combine(
+        self,
+        x: torch.Tensor,
+        topk_idx: torch.Tensor,
+        topk_weights: torch.Tensor,
+        active_ranks: torch.Tensor,
+        timeout_us: int,
+        handle: tuple[Any, ...],
+        zero_copy: bool = False,
+        async_finish: bool = False,
+        return_recv_hook: bool = False,
+        out: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, FakeEvent, Any]:
+        return _ll_combine(self.world, self.rank, x, topk_idx, topk_weights, handle)
 
     def dispatch(
         self,
@@ -275,38 +291,20 @@ class FakeMooncakeBuffer:
             self.world, self.rank, x, topk_idx, num_max_dispatch_tokens_per_rank, use_fp8, False
         )
 
-    def combine(
-        self,
-        x: torch.Tensor,
-        topk_idx: torch.Tensor,
-        topk_weights: torch.Tensor,
-        active_ranks: torch.Tensor,
-        timeout_us: int,
-        handle: tuple[Any, ...],
-        zero_copy: bool = False,
-        async_finish: bool = False,
-        return_recv_hook: bool = False,
-        out: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, FakeEvent, Any]:
-        return _ll_combine(self.world, self.rank, x, topk_idx, topk_weights, handle)
 
-
-class FakeNixlBuffer:
+class FakeNixlBuffer(_OneRank):
     """`nixl_ep.Buffer` of one rank: DeepEP's low-latency calls under NIXL's names (NIXL EP is
     DeepEP's low-latency API), so the fake is DeepEP's."""
-
-    def __init__(self, world: FakeWorld, rank: int) -> None:
-        self.world, self.rank = world, rank
 
     dispatch = FakeDeepEPBuffer.low_latency_dispatch
     combine = FakeDeepEPBuffer.low_latency_combine
 
 
-class FakeMoriOp:
+class FakeMoriOp(_OneRank):
     """`mori.ops.EpDispatchCombineOp` of one rank."""
 
     def __init__(self, world: FakeWorld, rank: int, max_num_inp_token_per_rank: int) -> None:
-        self.world, self.rank = world, rank
+        super().__init__(world, rank)
         self.max_num_inp_token_per_rank = max_num_inp_token_per_rank
 
     def dispatch(

@@ -36,7 +36,7 @@ from tests.distributed.fakes import (
     FakeNixlBuffer,
     FakeWorld,
 )
-from tests.runners.harness import NUM_EXPERTS, TOP_K, run_combination
+from tests.runners.harness import NUM_EXPERTS, TOP_K, keys, run_combination
 
 EP, TOKENS, MAX_TOKENS = 2, 13, 8
 
@@ -68,6 +68,13 @@ def _run(
         a.combine(ci, h) for a, ci, h in zip(adapters, combine_inputs, handles, strict=True)
     ]
     return run, world, outputs, combined
+
+
+def _low_latency(adapter: Any, fake: Any, **options: Any) -> Callable[[FakeWorld, int], Any]:
+    """A low-latency adapter over `fake` on each rank, at this file's capacity and EP size."""
+    return lambda w, r: adapter(
+        fake(w, r), num_experts=NUM_EXPERTS, ep_size=EP, max_tokens_per_rank=MAX_TOKENS, **options
+    )
 
 
 def _check_layer(run: Any, key: tuple[str, str, str], combined: list[torch.Tensor]) -> None:
@@ -119,13 +126,7 @@ def test_deepep_normal_num_worst_tokens_padding() -> None:
 def test_deepep_low_latency(key: tuple[str, str, str], use_fp8: bool) -> None:
     run, _world, outputs, combined = _run(
         key,
-        lambda w, r: DeepEPLowLatency(
-            FakeDeepEPBuffer(w, r),
-            num_experts=NUM_EXPERTS,
-            ep_size=EP,
-            max_tokens_per_rank=MAX_TOKENS,
-            use_fp8=use_fp8,
-        ),
+        _low_latency(DeepEPLowLatency, FakeDeepEPBuffer, use_fp8=use_fp8),
         max_tokens=MAX_TOKENS,
     )
     for rank, output in enumerate(outputs):
@@ -144,15 +145,7 @@ def test_ue8m0_scales_are_unpacked(make: str) -> None:
     adapter = {"nixl": NixlLowLatency, "deepep": DeepEPLowLatency}[make]
     run, world, outputs, combined = _run(
         key,
-        lambda w, r: adapter(
-            fake(w, r),
-            num_experts=NUM_EXPERTS,
-            ep_size=EP,
-            max_tokens_per_rank=MAX_TOKENS,
-            use_fp8=True,
-            round_scale=True,
-            use_ue8m0=True,
-        ),
+        _low_latency(adapter, fake, use_fp8=True, round_scale=True, use_ue8m0=True),
         max_tokens=MAX_TOKENS,
         hidden=512,  # DeepEP packs four UE8M0 scales per int32: H % 512 == 0
     )
@@ -179,16 +172,13 @@ def test_ue8m0_scales_are_unpacked(make: str) -> None:
 
 def test_mooncake() -> None:
     key = ("mooncake", "fp8_channel", "deepep_ll_fp8")
-    active = torch.ones(EP, dtype=torch.int32)
     run, _world, outputs, combined = _run(
         key,
-        lambda w, r: MooncakeLowLatency(
-            FakeMooncakeBuffer(w, r),
-            num_experts=NUM_EXPERTS,
-            ep_size=EP,
-            max_tokens_per_rank=MAX_TOKENS,
+        _low_latency(
+            MooncakeLowLatency,
+            FakeMooncakeBuffer,
             use_fp8=True,
-            active_ranks=active,
+            active_ranks=torch.ones(EP, dtype=torch.int32),
             timeout_us=1000,
         ),
         max_tokens=MAX_TOKENS,
@@ -220,25 +210,19 @@ def test_mooncake_refuses_what_it_cannot_carry() -> None:
         )
 
 
-@pytest.mark.parametrize(
-    "key",
-    [
-        ("mori", "unquant", "mori_normal"),
-        ("mori", "fp8_block", "mori_ll_fp8"),
-        ("mori", "quark_w4a4_mxfp4", "mori_normal_fp4"),
-        ("mori", "mxfp8", "mori_ll_mxfp8"),
-        ("mori", "fp8_channel", "mori_normal_fp8_token"),
-    ],
-    ids="/".join,
-)
+# Each MORI key with the wire its dispatcher is opened with.
+MORI_WIRES = {
+    "mori/unquant/mori_normal": "bf16",
+    "mori/fp8_block/mori_ll_fp8": "fp8",
+    "mori/quark_w4a4_mxfp4/mori_normal_fp4": "fp4",
+    "mori/mxfp8/mori_ll_mxfp8": "mxfp8",
+    "mori/fp8_channel/mori_normal_fp8_token": "fp8_token",
+}
+
+
+@pytest.mark.parametrize("key", keys(*MORI_WIRES), ids="/".join)
 def test_mori(key: tuple[str, str, str]) -> None:
-    wire = {
-        "mori_normal": "bf16",
-        "mori_ll_fp8": "fp8",
-        "mori_normal_fp4": "fp4",
-        "mori_ll_mxfp8": "mxfp8",
-        "mori_normal_fp8_token": "fp8_token",
-    }[key[2]]
+    wire = MORI_WIRES["/".join(key)]
     run, _world, outputs, combined = _run(
         key,
         lambda w, r: MoriDispatcher(

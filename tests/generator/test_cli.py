@@ -3,7 +3,6 @@ verification failures that leave --out untouched, --list / --explain, and genera
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import os
 import shutil
@@ -14,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from generator import cli, render, verify
+from tests.generator.cli_run import generate, run, tree_digest
 from tests.generator.malformed.expected import CORPUS_DIR, EXPECTED
 
 REPO = Path(__file__).resolve().parents[2]
@@ -66,25 +66,10 @@ def small_matrix(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def run(*args: str | Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    code = cli.main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def tree_digest(root: Path) -> dict[str, str]:
-    return {
-        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
-
-
 @pytest.fixture()
 def out(tmp_path: Path, small_matrix: Path, capsys: pytest.CaptureFixture[str]) -> Path:
     target = tmp_path / "gen_small"
-    code, _, err = run("--matrix", small_matrix, "--out", target, "--no-typecheck", capsys=capsys)
-    assert code == 0, err
+    generate(small_matrix, target, capsys)
     return target
 
 
@@ -216,71 +201,52 @@ def _broken_templates(tmp_path: Path, fragment: str, old: str, new: str) -> Path
     return copy
 
 
-def test_branch_in_a_hot_path_fails_verification_and_writes_nothing(
-    out: Path,
-    small_matrix: Path,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    broken = _broken_templates(
-        tmp_path,
+# A template broken three ways, each caught before anything is written: (fragment, text, its
+# replacement, what stderr must say, what it must not).
+BROKEN_TEMPLATES = {
+    "branch_in_a_hot_path_fails_verification": (
         "fragments/call/kernel_call.py.j2",
         "        out = self._kernel(",
         "        out = self._kernel if hidden_states.is_cuda else self._kernel\n"
         "        out = self._kernel(",
-    )
-    monkeypatch.setattr(render, "TEMPLATES_DIR", broken)
-    before = tree_digest(out)
-    code, _, stderr = run("--matrix", small_matrix, "--out", out, capsys=capsys)
-    assert code == 3
-    assert "gen_small.none__unquant__standard:" in stderr
-    assert "conditional expression" in stderr
-    assert "nothing under" in stderr
-    assert tree_digest(out) == before
-
-
-def test_type_error_fails_mypy_and_writes_nothing(
-    out: Path,
-    small_matrix: Path,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    broken = _broken_templates(
-        tmp_path,
+        ("gen_small.none__unquant__standard:", "conditional expression", "nothing under"),
+        (),
+    ),
+    "type_error_fails_mypy": (
         "fragments/load/bind_kernel.py.j2",
         "        self._w2 = weights.w2_weight",
         "        self._w2 = weights.w2_weight\n        self._oops: int = weights.w2_weight",
-    )
-    monkeypatch.setattr(render, "TEMPLATES_DIR", broken)
-    before = tree_digest(out)
-    code, _, stderr = run("--matrix", small_matrix, "--out", out, capsys=capsys)
-    assert code == 3
-    assert "error: Incompatible types in assignment" in stderr
-    assert "mypy --strict failed" in stderr
-    assert tree_digest(out) == before
+        ("error: Incompatible types in assignment", "mypy --strict failed"),
+        (),
+    ),
+    "template_error_is_reported_without_traceback": (
+        "fragments/call/combine.py.j2",
+        "{{ plan.combine_comment }}",
+        "{{ plan.nonexistent }}",
+        ("templates/fragments/call/combine.py.j2", "nonexistent"),
+        ("Traceback",),
+    ),
+}
 
 
-def test_template_error_is_reported_without_traceback(
+@pytest.mark.parametrize("case", sorted(BROKEN_TEMPLATES))
+def test_a_broken_template_exits_3_and_writes_nothing(
+    case: str,
     out: Path,
     small_matrix: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    broken = _broken_templates(
-        tmp_path,
-        "fragments/call/combine.py.j2",
-        "{{ plan.combine_comment }}",
-        "{{ plan.nonexistent }}",
-    )
-    monkeypatch.setattr(render, "TEMPLATES_DIR", broken)
+    fragment, old, new, said, unsaid = BROKEN_TEMPLATES[case]
+    monkeypatch.setattr(render, "TEMPLATES_DIR", _broken_templates(tmp_path, fragment, old, new))
     before = tree_digest(out)
     code, _, stderr = run("--matrix", small_matrix, "--out", out, capsys=capsys)
     assert code == 3
-    assert "templates/fragments/call/combine.py.j2" in stderr and "nonexistent" in stderr
-    assert "Traceback" not in stderr
+    for part in said:
+        assert part in stderr
+    for part in unsaid:
+        assert part not in stderr
     assert tree_digest(out) == before
 
 

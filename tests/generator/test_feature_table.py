@@ -99,3 +99,17 @@ def test_the_amd_matrix_states_the_facts_for_every_entry() -> None:
     for entry in (*matrix.a2a_backends, *matrix.dispatch_formats, *matrix.quant_methods):
         assert entry.min_aiter and entry.support_source, entry.name
     assert "not stated" not in (AMD.parent.parent / "generated" / "FEATURES.md").read_text()
+
+
+def test_a_decision_record_can_need_a_newer_aiter_than_its_entries() -> None:
+    """The mxfp8 wire is upscaled for every method but mxfp8, which any AITER serving the method
+    runs; passed straight to mxfp8 weights it needs an AITER that reads mxfp8 activations as
+    they are (none up to v0.1.20.post1), which only the plan's wire record knows."""
+    rows = _rows(AMD)
+    assert rows["mori/mxfp8/mori_normal_mxfp8"][1] == "after v0.1.20.post1"
+    assert rows["mori/mxfp8/mori_ll_mxfp8"][1] == "after v0.1.20.post1"
+    # Controls: the same formats with an upscaling method, and mxfp8 weights on the bf16 wire,
+    # need only their entries' minimums.
+    assert rows["mori/fp8_block/mori_normal_mxfp8"][1] == "v0.1.7.post2"
+    assert rows["mori/mxfp4/mori_ll_mxfp8"][1] == "v0.1.7.post2"
+    assert rows["mori/mxfp8/mori_normal"][1] == "v0.1.16.post1"

@@ -10,7 +10,6 @@ capped diagnostics, the matrix read once, a size limit.
 from __future__ import annotations
 
 import ast
-import hashlib
 import importlib
 import os
 import resource
@@ -25,6 +24,7 @@ import pytest
 import yaml
 
 from generator import cli, pipeline, render
+from tests.generator.cli_run import generate, run, tree_digest
 from tests.generator.malformed.expected import BASE_MATRIX
 
 REPO = Path(__file__).resolve().parents[2]
@@ -41,31 +41,11 @@ def staging_path(out: Path) -> Path:
     return out.parent / f".{out.name}.generator-new"
 
 
-def _run(*args: str | Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    code = cli.main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def _digest(root: Path) -> dict[str, str]:
-    """sha256 of every file under root (hidden ones included), by relative path."""
-    return {
-        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file() and "__pycache__" not in p.parts
-    }
-
-
 def _matrix(tmp_path: Path, name: str = "m.yaml", **changes: object) -> Path:
     """The base matrix with top-level sections replaced, dumped so any text is valid YAML."""
     path = tmp_path / name
     path.write_text(yaml.safe_dump({**BASE, **changes}, allow_unicode=True, sort_keys=False))
     return path
-
-
-def _generate(matrix: Path, out: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = _run("--matrix", matrix, "--out", out, "--no-typecheck", capsys=capsys)
-    assert code == 0, err
 
 
 # -- data loss ----------------------------------------------------------------------------------
@@ -75,18 +55,18 @@ def test_lock_files_marked_generated_beside_the_output_survive(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "gen"
-    _generate(BASE_MATRIX, out, capsys)
+    generate(BASE_MATRIX, out, capsys)
     locks = {
         "poetry.lock": f"# This file is automatically {MARK} by Poetry 1.8.\n",
         "Cargo.lock": f"# This file is automatically {MARK} by Cargo.\n",
     }
     for name, text in locks.items():
         (out / name).write_text(text)
-    code, _, err = _run("--matrix", BASE_MATRIX, "--out", out, "--check", capsys=capsys)
+    code, _, err = run("--matrix", BASE_MATRIX, "--out", out, "--check", capsys=capsys)
     assert code == 0, err
     assert "orphaned" not in err
     assert f"foreign: {out / 'Cargo.lock'}" in err and f"foreign: {out / 'poetry.lock'}" in err
-    _generate(_matrix(tmp_path, exclusions=[]), out, capsys)  # a write that changes things
+    generate(_matrix(tmp_path, exclusions=[]), out, capsys)  # a write that changes things
     for name, text in locks.items():
         assert (out / name).read_text() == text
 
@@ -100,20 +80,20 @@ def test_out_at_a_repository_root_deletes_nothing(
     shutil.copy(REPO / "pyproject.toml", project / "pyproject.toml")
     (project / ".git").mkdir()
     (project / "poetry.lock").write_text(f"# {MARK} by Poetry\n")
-    before = _digest(project)
+    before = tree_digest(project, ignore={"__pycache__"})
     for mode in ((), ("--check",)):
-        code, out, err = _run(
+        code, out, err = run(
             "--matrix", AMD, "--out", project, "--no-typecheck", *mode, capsys=capsys
         )
         assert code == 2, err
         assert err.count("\n") == 1 and "no generated package" in err and str(project) in err
         assert "Traceback" not in err and out == ""
-    assert _digest(project) == before
+    assert tree_digest(project, ignore={"__pycache__"}) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["project"]
 
 
 def test_the_real_repository_root_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = _run("--matrix", AMD, "--out", REPO, "--check", capsys=capsys)
+    code, out, err = run("--matrix", AMD, "--out", REPO, "--check", capsys=capsys)
     assert code == 2 and out == "" and err.count("\n") == 1, err
 
 
@@ -121,12 +101,12 @@ def test_a_nested_file_with_the_exact_header_survives(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "gen"
-    _generate(BASE_MATRIX, out, capsys)
+    generate(BASE_MATRIX, out, capsys)
     nested = out / "vendored" / "none__unquant__standard.py"
     nested.parent.mkdir()
     shutil.copy(out / "none__unquant__standard.py", nested)
     text = nested.read_bytes()
-    _generate(_matrix(tmp_path, exclusions=[]), out, capsys)
+    generate(_matrix(tmp_path, exclusions=[]), out, capsys)
     assert nested.read_bytes() == text
 
 
@@ -136,11 +116,11 @@ def test_a_dropped_combination_is_removed_and_reported_as_orphaned(
     """The positive control of the three above: a module of the last run that the matrix no
     longer produces is provably ours and goes."""
     out = tmp_path / "gen"
-    _generate(_matrix(tmp_path, exclusions=[]), out, capsys)
+    generate(_matrix(tmp_path, exclusions=[]), out, capsys)
     assert (out / "deepep__fp8_block__deepep_ll.py").is_file()
-    code, _, err = _run("--matrix", BASE_MATRIX, "--out", out, "--check", capsys=capsys)
+    code, _, err = run("--matrix", BASE_MATRIX, "--out", out, "--check", capsys=capsys)
     assert code == 1 and "orphaned: " in err and "deepep__fp8_block__deepep_ll.py" in err
-    code, stdout, _ = _run("--matrix", BASE_MATRIX, "--out", out, "--no-typecheck", capsys=capsys)
+    code, stdout, _ = run("--matrix", BASE_MATRIX, "--out", out, "--no-typecheck", capsys=capsys)
     assert code == 0 and "1 removed" in stdout
     assert not (out / "deepep__fp8_block__deepep_ll.py").exists()
 
@@ -227,7 +207,7 @@ def test_a_docstring_that_closes_early_fails_compile_not_verified(
     formats["standard"]["description"] = 'closes """ early'
     out = tmp_path / "gen_unescaped"
     matrix = _matrix(tmp_path, dispatch_formats=formats)
-    code, _, err = _run("--matrix", matrix, "--out", out, capsys=capsys)
+    code, _, err = run("--matrix", matrix, "--out", out, capsys=capsys)
     assert code == 3, err
     assert "compile failed" in err and "none__fp8_block__standard.py:" in err
     assert not out.exists()
@@ -239,7 +219,7 @@ def test_a_name_with_a_trailing_newline_is_refused(
     backends = dict(BASE["a2a_backends"])
     backends["abc\n"] = backends.pop("none")
     matrix = _matrix(tmp_path, a2a_backends=backends)
-    code, _, err = _run("--matrix", matrix, "--list", capsys=capsys)
+    code, _, err = run("--matrix", matrix, "--list", capsys=capsys)
     assert code == 2
     assert "a2a_backends: invalid name 'abc\n'" in err
 
@@ -270,7 +250,7 @@ def trees(
     for matrix, name in ((BASE_MATRIX, "old"), (new, "new")):
         out = root / name / "gen"
         assert cli.main(["--matrix", str(matrix), "--out", str(out), "--no-typecheck"]) == 0
-        digests.append(_digest(out))
+        digests.append(tree_digest(out, ignore={"__pycache__"}))
     assert digests[0] != digests[1]
     assert (pipeline.PAUSE_ENV, cli.PROBLEM_LIMIT) == (PAUSE_ENV, PROBLEM_LIMIT)
     return BASE_MATRIX, new, digests[0], digests[1]
@@ -287,7 +267,7 @@ def test_a_signal_at_each_write_phase_leaves_old_or_new_and_says_which(
     old_matrix, new_matrix, old, new = trees
     out = tmp_path / "gen"
     assert cli.main(["--matrix", str(old_matrix), "--out", str(out), "--no-typecheck"]) == 0
-    assert _digest(out) == old
+    assert tree_digest(out, ignore={"__pycache__"}) == old
     command = [sys.executable, "-m", "generator", "--matrix", str(new_matrix), "--out", str(out)]
     env = {**os.environ, PAUSE_ENV: phase, "GENERATOR_CACHE_DIR": str(tmp_path / "cache")}
     proc = subprocess.Popen(
@@ -303,7 +283,7 @@ def test_a_signal_at_each_write_phase_leaves_old_or_new_and_says_which(
         proc.kill()
         proc.wait(timeout=10)
     switched = phase == "committed"
-    assert _digest(out) == (new if switched else old)
+    assert tree_digest(out, ignore={"__pycache__"}) == (new if switched else old)
     if signum == signal.SIGKILL:
         assert returncode == -signal.SIGKILL
         # A rerun finishes the job and removes what the killed run left beside --out.
@@ -311,7 +291,7 @@ def test_a_signal_at_each_write_phase_leaves_old_or_new_and_says_which(
         rerun_env = {name: value for name, value in env.items() if name != PAUSE_ENV}
         done = subprocess.run([*command, "--no-typecheck"], cwd=REPO, env=rerun_env, timeout=120)
         assert done.returncode == 0
-        assert _digest(out) == new
+        assert tree_digest(out, ignore={"__pycache__"}) == new
     else:
         assert returncode == 128 + signum
         expected = "holds the complete new tree\n" if switched else "nothing under --out changed\n"
@@ -326,7 +306,7 @@ def test_a_signal_at_each_write_phase_leaves_old_or_new_and_says_which(
 
 
 def _one_line_exit_2(args: list[str | Path], capsys: pytest.CaptureFixture[str]) -> str:
-    code, out, err = _run("--matrix", BASE_MATRIX, *args, "--no-typecheck", capsys=capsys)
+    code, out, err = run("--matrix", BASE_MATRIX, *args, "--no-typecheck", capsys=capsys)
     assert code == 2, err
     assert out == "" and "Traceback" not in err
     assert err.count("\n") == 1 and err.startswith("python -m generator: error: "), err
@@ -362,8 +342,8 @@ def test_out_an_unwritable_directory(tmp_path: Path, capsys: pytest.CaptureFixtu
     """An immutable directory (chattr +i; as root nothing else stops a write): the old writer
     raised a traceback and left a partial update."""
     out = tmp_path / "gen"
-    _generate(BASE_MATRIX, out, capsys)
-    before = _digest(out)
+    generate(BASE_MATRIX, out, capsys)
+    before = tree_digest(out, ignore={"__pycache__"})
     if os.geteuid() == 0:
         if subprocess.run(["chattr", "+i", str(out)], capture_output=True).returncode != 0:
             pytest.skip("chattr +i is not permitted in this environment")
@@ -372,7 +352,7 @@ def test_out_an_unwritable_directory(tmp_path: Path, capsys: pytest.CaptureFixtu
         out.chmod(0o555)
         undo = ["chmod", "755", str(out)]
     try:
-        code, _, err = _run(
+        code, _, err = run(
             "--matrix", _new_matrix(tmp_path), "--out", out, "--no-typecheck", capsys=capsys
         )
     finally:
@@ -380,7 +360,7 @@ def test_out_an_unwritable_directory(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert code == 2 and "Traceback" not in err
     assert err.count("\n") == 1 and str(out) in err
     assert "not permitted" in err or "not writable" in err
-    assert _digest(out) == before
+    assert tree_digest(out, ignore={"__pycache__"}) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gen", "new.yaml"]
 
 
@@ -423,7 +403,7 @@ def test_duplicate_exclusions_give_capped_linear_output(
     count = 400
     # Distinct dicts: the same dict repeated would be dumped as one anchored node.
     matrix = _matrix(tmp_path, exclusions=[dict(BASE["exclusions"][0]) for _ in range(count)])
-    code, _, err = _run("--matrix", matrix, "--list", capsys=capsys)
+    code, _, err = run("--matrix", matrix, "--list", capsys=capsys)
     assert code == 2
     lines = err.splitlines()
     assert len(lines) == PROBLEM_LIMIT + 2
@@ -514,7 +494,7 @@ def test_a_missing_matrix_names_the_absolute_path(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    code, _, err = _run("--matrix", "missing.yaml", "--list", capsys=capsys)
+    code, _, err = run("--matrix", "missing.yaml", "--list", capsys=capsys)
     assert code == 2
     assert f"(tried {tmp_path / 'missing.yaml'})" in err
 
@@ -522,22 +502,22 @@ def test_a_missing_matrix_names_the_absolute_path(
 def test_list_says_when_there_are_no_exclusions(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, out, _ = _run("--matrix", _matrix(tmp_path, exclusions=[]), "--list", capsys=capsys)
+    code, out, _ = run("--matrix", _matrix(tmp_path, exclusions=[]), "--list", capsys=capsys)
     assert code == 0 and out.splitlines()[-1] == "no exclusions"
-    code, out, _ = _run("--matrix", BASE_MATRIX, "--list", capsys=capsys)
+    code, out, _ = run("--matrix", BASE_MATRIX, "--list", capsys=capsys)
     assert code == 0 and "no exclusions" not in out and "1 excluded:" in out
 
 
 def test_the_count_line_adds_up(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "gen"
-    code, stdout, _ = _run("--matrix", BASE_MATRIX, "--out", out, "--no-typecheck", capsys=capsys)
+    code, stdout, _ = run("--matrix", BASE_MATRIX, "--out", out, "--no-typecheck", capsys=capsys)
     assert code == 0
     assert stdout.startswith(
         f"{out}: 5 runner modules, __init__.py, FEATURES.md, py.typed and {MANIFEST_NAME}: "
         "9 added, 0 updated, 0 unchanged, 0 removed; verified"
     )
     assert len(list(out.iterdir())) == 9
-    code, stdout, _ = _run("--matrix", BASE_MATRIX, "--out", out, "--no-typecheck", capsys=capsys)
+    code, stdout, _ = run("--matrix", BASE_MATRIX, "--out", out, "--no-typecheck", capsys=capsys)
     assert "0 added, 0 updated, 9 unchanged, 0 removed" in stdout
 
 
@@ -545,7 +525,7 @@ def test_select_takes_the_explain_spelling(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "gen_select"
-    _generate(BASE_MATRIX, out, capsys)
+    generate(BASE_MATRIX, out, capsys)
     sys.path.insert(0, str(tmp_path))
     try:
         package = importlib.import_module(out.name)

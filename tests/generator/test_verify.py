@@ -71,6 +71,13 @@ def _found(source: str) -> list[tuple[int, int, str]]:
     return [(v.line, v.column, v.message) for v in _check(source)]
 
 
+def _found_in_call(body: str) -> list[tuple[int, int, str]]:
+    """What the check finds in a module whose one function is `Runner.__call__(self, x)` with
+    `body` (dedented), the body's first line being the module's third."""
+    header = "class Runner:\n    def __call__(self, x):\n"
+    return _found(header + textwrap.indent(textwrap.dedent(body), " " * 8))
+
+
 def test_valid_runner_passes() -> None:
     assert check_branch_free(MODULE, VALID) == []
 
@@ -91,6 +98,15 @@ class Construct:
     lines: tuple[str, ...]  # the statements, unindented
     # (line within `lines`, 0-based column within that line, what the message names)
     expected: tuple[tuple[int, int, str], ...]
+
+
+def _named(kind: str, lines: dict[str, str]) -> dict[str, Construct]:
+    """One-line constructs reported as "<kind> `<name>`", at the column where the name starts (the
+    call or the read itself)."""
+    return {
+        name: Construct((line,), ((0, line.index(name), f"{kind} `{name}`"),))
+        for name, line in lines.items()
+    }
 
 
 CONSTRUCTS: dict[str, Construct] = {
@@ -119,22 +135,29 @@ CONSTRUCTS: dict[str, Construct] = {
     ),
     "import": Construct(("import json",), ((0, 0, "import statement"),)),
     "from-import": Construct(("from json import dumps",), ((0, 0, "from-import statement"),)),
-    "os.environ": Construct(("x = os.environ['A']",), ((0, 4, "environment read `os.environ`"),)),
-    "environ": Construct(("x = environ['A']",), ((0, 4, "environment read `environ`"),)),
-    "os.getenv": Construct(("x = os.getenv('A')",), ((0, 4, "environment read `os.getenv`"),)),
-    "getenv": Construct(("x = getenv('A')",), ((0, 4, "environment read `getenv`"),)),
-    "isinstance": Construct(("x = isinstance(x, int)",), ((0, 4, "call of `isinstance`"),)),
-    "issubclass": Construct(("x = issubclass(int, y)",), ((0, 4, "call of `issubclass`"),)),
-    "hasattr": Construct(("x = hasattr(x, 'a')",), ((0, 4, "call of `hasattr`"),)),
-    "getattr": Construct(("x = getattr(x, 'real')",), ((0, 4, "call of `getattr`"),)),
-    "setattr": Construct(("setattr(y, 'a', x)",), ((0, 0, "call of `setattr`"),)),
-    "__import__": Construct(("x = __import__('json')",), ((0, 4, "call of `__import__`"),)),
-    "importlib.import_module": Construct(
-        ("x = importlib.import_module('json')",),
-        ((0, 4, "call of `importlib.import_module`"),),
+    **_named(
+        "environment read",
+        {
+            "os.environ": "x = os.environ['A']",
+            "environ": "x = environ['A']",
+            "os.getenv": "x = os.getenv('A')",
+            "getenv": "x = getenv('A')",
+        },
     ),
-    "eval": Construct(("x = eval('1')",), ((0, 4, "call of `eval`"),)),
-    "exec": Construct(("exec('x = 1')",), ((0, 0, "call of `exec`"),)),
+    **_named(
+        "call of",
+        {
+            "isinstance": "x = isinstance(x, int)",
+            "issubclass": "x = issubclass(int, y)",
+            "hasattr": "x = hasattr(x, 'a')",
+            "getattr": "x = getattr(x, 'real')",
+            "setattr": "setattr(y, 'a', x)",
+            "__import__": "x = __import__('json')",
+            "importlib.import_module": "x = importlib.import_module('json')",
+            "eval": "x = eval('1')",
+            "exec": "exec('x = 1')",
+        },
+    ),
 }
 
 # Where the snippet goes, and the name the message gives that function.
@@ -216,37 +239,31 @@ def test_places_are_clean_without_the_construct(place: str) -> None:
 
 
 def test_zero_row_guard_allowed_once_in_either_form() -> None:
-    assert _found(
+    assert _found_in_call(
         """\
-        class Runner:
-            def __call__(self, x):
-                if x.shape[0] == 0: return x
-                return x + 1
+        if x.shape[0] == 0: return x
+        return x + 1
         """
     ) == []
-    assert _found(
+    assert _found_in_call(
         """\
-        class Runner:
-            def __call__(self, x):
-                y = x + 1
-                if y.numel() == 0:
-                    return y
-                return y
+        y = x + 1
+        if y.numel() == 0:
+            return y
+        return y
         """
     ) == []
 
 
 def test_second_zero_row_guard_is_rejected() -> None:
-    assert _found(
+    assert _found_in_call(
         """\
-        class Runner:
-            def __call__(self, x):
-                if x == 0:
-                    return x
-                y = x + 1
-                if y == 0:
-                    return y
-                return y
+        if x == 0:
+            return x
+        y = x + 1
+        if y == 0:
+            return y
+        return y
         """
     ) == [
         (
@@ -259,14 +276,12 @@ def test_second_zero_row_guard_is_rejected() -> None:
 
 
 def test_zero_row_guard_with_else_is_rejected() -> None:
-    assert _found(
+    assert _found_in_call(
         """\
-        class Runner:
-            def __call__(self, x):
-                if x == 0:
-                    return x
-                else:
-                    return x + 1
+        if x == 0:
+            return x
+        else:
+            return x + 1
         """
     ) == [
         (3, 9, f"if statement in Runner.__call__ {GUARD_HINT}"),
@@ -275,15 +290,13 @@ def test_zero_row_guard_with_else_is_rejected() -> None:
 
 
 def test_zero_row_guard_with_elif_is_rejected() -> None:
-    assert _found(
+    assert _found_in_call(
         """\
-        class Runner:
-            def __call__(self, x):
-                if x == 0:
-                    return x
-                elif x == 1:
-                    return x
-                return x
+        if x == 0:
+            return x
+        elif x == 1:
+            return x
+        return x
         """
     ) == [
         (3, 9, f"if statement in Runner.__call__ {GUARD_HINT}"),
@@ -293,26 +306,22 @@ def test_zero_row_guard_with_elif_is_rejected() -> None:
 
 @pytest.mark.parametrize("test", ["x != 0", "x == 1", "x < 1", "not x", "0 == x", "x == 0 == y"])
 def test_guard_must_compare_equal_to_zero(test: str) -> None:
-    assert _found(
+    assert _found_in_call(
         f"""\
-        class Runner:
-            def __call__(self, x):
-                if {test}:
-                    return x
-                return x
+        if {test}:
+            return x
+        return x
         """
     ) == [(3, 9, f"if statement in Runner.__call__ {GUARD_HINT}")]
 
 
 def test_guard_body_must_be_one_return() -> None:
-    assert _found(
+    assert _found_in_call(
         """\
-        class Runner:
-            def __call__(self, x):
-                if x == 0:
-                    x = x + 1
-                    return x
-                return x
+        if x == 0:
+            x = x + 1
+            return x
+        return x
         """
     ) == [(3, 9, f"if statement in Runner.__call__ {GUARD_HINT}")]
 
@@ -340,13 +349,11 @@ def test_guard_only_at_top_level_of_call() -> None:
 
 
 def test_guard_condition_is_still_checked() -> None:
-    assert _found(
+    assert _found_in_call(
         """\
-        class Runner:
-            def __call__(self, x):
-                if getattr(x, "rows") == 0:
-                    return x
-                return x
+        if getattr(x, "rows") == 0:
+            return x
+        return x
         """
     ) == [(3, 12, f"call of `getattr` in Runner.__call__ {RULE}")]
 
@@ -472,16 +479,14 @@ def test_callee_of_load_time_assignment_is_not_bound() -> None:
 
 
 def test_names_that_only_look_forbidden_are_allowed() -> None:
-    assert _found(
+    assert _found_in_call(
         """\
-        class Runner:
-            def __call__(self, x):
-                y = kernel(x, environ=1, isinstance=2)
-                z = x.environ + x.getattr(1) + config.getenv
-                f = lambda getenv: 1
-                def environ(environ):
-                    return 1
-                return y + z + f(0)
+        y = kernel(x, environ=1, isinstance=2)
+        z = x.environ + x.getattr(1) + config.getenv
+        f = lambda getenv: 1
+        def environ(environ):
+            return 1
+        return y + z + f(0)
         """
     ) == []
 
@@ -503,15 +508,13 @@ def test_attribute_named_like_a_function_is_not_a_binding() -> None:
 
 
 def test_lambda_and_nested_def_bodies_in_hot_path_are_checked() -> None:
-    assert _found(
+    assert _found_in_call(
         """\
-        class Runner:
-            def __call__(self, x):
-                f = lambda v: v or 1
-                def g(v):
-                    for _ in v:
-                        pass
-                return f(g(x))
+        f = lambda v: v or 1
+        def g(v):
+            for _ in v:
+                pass
+        return f(g(x))
         """
     ) == [
         (3, 23, f"boolean `or` in Runner.__call__ {RULE}"),

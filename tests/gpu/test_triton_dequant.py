@@ -5,6 +5,7 @@ runners bind on a GPU; a low-latency runner refuses a first call inside a graph 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,8 +18,7 @@ from moe_runtime.kernels import upscale
 from moe_runtime.testing import emulate
 from moe_runtime.testing.recording import RecordingKernel
 from moe_runtime.testing.weights import make_expert_weights
-from moe_runtime.types import MoeLayerConfig
-from tests.runners.harness import layer_activation
+from tests.runners.harness import layer_config
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton path needs a GPU")
 
@@ -118,24 +118,44 @@ def test_the_layouts_runners_pass() -> None:
     )
 
 
-def _upscaling_keys() -> list[tuple[str, str, str]]:
-    return [
-        key
-        for key in sorted(generated.RUNNERS)
-        if "bind_upscaler" in (GENERATED / f"{generated.RUNNERS[key]}.py").read_text()
-    ]
+def _upscalers() -> dict[tuple[str, str, str], str]:
+    """Every runner that upscales its wire, and the upscaler its module binds."""
+    bound = re.compile(r'bind_upscaler\("(\w+)"')
+    found = {}
+    for key in sorted(generated.RUNNERS):
+        match = bound.search((GENERATED / f"{generated.RUNNERS[key]}.py").read_text())
+        if match:
+            found[key] = match[1]
+    return found
 
 
-UPSCALING = _upscaling_keys()
+UPSCALERS = _upscalers()
+# The wires with a one-launch Triton kernel (fp8 1x128, mxfp4); the mxfp8 and per-row fp8 wires'
+# upscalers are one multiply each and stay torch code on every device (moe_runtime.kernels.upscale).
+WITH_TRITON = [key for key, name in UPSCALERS.items() if name in upscale._TRITON]
+TORCH_ONLY = [key for key, name in UPSCALERS.items() if name not in upscale._TRITON]
 
 
 def test_every_upscaling_runner_is_listed() -> None:
-    formats = {key[2] for key in UPSCALING}
+    formats = {key[2] for key in WITH_TRITON}
     assert {"deepep_ll_fp8", "mori_normal_fp8", "mori_ll_fp8", "mori_normal_fp4"} <= formats
-    assert len(UPSCALING) >= 20
+    assert len(WITH_TRITON) >= 20
+    assert {key[2] for key in TORCH_ONLY} >= {"mori_normal_mxfp8", "mori_normal_fp8_token"}
 
 
-@pytest.mark.parametrize("key", UPSCALING, ids="/".join)
+@pytest.mark.parametrize("key", TORCH_ONLY, ids="/".join)
+def test_a_runner_of_a_wire_without_a_triton_kernel_binds_the_torch_code_on_a_gpu(
+    key: tuple[str, str, str],
+) -> None:
+    _, quant_method, _ = key
+    weights = make_expert_weights(quant_method, 4, 256, 128, seed=0, device="cuda")
+    runner = generated.select(*key)(
+        layer_config(quant_method, top_k=3), weights, kernel=RecordingKernel()
+    )
+    assert runner._dequantize is upscale._TORCH[UPSCALERS[key]]
+
+
+@pytest.mark.parametrize("key", WITH_TRITON, ids="/".join)
 def test_every_upscaling_runner_binds_triton_and_passes_the_torch_result(
     key: tuple[str, str, str],
 ) -> None:
@@ -143,16 +163,7 @@ def test_every_upscaling_runner_binds_triton_and_passes_the_torch_result(
     weights = make_expert_weights(quant_method, 4, 256, 128, seed=0, device="cuda")
     batch = emulate.make_batch(12, 256, 8, 3, ep_size=2, seed=3, device="cuda")
     output = emulate.dispatch(batch, dispatch, max_tokens_per_rank=8).outputs[0]
-    config = MoeLayerConfig(
-        num_experts=8,
-        num_local_experts=4,
-        ep_rank=0,
-        ep_size=2,
-        top_k=3,
-        hidden_size=256,
-        intermediate_size=128,
-        activation=layer_activation(quant_method),
-    )
+    config = layer_config(quant_method, top_k=3)
     runner_type = generated.select(*key)
     triton_kernel, torch_kernel = RecordingKernel(), RecordingKernel()
     with_triton = runner_type(config, weights, kernel=triton_kernel)
@@ -175,16 +186,7 @@ def test_a_first_low_latency_call_inside_a_capture_is_refused() -> None:
     weights = make_expert_weights("unquant", 4, 256, 128, seed=0, device="cuda")
     batch = emulate.make_batch(6, 256, 8, 2, ep_size=2, seed=1, device="cuda")
     output = emulate.dispatch(batch, "deepep_ll", max_tokens_per_rank=3).outputs[0]
-    config = MoeLayerConfig(
-        num_experts=8,
-        num_local_experts=4,
-        ep_rank=0,
-        ep_size=2,
-        top_k=2,
-        hidden_size=256,
-        intermediate_size=128,
-        activation="silu",
-    )
+    config = layer_config("unquant", top_k=2)
     out = torch.empty(24, 256, dtype=torch.bfloat16, device="cuda")
 
     def stub(*args: object, **kwargs: object) -> torch.Tensor:

@@ -7,6 +7,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 import torch
 
 import generated
@@ -16,6 +17,7 @@ from moe_runtime.testing import emulate
 from moe_runtime.testing.dense import dense_layer
 from moe_runtime.testing.weights import make_expert_weights, slice_experts
 
+Key = tuple[str, str, str]
 NUM_EXPERTS, HIDDEN, INTERMEDIATE, TOP_K, TOKENS = 8, 256, 128, 3, 13
 EP_SIZES = (1, 2, 4)
 KEYS = sorted(generated.RUNNERS)
@@ -66,8 +68,48 @@ def dense_mismatch(
 _SITU_FIELDS = ("situ_beta", "situ_linear_beta")
 
 
+def keys(*names: str) -> list[Key]:
+    """Runner keys written as their test ids ("a2a/quant/dispatch"), in the order given; a name of
+    another shape raises ValueError."""
+    found = []
+    for name in names:
+        a2a, quant, dispatch = name.split("/")
+        found.append((a2a, quant, dispatch))
+    return found
+
+
+def each_key(*names: str) -> pytest.MarkDecorator:
+    """Parametrizes a test's `key` over the runners named as in `keys`, with those names as ids."""
+    return pytest.mark.parametrize("key", keys(*names), ids="/".join)
+
+
 def layer_activation(quant: str) -> str:
     return "swiglu" if quant in ("mxfp4", "mxfp8", "quark_w4a8_mxfp4") else "silu"
+
+
+def layer_config(
+    quant: str,
+    *,
+    ep_size: int = 2,
+    ep_rank: int = 0,
+    top_k: int = TOP_K,
+    hidden: int = HIDDEN,
+    intermediate: int = INTERMEDIATE,
+    situ_betas: tuple[float, float] | None = None,
+) -> t.MoeLayerConfig:
+    """One rank's layer of NUM_EXPERTS experts: `quant`'s activation, or situ with
+    (situ_beta, situ_linear_beta) when `situ_betas` is given."""
+    return t.MoeLayerConfig(
+        num_experts=NUM_EXPERTS,
+        num_local_experts=NUM_EXPERTS // ep_size,
+        ep_rank=ep_rank,
+        ep_size=ep_size,
+        top_k=top_k,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        activation=layer_activation(quant) if situ_betas is None else "situ",
+        **({} if situ_betas is None else dict(zip(_SITU_FIELDS, situ_betas, strict=True))),
+    )
 
 
 @dataclasses.dataclass
@@ -143,16 +185,14 @@ def run_combination(
     configs, runners, combine_inputs, rank_weights_list = [], [], [], []
     for rank, dispatch_output in enumerate(dispatched.outputs):
         owner = rank_of_runner(rank)
-        config = t.MoeLayerConfig(
-            num_experts=NUM_EXPERTS,
-            num_local_experts=local,
-            ep_rank=owner,
+        config = layer_config(
+            quant,
             ep_size=ep_size,
+            ep_rank=owner,
             top_k=batch.top_k,
-            hidden_size=hidden,
-            intermediate_size=intermediate,
-            activation=layer_activation(quant) if situ_betas is None else "situ",
-            **({} if situ_betas is None else dict(zip(_SITU_FIELDS, situ_betas, strict=True))),
+            hidden=hidden,
+            intermediate=intermediate,
+            situ_betas=situ_betas,
         )
         rank_weights = slice_experts(weights, owner * local, (owner + 1) * local)
         if claimed_gate_mode is not None:

@@ -11,20 +11,28 @@ from moe_runtime import types as t
 from moe_runtime.testing import emulate
 from moe_runtime.testing.recording import RecordingKernel
 from moe_runtime.testing.weights import make_expert_weights
-from tests.runners.harness import HIDDEN, INTERMEDIATE, NUM_EXPERTS, Run, run_combination
+from tests.runners.harness import (
+    HIDDEN,
+    INTERMEDIATE,
+    NUM_EXPERTS,
+    Run,
+    each_key,
+    keys,
+    run_combination,
+)
 
-ONE_PER_FORMAT = [
-    ("none", "unquant", "standard"),
-    ("deepep", "fp8_block", "deepep_normal"),
-    ("deepep", "unquant", "deepep_ll"),
-    ("mooncake", "fp8_block", "deepep_ll_fp8"),
-    ("mori", "unquant", "mori_normal"),
-    ("mori", "fp8_channel", "mori_ll"),
-    ("mori", "fp8_block", "mori_normal_fp8"),
-    ("mori", "mxfp4", "mori_ll_fp8"),
-    ("mori", "quark_w4a4_mxfp4", "mori_normal_fp4"),
-    ("mori", "unquant", "mori_ll_fp4"),
-]
+ONE_PER_FORMAT = keys(
+    "none/unquant/standard",
+    "deepep/fp8_block/deepep_normal",
+    "deepep/unquant/deepep_ll",
+    "mooncake/fp8_block/deepep_ll_fp8",
+    "mori/unquant/mori_normal",
+    "mori/fp8_channel/mori_ll",
+    "mori/fp8_block/mori_normal_fp8",
+    "mori/mxfp4/mori_ll_fp8",
+    "mori/quark_w4a4_mxfp4/mori_normal_fp4",
+    "mori/unquant/mori_ll_fp4",
+)
 
 
 def crafted_batch(ids: list[list[int]], ep_size: int, seed: int = 3) -> emulate.GlobalBatch:
@@ -143,17 +151,13 @@ def test_num_local_tokens_below_the_row_count() -> None:
     assert close(key, run_combination(key, 2, batch=batch))
 
 
-@pytest.mark.parametrize(
-    "key",
-    [
-        ("none", "mxfp4", "standard"),
-        ("deepep", "mxfp4", "deepep_normal"),
-        ("deepep", "mxfp4", "deepep_ll"),
-        ("mori", "mxfp4", "mori_ll_fp4"),
-        ("none", "quark_w4a8_mxfp4", "standard"),
-        ("mori", "quark_w4a8_mxfp4", "mori_normal_fp4"),
-    ],
-    ids="/".join,
+@each_key(
+    "none/mxfp4/standard",
+    "deepep/mxfp4/deepep_normal",
+    "deepep/mxfp4/deepep_ll",
+    "mori/mxfp4/mori_ll_fp4",
+    "none/quark_w4a8_mxfp4/standard",
+    "mori/quark_w4a8_mxfp4/mori_normal_fp4",
 )
 def test_padded_hidden_and_intermediate_sizes(key: tuple[str, str, str]) -> None:
     """gpt-oss pads H and I to multiples of 256: activations are padded, the output sliced back."""

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import torch
 
-from tests.runners.harness import ALL, DEVICES, run_combination
+from tests.runners.harness import ALL, DEVICES, each_key, keys, run_combination
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -18,25 +18,22 @@ def test_runner_matches_dense_moe(key: tuple[str, str, str], ep_size: int, devic
     assert run.mismatch(key[1], key[2]) is None
 
 
-NEGATIVE_KEYS = [
-    ("none", "unquant", "standard"),
-    ("deepep", "fp8_block", "deepep_normal"),
-    ("deepep", "unquant", "deepep_ll"),
-    ("nixl", "fp8_block", "deepep_ll_fp8"),
-    ("mori", "fp8_channel", "mori_normal"),
-    ("mori", "fp8_tensor", "mori_normal_fp8"),
-    ("mori", "quark_w4a4_mxfp4", "mori_ll_fp4"),
-    ("mori", "fp8_block", "mori_v2_fp8"),
-    ("mori", "quark_w4a4_mxfp4", "mori_v2_fp4"),
-    ("mori", "mxfp8", "mori_normal_mxfp8"),
-    ("mori", "mxfp8", "mori_v2_mxfp8"),
-    ("mori", "unquant", "mori_ll_mxfp8"),
-    ("mori", "fp8_channel", "mori_ll_fp8_token"),
-    ("mori", "quark_int4fp8", "mori_normal_fp8_token"),
-]
-
-
-@pytest.mark.parametrize("key", NEGATIVE_KEYS, ids="/".join)
+@each_key(
+    "none/unquant/standard",
+    "deepep/fp8_block/deepep_normal",
+    "deepep/unquant/deepep_ll",
+    "nixl/fp8_block/deepep_ll_fp8",
+    "mori/fp8_channel/mori_normal",
+    "mori/fp8_tensor/mori_normal_fp8",
+    "mori/quark_w4a4_mxfp4/mori_ll_fp4",
+    "mori/fp8_block/mori_v2_fp8",
+    "mori/quark_w4a4_mxfp4/mori_v2_fp4",
+    "mori/mxfp8/mori_normal_mxfp8",
+    "mori/mxfp8/mori_v2_mxfp8",
+    "mori/unquant/mori_ll_mxfp8",
+    "mori/fp8_channel/mori_ll_fp8_token",
+    "mori/quark_int4fp8/mori_normal_fp8_token",
+)
 def test_negative_controls_fail_the_comparison(key: tuple[str, str, str]) -> None:
     run = run_combination(key, 2)
     quant, dispatch = key[1], key[2]
@@ -60,17 +57,17 @@ def test_negative_controls_fail_the_comparison(key: tuple[str, str, str]) -> Non
 
 # The new wires' runners that hand the quantized rows and their scales straight to the kernel,
 # and some that upscale them: a scale the runner ignored or misread would change nothing here.
-WIRE_SCALE_KEYS = [
-    ("mori", "mxfp8", "mori_normal_mxfp8"),
-    ("mori", "mxfp8", "mori_ll_mxfp8"),
-    ("mori", "mxfp8", "mori_v2_mxfp8"),
-    ("mori", "fp8_block", "mori_normal_mxfp8"),
-    ("mori", "fp8_channel", "mori_normal_fp8_token"),
-    ("mori", "ct_w8a8_fp8", "mori_ll_fp8_token"),
-    ("mori", "quark_w8a8_fp8", "mori_normal_fp8_token"),
-    ("mori", "quark_int4fp8", "mori_ll_fp8_token"),
-    ("mori", "fp8_tensor", "mori_normal_fp8_token"),
-]
+WIRE_SCALE_KEYS = keys(
+    "mori/mxfp8/mori_normal_mxfp8",
+    "mori/mxfp8/mori_ll_mxfp8",
+    "mori/mxfp8/mori_v2_mxfp8",
+    "mori/fp8_block/mori_normal_mxfp8",
+    "mori/fp8_channel/mori_normal_fp8_token",
+    "mori/ct_w8a8_fp8/mori_ll_fp8_token",
+    "mori/quark_w8a8_fp8/mori_normal_fp8_token",
+    "mori/quark_int4fp8/mori_ll_fp8_token",
+    "mori/fp8_tensor/mori_normal_fp8_token",
+)
 
 
 def _doubled_scales(output: Any) -> Any:

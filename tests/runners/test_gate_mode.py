@@ -18,22 +18,22 @@ from moe_runtime.enums import GateMode
 from moe_runtime.testing import emulate
 from moe_runtime.testing.recording import RecordingKernel
 from moe_runtime.testing.weights import make_expert_weights
-from tests.runners.harness import DEVICES, EP_SIZES, HIDDEN, INTERMEDIATE, run_combination
+from tests.runners.harness import DEVICES, EP_SIZES, HIDDEN, INTERMEDIATE, keys, run_combination
 
 # mxfp4 (gpt-oss: interleaved checkpoints) and quark_w4a4_mxfp4, on the standard format and on an
 # expert-parallel format of each family (DeepEP normal and low-latency, MORI normal).
-INTERLEAVED_KEYS = [
-    ("none", "mxfp4", "standard"),
-    ("deepep", "mxfp4", "deepep_normal"),
-    ("mori", "mxfp4", "mori_normal"),
-    ("none", "quark_w4a4_mxfp4", "standard"),
-    ("deepep", "quark_w4a4_mxfp4", "deepep_ll"),
-    ("mori", "quark_w4a4_mxfp4", "mori_normal"),
-    ("none", "mxfp8", "standard"),
-    ("deepep", "quark_w4a8_mxfp4", "deepep_normal"),
-    ("deepep", "mxfp8", "deepep_ll"),
-    ("mori", "mxfp8", "mori_normal_fp8"),
-]
+INTERLEAVED_KEYS = keys(
+    "none/mxfp4/standard",
+    "deepep/mxfp4/deepep_normal",
+    "mori/mxfp4/mori_normal",
+    "none/quark_w4a4_mxfp4/standard",
+    "deepep/quark_w4a4_mxfp4/deepep_ll",
+    "mori/quark_w4a4_mxfp4/mori_normal",
+    "none/mxfp8/standard",
+    "deepep/quark_w4a8_mxfp4/deepep_normal",
+    "deepep/mxfp8/deepep_ll",
+    "mori/mxfp8/mori_normal_fp8",
+)
 CASES = [(key, ep) for key in INTERLEAVED_KEYS for ep in EP_SIZES]
 SEPARATED_ONLY = [
     "unquant", "fp8_channel", "fp8_tensor", "ct_w8a8_fp8", "quark_int4fp8", "quark_w8a8_fp8"

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import sys
+import types
 from typing import NamedTuple
 
 import pytest
@@ -261,3 +263,23 @@ def test_a_class_of_the_right_name_without_the_fields_is_refused() -> None:
     runner = ep_runner(("deepep", "unquant", "deepep_normal"))
     with pytest.raises(TypeError, match=r"lacks the fields .*topk_ids"):
         runner(Partial(torch.zeros(1, HIDDEN)))  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("dispatch", ["mori_normal_mxfp8", "mori_ll_mxfp8"])
+def test_mxfp8_wire_is_refused_for_a_kernel_that_quantizes_it_again(
+    monkeypatch: pytest.MonkeyPatch, dispatch: str
+) -> None:
+    """AITER's fused_moe quantizes per_1x32 input again and ignores a1_scale, so a runner that
+    passes the mxfp8 wire straight through is refused for it at load (the SGLang integration
+    injects AITER's own function: here a recording kernel standing as `aiter.fused_moe`'s)."""
+    aiters = RecordingKernel()
+    monkeypatch.setitem(sys.modules, "aiter.fused_moe", types.SimpleNamespace(fused_moe=aiters))
+    layer = config(activation="swiglu")
+    mxfp8 = weights("mxfp8")
+    with pytest.raises(t.ConfigError, match=r"passes the mxfp8 wire .* quantizes per_1x32"):
+        generated.select("mori", "mxfp8", dispatch)(layer, mxfp8, kernel=aiters)
+    # Controls: another kernel takes the same runner; AITER's takes the bf16-wire runner, which
+    # hands it bf16 rows to quantize.
+    generated.select("mori", "mxfp8", dispatch)(layer, mxfp8, kernel=RecordingKernel())
+    bf16_wire = dispatch.removesuffix("_mxfp8")
+    generated.select("mori", "mxfp8", bf16_wire)(layer, mxfp8, kernel=aiters)

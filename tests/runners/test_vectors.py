@@ -10,14 +10,12 @@ import pytest
 import torch
 
 import generated
-from moe_runtime import types as t
 from moe_runtime.testing.recording import RecordingKernel
 from tests.recording import (
-    build_dispatch_output,
-    build_weights,
     call_differences,
     combine_differences,
     load_vector,
+    replay,
     vector_paths,
 )
 
@@ -25,14 +23,10 @@ VECTOR_PATHS = vector_paths()
 
 
 def run_vector(path: Path) -> tuple[dict[str, Any], RecordingKernel, Any]:
-    vector = load_vector(path)
-    a2a, quant, dispatch = vector["key"]
-    config = t.MoeLayerConfig(**vector["config"])
     kernel = RecordingKernel()
-    runner = generated.select(a2a, quant, dispatch)(
-        config, build_weights(vector["weights"]), kernel=kernel
+    vector, combine_input = replay(
+        path, lambda key, config, weights: generated.select(*key)(config, weights, kernel=kernel)
     )
-    combine_input = runner(build_dispatch_output(dispatch, vector["dispatch_output"]))
     return vector, kernel, combine_input
 
 

@@ -17,14 +17,7 @@ from moe_runtime.quant import dequantize_fp8_1x128, dequantize_mxfp4
 from moe_runtime.testing import dynamic, emulate
 from moe_runtime.testing.recording import KernelCall, RecordingKernel, as_dtype
 from moe_runtime.testing.weights import make_expert_weights, slice_experts
-from tests.recording import (
-    build_dispatch_output,
-    build_weights,
-    call_differences,
-    combine_differences,
-    load_vector,
-    vector_paths,
-)
+from tests.recording import call_differences, combine_differences, replay, vector_paths
 
 VECTOR_PATHS = vector_paths()
 _COMBINE_INPUT_OF = {
@@ -62,17 +55,13 @@ def injected(kernel: object) -> t.FusedMoeKernel:
 
 
 def run_vector(path: Path) -> tuple[dict[str, Any], WeightRecordingKernel, Any]:
-    vector = load_vector(path)
-    a2a, quant, dispatch = vector["key"]
     kernel = WeightRecordingKernel()
-    runner = dynamic.DynamicRunner(
-        t.MoeLayerConfig(**vector["config"]),
-        build_weights(vector["weights"]),
-        quant,
-        kernel=injected(kernel),
-        a2a_backend=a2a,
+    vector, combine_input = replay(
+        path,
+        lambda key, config, weights: dynamic.DynamicRunner(
+            config, weights, key[1], kernel=injected(kernel), a2a_backend=key[0]
+        ),
     )
-    combine_input = runner(build_dispatch_output(dispatch, vector["dispatch_output"]))
     return vector, kernel, combine_input
 
 

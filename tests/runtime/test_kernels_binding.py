@@ -19,7 +19,14 @@ import torch
 
 from moe_runtime import gate_up, kernels
 from moe_runtime.enums import ActivationType, GateMode, QuantType
-from moe_runtime.kernels import KernelBindingError, accepts_keyword, aiter_binding, choose_binding
+from moe_runtime.kernels import (
+    KernelBindingError,
+    accepts_keyword,
+    aiter_binding,
+    choose_binding,
+    releases,
+)
+from moe_runtime.testing.recording import RecordingKernel, value_difference
 from moe_runtime.types import ExpertWeights
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -73,6 +80,39 @@ def test_choose_binding_rejects_unknown_value(value: str) -> None:
 
 
 # --- the import-time binding, one fresh interpreter per case -----------------------------------
+
+def _kernel_env(value: str | None, *paths: Path) -> dict[str, str]:
+    """This environment with MOE_RUNTIME_KERNEL=`value` (None: unset) and PYTHONPATH `paths`, then
+    the repository."""
+    env = {k: v for k, v in os.environ.items() if k != "MOE_RUNTIME_KERNEL"}
+    if value is not None:
+        env["MOE_RUNTIME_KERNEL"] = value
+    env["PYTHONPATH"] = os.pathsep.join([*map(str, paths), str(REPO_ROOT)])
+    return env
+
+
+def _python(code: str, *argv: str, env: dict[str, str]) -> subprocess.Popen[str]:
+    """A fresh interpreter running `code` with `argv`, started now (they run side by side)."""
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *argv],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _reports(processes: dict[str, subprocess.Popen[str]], timeout: int) -> dict[str, Any]:
+    """Each interpreter's last line of output, as JSON; one that fails fails the test, naming its
+    case and showing its stderr."""
+    results = {}
+    for case, process in processes.items():
+        stdout, stderr = process.communicate(timeout=timeout)
+        assert process.returncode == 0, f"{case}: {stderr}"
+        results[case] = json.loads(stdout.strip().splitlines()[-1])
+    return results
+
 
 # Runs in a fresh interpreter: argv[1] = HIP version to pretend ("" for none), argv[2] = "block"
 # to make `import aiter` fail whatever is installed. Prints one JSON line.
@@ -128,6 +168,10 @@ REFERENCE_ROUNDING = (
 AITER_0_1_7_ROUNDING = (
     "; per_1x32 activation rounding: AITER v0.1.7.post2 rule (Swiglu bf16, others mxfp4, gfx950)"
 )
+# Then how the kernel reads fp8 activations with e8m0 1x32 scales: the reference as they are,
+# AITER quantizes per_1x32 input again (fused_moe.py e4048607a5:3074-3099).
+REFERENCE_MXFP8 = "; mxfp8 activations read as they are"
+AITER_MXFP8 = "; mxfp8 activations re-quantized by the kernel"
 
 # case -> (MOE_RUNTIME_KERNEL or None for unset, pretended HIP version, fake aiter on the path,
 #          block any real aiter)
@@ -146,75 +190,67 @@ _CASES = {
 def imported() -> dict[str, dict[str, Any]]:
     """Import `moe_runtime.kernels` under each case, all interpreters at once (torch's import
     dominates each), and collect what each one reports."""
-    processes = {}
-    for case, (value, hip, with_fake, block) in _CASES.items():
-        env = {k: v for k, v in os.environ.items() if k != "MOE_RUNTIME_KERNEL"}
-        if value is not None:
-            env["MOE_RUNTIME_KERNEL"] = value
-        paths = [str(FAKE_AITER)] if with_fake else []
-        env["PYTHONPATH"] = os.pathsep.join([*paths, str(REPO_ROOT)])
-        processes[case] = subprocess.Popen(
-            [sys.executable, "-c", _DRIVER, hip, "block" if block else ""],
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+    processes = {
+        case: _python(
+            _DRIVER,
+            hip,
+            "block" if block else "",
+            env=_kernel_env(value, *([FAKE_AITER] if with_fake else [])),
         )
-    results = {}
-    for case, process in processes.items():
-        stdout, stderr = process.communicate(timeout=120)
-        assert process.returncode == 0, f"{case}: {stderr}"
-        results[case] = json.loads(stdout.strip().splitlines()[-1])
-    return results
+        for case, (value, hip, with_fake, block) in _CASES.items()
+    }
+    return _reports(processes, timeout=120)
 
 
-def test_import_binds_reference_off_rocm(imported: dict[str, dict[str, Any]]) -> None:
-    result = imported["unset"]
-    assert result["binding"] == "reference"
-    assert result["describe"] == (
-        "reference: MOE_RUNTIME_KERNEL unset and torch is not a ROCm build "
-        f"(torch {torch.__version__}){REFERENCE_KEYWORDS}{REFERENCE_ROUNDING}{UPSCALE}"
-    )
-    assert result["kernel_module"] == "moe_runtime.kernels.reference"
-    assert result["quant_type"] == "moe_runtime.enums.QuantType"
-    assert result["activation_type"] == "moe_runtime.enums.ActivationType"
-    assert result["prepare_is_identity"] is True
-
-
-def test_import_reference_override_ignores_an_importable_aiter(
-    imported: dict[str, dict[str, Any]],
-) -> None:
-    result = imported["reference"]
-    assert result["binding"] == "reference"
-    assert result["describe"] == (
-        f"reference: MOE_RUNTIME_KERNEL=reference{REFERENCE_KEYWORDS}{REFERENCE_ROUNDING}{UPSCALE}"
-    )
-    assert result["kernel_module"] == "moe_runtime.kernels.reference"
-
-
-def test_import_aiter_override_binds_aiter(imported: dict[str, dict[str, Any]]) -> None:
-    result = imported["aiter"]
-    assert result["binding"] == "aiter"
-    assert result["describe"] == (
-        f"aiter 0.1.7.post2+fake from {FAKE_AITER / 'aiter'}: MOE_RUNTIME_KERNEL=aiter"
-        f"{AITER_0_1_7_KEYWORDS}{AITER_0_1_7_ROUNDING}{UPSCALE}"
-    )
-    assert result["kernel_module"] == "aiter.fused_moe"
+# What an interpreter that bound a kernel reports, by binding, besides describe().
+_BOUND = {
+    "reference": {
+        "binding": "reference",
+        "kernel_module": "moe_runtime.kernels.reference",
+        "quant_type": "moe_runtime.enums.QuantType",
+        "activation_type": "moe_runtime.enums.ActivationType",
+        "prepare_is_identity": True,
+    },
     # AITER's own enum classes, not our mirrors.
-    assert result["quant_type"] == "aiter.QuantType"
-    assert result["activation_type"] == "aiter.ActivationType"
-    assert result["prepare_is_identity"] is False
+    "aiter": {
+        "binding": "aiter",
+        "kernel_module": "aiter.fused_moe",
+        "quant_type": "aiter.QuantType",
+        "activation_type": "aiter.ActivationType",
+        "prepare_is_identity": False,
+    },
+}
+_REFERENCE_TAIL = f"{REFERENCE_KEYWORDS}{REFERENCE_ROUNDING}{REFERENCE_MXFP8}{UPSCALE}"
+_AITER_TAIL = f"{AITER_0_1_7_KEYWORDS}{AITER_0_1_7_ROUNDING}{AITER_MXFP8}{UPSCALE}"
+_FAKE_AITER_FROM = f"aiter 0.1.7.post2+fake from {FAKE_AITER / 'aiter'}"
 
 
-def test_import_binds_aiter_on_rocm(imported: dict[str, dict[str, Any]]) -> None:
-    result = imported["rocm_unset"]
-    assert result["binding"] == "aiter"
-    assert result["describe"].endswith(
-        "MOE_RUNTIME_KERNEL unset and torch is a ROCm build "
-        f"(torch {torch.__version__}, HIP 6.3.42131){AITER_0_1_7_KEYWORDS}{AITER_0_1_7_ROUNDING}"
-        f"{UPSCALE}"
-    )
+# case -> (the binding, what describe() says).
+@pytest.mark.parametrize(
+    ("case", "binding", "describe"),
+    [
+        (
+            "unset",
+            "reference",
+            "reference: MOE_RUNTIME_KERNEL unset and torch is not a ROCm build "
+            f"(torch {torch.__version__}){_REFERENCE_TAIL}",
+        ),
+        # The override ignores an importable AITER: its enums are ours, not AITER's.
+        ("reference", "reference", f"reference: MOE_RUNTIME_KERNEL=reference{_REFERENCE_TAIL}"),
+        ("aiter", "aiter", f"{_FAKE_AITER_FROM}: MOE_RUNTIME_KERNEL=aiter{_AITER_TAIL}"),
+        (
+            "rocm_unset",
+            "aiter",
+            f"{_FAKE_AITER_FROM}: MOE_RUNTIME_KERNEL unset and torch is a ROCm build "
+            f"(torch {torch.__version__}, HIP 6.3.42131){_AITER_TAIL}",
+        ),
+    ],
+    ids=["reference_off_rocm", "reference_override", "aiter_override", "aiter_on_rocm"],
+)
+def test_import_binds(
+    case: str, binding: str, describe: str, imported: dict[str, dict[str, Any]]
+) -> None:
+    assert imported[case] == {**_BOUND[binding], "describe": describe}
 
 
 def test_import_aiter_requested_but_missing_says_how_to_get_it(
@@ -309,13 +345,8 @@ def _e8m0(*shape: int) -> torch.Tensor:
 
 
 def _same(a: object, b: torch.Tensor) -> bool:
-    """Same dtype, shape and bytes (works for fp4/e8m0, which torch.equal does not compare)."""
-    assert isinstance(a, torch.Tensor)
-    return (
-        a.dtype == b.dtype
-        and a.shape == b.shape
-        and torch.equal(a.contiguous().view(torch.uint8), b.contiguous().view(torch.uint8))
-    )
+    """A tensor of b's dtype and shape with b's bytes (the one comparison of recorded values)."""
+    return value_difference("argument", a, b) is None
 
 
 _SHUFFLED_TYPES: dict[str, tuple[QuantType, Callable[[], ExpertWeights]]] = {
@@ -436,6 +467,18 @@ def test_prepare_a4w4_shuffles_weights_and_e8m0_scales(
     assert prepared.w13_scale is s13_call.result and prepared.w2_scale is s2_call.result
 
 
+def _assert_a16w4_shuffles(calls: list[Any], weights: ExpertWeights) -> None:
+    """The a16w4 layout's calls: w13 and w2 through shuffle_weight_a16w4, gate_up=True
+    interleaving gate and up tiles of w13 only; then w13's scales (through shuffle_scale_a16w4)
+    and w2's, each shuffled as an [experts * rows, K/32] matrix."""
+    w13_call, w2_call, s13_call, s2_call = calls
+    assert _same(w13_call.args[0], weights.w13_weight) and w13_call.args[1:] == (16, True)
+    assert _same(w2_call.args[0], weights.w2_weight) and w2_call.args[1:] == (16, False)
+    assert _same(s13_call.args[0], weights.w13_scale.reshape(L * 2 * N, H // 32))  # type: ignore[union-attr]
+    assert s13_call.args[1:] == (L, True)
+    assert _same(s2_call.args[0], weights.w2_scale.reshape(L * H, N // 32))  # type: ignore[union-attr]
+
+
 def test_prepare_a16w4_for_swiglu_uses_the_cktile_layout(fake_aiter: ModuleType) -> None:
     weights = _mxfp4_weights()
     prepared = aiter_binding.load().prepare(weights, QuantType.per_1x32, ActivationType.Swiglu)
@@ -444,13 +487,8 @@ def test_prepare_a16w4_for_swiglu_uses_the_cktile_layout(fake_aiter: ModuleType)
     assert [call.name for call in calls] == ["shuffle_weight_a16w4"] * 2 + [
         "shuffle_scale_a16w4"
     ] * 2
+    _assert_a16w4_shuffles(calls, weights)
     w13_call, w2_call, s13_call, s2_call = calls
-    # gate_up=True interleaves gate and up tiles of w13 only.
-    assert _same(w13_call.args[0], weights.w13_weight) and w13_call.args[1:] == (16, True)
-    assert _same(w2_call.args[0], weights.w2_weight) and w2_call.args[1:] == (16, False)
-    assert _same(s13_call.args[0], weights.w13_scale.reshape(L * 2 * N, H // 32))  # type: ignore[union-attr]
-    assert s13_call.args[1:] == (L, True)
-    assert _same(s2_call.args[0], weights.w2_scale.reshape(L * H, N // 32))  # type: ignore[union-attr]
     assert s2_call.args[1:] == (L, False)
     assert prepared.w13_weight is w13_call.result and prepared.w2_weight is w2_call.result
     assert prepared.w13_scale is s13_call.result and prepared.w2_scale is s2_call.result
@@ -472,6 +510,7 @@ def test_prepare_mxfp8_uses_sglangs_a8w8_layout(
     import aiter.fused_moe as fake_module
 
     monkeypatch.setattr(fake_module, "fused_moe", fake_module.fused_moe_v0_1_14)
+    monkeypatch.setattr(fake_aiter, "__version__", "0.1.16.post1")
     weights = _mxfp8_weights()
     logical = gate_up.interleaved(weights) if given == GateMode.INTERLEAVE else weights
     prepared = aiter_binding.load().prepare(logical, QuantType.per_1x32, ActivationType.Swiglu)
@@ -480,31 +519,85 @@ def test_prepare_mxfp8_uses_sglangs_a8w8_layout(
     assert [call.name for call in calls] == [
         "shuffle_weight_a16w4", "shuffle_weight_a16w4", "shuffle_scale_a16w4", "e8m0_shuffle"
     ]  # fmt: skip
-    w13_call, w2_call, s13_call, s2_call = calls
-    assert _same(w13_call.args[0], weights.w13_weight) and w13_call.args[1:] == (16, True)
-    assert _same(w2_call.args[0], weights.w2_weight) and w2_call.args[1:] == (16, False)
-    assert _same(s13_call.args[0], weights.w13_scale.reshape(L * 2 * N, H // 32))  # type: ignore[union-attr]
-    assert s13_call.args[1:] == (L, True)
-    assert _same(s2_call.args[0], weights.w2_scale.reshape(L * H, N // 32))  # type: ignore[union-attr]
+    _assert_a16w4_shuffles(calls, weights)
+    _, _, s13_call, s2_call = calls
     assert prepared.w2_scale is s2_call.result and prepared.w13_scale is s13_call.result
     assert prepared.gate_mode == GateMode.INTERLEAVE
 
 
-@pytest.mark.parametrize("where", ["before v0.1.14", "gfx942"])
+@pytest.mark.parametrize(
+    "where", ["without gate_mode", "gfx942", "v0.1.14", "v0.1.16", "v0.1.16, rocm build"]
+)
 def test_prepare_mxfp8_is_refused_where_aiter_has_no_mxfp8_kernels(
     fake_aiter: ModuleType, monkeypatch: pytest.MonkeyPatch, where: str
 ) -> None:
+    """fp8 per_1x32 kernels first appear at v0.1.16.post1 (fused_moe.py:408-410), on gfx950."""
     import aiter.fused_moe as fake_module
 
-    if where == "gfx942":
+    version = {"v0.1.14": "0.1.14", "v0.1.16": "0.1.16", "v0.1.16, rocm build": "0.1.16+rocm7.1"}
+    if where != "without gate_mode":
         monkeypatch.setattr(fake_module, "fused_moe", fake_module.fused_moe_v0_1_14)
+    monkeypatch.setattr(fake_aiter, "__version__", version.get(where, "0.1.16.post1"))
+    if where == "gfx942":
         monkeypatch.setattr(fake_aiter.dtypes, "fp8", torch.float8_e4m3fnuz)
-    with pytest.raises(ValueError, match=r"mxfp8 weights .* need AITER v0\.1\.17 or later on gfx"):
+    with pytest.raises(
+        ValueError, match=r"mxfp8 weights .* need AITER v0\.1\.16\.post1 or later on gfx950"
+    ):
         aiter_binding.load().prepare(_mxfp8_weights(), QuantType.per_1x32, ActivationType.Swiglu)
     assert fake_aiter.CALLS == []
     # Control: mxfp4 weights on the same AITER are prepared.
     aiter_binding.load().prepare(_mxfp4_weights(), QuantType.per_1x32, ActivationType.Swiglu)
     assert fake_aiter.CALLS
+
+
+@pytest.mark.parametrize("version", ["0.1.16.post1", "0.1.20.post1+rocm7.1", "(unknown version)"])
+def test_prepare_mxfp8_from_v0_1_16_post1(
+    fake_aiter: ModuleType, monkeypatch: pytest.MonkeyPatch, version: str
+) -> None:
+    """Control of the refusals above: the first release with the kernels, a later ROCm build,
+    and a source build that names no release (its gate_mode keyword is the evidence)."""
+    import aiter.fused_moe as fake_module
+
+    monkeypatch.setattr(fake_module, "fused_moe", fake_module.fused_moe_v0_1_14)
+    monkeypatch.setattr(fake_aiter, "__version__", version)
+    prepared = aiter_binding.load().prepare(
+        _mxfp8_weights(), QuantType.per_1x32, ActivationType.Swiglu
+    )
+    assert prepared.gate_mode == GateMode.INTERLEAVE
+
+
+@pytest.mark.parametrize(
+    ("version", "release"),
+    [
+        ("0.1.16", (0, 1, 16, 0)),
+        ("0.1.16.post1", (0, 1, 16, 1)),
+        ("v0.1.7.post2", (0, 1, 7, 2)),
+        ("0.1.20.post1+rocm7.1", (0, 1, 20, 1)),
+        ("0.1.14rc0", (0, 1, 14, 0)),
+        ("(unknown version)", None),
+        ("main", None),
+    ],
+)
+def test_release_of_reads_post_releases(version: str, release: tuple[int, ...] | None) -> None:
+    assert releases.release_of(version) == release
+
+
+def test_post_releases_order_after_their_release() -> None:
+    assert releases.release_of("0.1.16") < releases.release_of("0.1.16.post1")  # type: ignore[operator]
+    assert releases.release_of("0.1.16.post6") < releases.release_of("0.1.17")  # type: ignore[operator]
+    assert releases.tag((0, 1, 16, 1)) == "v0.1.16.post1"
+    assert releases.tag((0, 1, 14, 0)) == "v0.1.14"
+
+
+def test_reads_mxfp8_activations_is_the_kernels_fact(fake_aiter: ModuleType) -> None:
+    """The reference reads mxfp8 activations as they are; AITER's own fused_moe, injected as
+    the SGLang integration injects it, quantizes them again; another injected kernel is taken
+    at its word."""
+    import aiter.fused_moe as fake_module
+
+    assert kernels.reads_mxfp8_activations(kernels.fused_moe) is (kernels.BINDING == "reference")
+    assert kernels.reads_mxfp8_activations(fake_module.fused_moe) is False
+    assert kernels.reads_mxfp8_activations(RecordingKernel()) is True
 
 
 def test_prepare_per_1x32_needs_scales(fake_aiter: ModuleType) -> None:
@@ -771,22 +864,11 @@ _RUNNER_CASES = {
 
 @pytest.fixture(scope="module")
 def runner_calls() -> dict[str, dict[str, Any]]:
-    env = {k: v for k, v in os.environ.items() if k != "MOE_RUNTIME_KERNEL"}
-    env["MOE_RUNTIME_KERNEL"] = "aiter"
-    env["PYTHONPATH"] = os.pathsep.join([str(FAKE_AITER), str(REPO_ROOT)])
+    env = _kernel_env("aiter", FAKE_AITER)
     processes = {
-        case: subprocess.Popen(
-            [sys.executable, "-c", _RUNNER_DRIVER, *argv], cwd=REPO_ROOT, env=env,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
-        for case, argv in _RUNNER_CASES.items()
-    }  # fmt: skip
-    results = {}
-    for case, process in processes.items():
-        stdout, stderr = process.communicate(timeout=180)
-        assert process.returncode == 0, f"{case}: {stderr}"
-        results[case] = json.loads(stdout.strip().splitlines()[-1])
-    return results
+        case: _python(_RUNNER_DRIVER, *argv, env=env) for case, argv in _RUNNER_CASES.items()
+    }
+    return _reports(processes, timeout=180)
 
 
 def test_mxfp4_runner_passes_gate_mode_interleave_to_aiter_from_v0_1_14(

@@ -22,19 +22,9 @@ from moe_runtime.kernels import upscale
 from moe_runtime.testing import emulate
 from moe_runtime.testing.recording import RecordingKernel
 from moe_runtime.testing.weights import make_expert_weights
-from moe_runtime.types import MoeLayerConfig
+from tests.runners.harness import layer_config
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-CONFIG = MoeLayerConfig(
-    num_experts=8,
-    num_local_experts=4,
-    ep_rank=0,
-    ep_size=2,
-    top_k=2,
-    hidden_size=256,
-    intermediate_size=128,
-    activation="silu",
-)
 
 
 @pytest.mark.parametrize(
@@ -123,7 +113,7 @@ def test_low_latency_runners_reuse_the_shape_tensors_across_calls(dispatch: str)
     key = ("deepep", "fp8_block", dispatch)
     weights = make_expert_weights("fp8_block", 4, 256, 128, seed=0)
     kernel = RecordingKernel()
-    runner = generated.select(*key)(CONFIG, weights, kernel=kernel)
+    runner = generated.select(*key)(layer_config(key[1], top_k=2), weights, kernel=kernel)
     for seed in (1, 2):
         batch = emulate.make_batch(6, 256, 8, 2, ep_size=2, seed=seed)
         runner(emulate.dispatch(batch, dispatch, max_tokens_per_rank=3).outputs[0])
