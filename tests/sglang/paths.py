@@ -24,6 +24,16 @@ def rank_config(rank: int, ep_size: int, activation: str = "silu") -> t.MoeLayer
     return t.MoeLayerConfig(NUM_EXPERTS, local, rank, ep_size, activation=activation, **sizes)
 
 
+def set_layer_placement(layer: Any, layer_id: int, config: t.MoeLayerConfig) -> None:
+    """The FusedMoE attributes SGLang's quant methods read of a layer's id, EP placement and
+    sizes, set as FusedMoE.__init__ sets them (the tests' layers skip that __init__)."""
+    layer.layer_id = layer_id
+    layer.moe_ep_rank, layer.moe_ep_size = config.ep_rank, config.ep_size
+    layer.num_experts, layer.num_local_experts = config.num_experts, config.num_local_experts
+    layer.top_k, layer.hidden_size = config.top_k, config.hidden_size
+    layer.intermediate_size_per_partition = config.intermediate_size
+
+
 def layer_activation(quant: str) -> str:
     # Mxfp4MoEMethod builds its runner with swiglu; every other method keeps the model's silu.
     return "swiglu" if quant == "mxfp4" else "silu"

@@ -27,9 +27,9 @@ from moe_runtime.integrations import sglang as integration
 from moe_runtime.testing import emulate
 from moe_runtime.testing.dynamic import known_wrong
 from moe_runtime.testing.weights import make_expert_weights, slice_experts
-from tests.sglang import compare, harness
+from tests.sglang import compare, harness, paths
 from tests.sglang.conftest import COUNTS
-from tests.sglang.paths import HIDDEN, INTERMEDIATE, NUM_EXPERTS, TOKENS, TOP_K, rank_config
+from tests.sglang.paths import HIDDEN, INTERMEDIATE, NUM_EXPERTS, TOKENS, TOP_K
 
 METHODS = ("unquant", "fp8_block", "fp8_channel")
 # (a2a, dispatch) pairs of the dispatchers whose attributes _dispatcher sets.
@@ -58,11 +58,7 @@ class Layer(FusedMoE):
 
     def __init__(self, quant: str, config: t.MoeLayerConfig, weights: t.ExpertWeights) -> None:
         torch.nn.Module.__init__(self)
-        self.layer_id = 7
-        self.moe_ep_rank, self.moe_ep_size = config.ep_rank, config.ep_size
-        self.num_experts, self.num_local_experts = config.num_experts, config.num_local_experts
-        self.top_k, self.hidden_size = config.top_k, config.hidden_size
-        self.intermediate_size_per_partition = config.intermediate_size
+        paths.set_layer_placement(self, 7, config)
         self.w13_weight = torch.nn.Parameter(weights.w13_weight, requires_grad=False)
         self.w2_weight = torch.nn.Parameter(weights.w2_weight, requires_grad=False)
         if quant == "fp8_block":
@@ -126,7 +122,7 @@ def _layers(quant: str, a2a: str, dispatch: str, ep_size: int = 2) -> list[tuple
     local = NUM_EXPERTS // ep_size
     out = []
     for rank, ours in enumerate(dispatched.outputs):
-        config = rank_config(rank, ep_size)
+        config = paths.rank_config(rank, ep_size)
         layer = Layer(quant, config, slice_experts(weights, rank * local, (rank + 1) * local))
         layer.dispatcher = _dispatcher(a2a, dispatch, config)
         out.append((layer, harness.sglang_dispatch_output(ours)))

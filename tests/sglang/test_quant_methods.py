@@ -41,9 +41,9 @@ from moe_runtime.testing.dense import dense_layer
 from moe_runtime.testing.dynamic import known_wrong
 from moe_runtime.testing.weights import make_expert_weights, slice_experts
 from tests.runners.harness import dense_mismatch
-from tests.sglang import compare, harness
+from tests.sglang import compare, harness, paths
 from tests.sglang.conftest import COUNTS
-from tests.sglang.paths import HIDDEN, INTERMEDIATE, NUM_EXPERTS, TOKENS, TOP_K, rank_config
+from tests.sglang.paths import HIDDEN, INTERMEDIATE, NUM_EXPERTS, TOKENS, TOP_K
 from tests.sglang.test_layer import _dispatcher
 
 EP_SIZE = 2
@@ -103,10 +103,7 @@ class Layer(FusedMoE):
         options: dict[str, Any] | None = None,
     ) -> None:
         torch.nn.Module.__init__(self)
-        self.layer_id = 3
-        self.moe_ep_rank, self.moe_ep_size = config.ep_rank, config.ep_size
-        self.num_experts, self.num_local_experts = config.num_experts, config.num_local_experts
-        self.hidden_size = config.hidden_size
+        paths.set_layer_placement(self, 3, config)
         fp4 = quant in ("mxfp4", "quark_w4a4_mxfp4")
         wrap = _fp4_as_uint8 if fp4 else (lambda w: torch.nn.Parameter(w, requires_grad=False))
         self.w13_weight, self.w2_weight = wrap(weights.w13_weight), wrap(weights.w2_weight)
@@ -163,7 +160,7 @@ def _case(
     activation = "swiglu" if quant == "mxfp4" else "silu"
     layers, outputs = [], []
     for rank, ours in enumerate(dispatched.outputs):
-        config = rank_config(rank, ep_size)
+        config = paths.rank_config(rank, ep_size)
         rank_weights = slice_experts(weights, rank * local, (rank + 1) * local)
         layer = Layer(quant, config, rank_weights, options)
         if hidden_pad:
