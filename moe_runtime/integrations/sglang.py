@@ -39,7 +39,9 @@ activation (0.5.23: SwiGLU-OAI on gfx95 as `Swiglu` with its clamp, situ as `Sit
 and `linear_beta`; `moe_runtime.layer_options`), the clamp the quant method puts in its quant info
 (`swiglu_limit`), and the `gate_mode` SGLang's runner derives from that clamp, the method's
 requested mode, the GPU and `SGLANG_USE_AITER_MOE_GU_ITLV` (`sglang_gate_mode`), which becomes the
-weights' `ExpertWeights.gate_mode`.
+weights' `ExpertWeights.gate_mode`. `Mxfp4MoEMethod` with a padded hidden size pads the
+activations itself before `MoeRunner.run`: its runner is built for the padded size with its own
+padding off, and hands combine the padded rows, as SGLang's path does.
 
 SGLang names this module relies on (present in both releases):
 - `sglang.srt.layers.moe.utils.get_moe_a2a_backend` (`.value`: none, deepep, mooncake, nixl, mori)
@@ -90,12 +92,13 @@ but `Mxfp4MoEMethod` (the runner refuses it: AITER's Situv2 runs on the a16w4 ke
 `fused_moe_kwargs` of `Fp8MoEMethod` (but its mxfp8 ones), fp4 experts of `Fp8MoEMethod`, its
 mxfp8 experts on SGLang 0.5.13 (SM100 only there), off gfx95 or with an activation other than
 SwiGLU-OAI, Quark W8A8 fp8 weights SGLang runs on Triton (0.5.13, per-tensor weights), Quark
-W4A8 MXFP4 with a padded hidden size (as `Mxfp4MoEMethod`'s), `Mxfp4MoEMethod` with a
-padded hidden size (its apply pads the activations before `MoeRunner.run`, the runner pads them
-again), compressed-tensors fp8 weights that are not channel-wise, a method whose
-apply would raise before `MoeRunner.run` on the layer's formats (`topk_output` on DeepEP/MORI
-outputs, `expert_mask_gpu` on Mooncake/NIXL dispatchers), MORI's mxfp8 wire, DeepEP nvfp4, and
-quant methods not listed above.
+W4A8 MXFP4 with a padded hidden size, compressed-tensors fp8 weights that are not channel-wise, a
+method whose apply would raise before `MoeRunner.run` on the layer's formats (`topk_output` on
+DeepEP/MORI outputs, `expert_mask_gpu` on Mooncake/NIXL dispatchers), DeepEP nvfp4, and quant
+methods not listed above. MORI's mxfp8 wire (0.5.23, `DispatchDtype.mxfp8`) is served as
+`mori_{normal,ll}_mxfp8`, and 0.5.23's MORI EPv2 dispatcher (`_MoriEPv2DispatcherImplNormal`, by
+class name) as `mori_v2*`: the runner writes the expert output into the dispatch output's
+`expert_output` (combine's buffer) where SGLang passes it as `output=`.
 """
 
 from __future__ import annotations
@@ -338,6 +341,10 @@ def dispatch_formats(a2a: str, dispatcher: Any) -> tuple[str, ...]:
     if a2a == "mori":
         for impl, mode in ((normal, "normal"), (low_latency, "ll")):
             if impl is not None:
+                if type(impl).__name__ == "_MoriEPv2DispatcherImplNormal":
+                    # 0.5.23's EPv2 (SGLANG_MORI_EP_V2, its default; normal mode only): its
+                    # output carries combine's buffer (`expert_output`), the mori_v2* formats.
+                    mode = "v2"
                 wire = impl.dispatch_dtype.name
                 if wire not in _MORI_WIRES:
                     raise SGLangIntegrationError(
@@ -371,6 +378,7 @@ def _classes(dispatch: str) -> tuple[Any, Any]:
     if dispatch.startswith("mori_"):
         from sglang.srt.layers.moe.token_dispatcher import moriep
 
+        # EPv2's output is 0.5.23's MoriEPNormalDispatchOutput, with `expert_output`.
         if dispatch.startswith("mori_ll"):
             return moriep.MoriEPLLDispatchOutput, moriep.MoriEPLLCombineInput
         return moriep.MoriEPNormalDispatchOutput, moriep.MoriEPNormalCombineInput
@@ -647,11 +655,6 @@ def _read_mxfp4(layer: Any, method: Any, ctx: _Context) -> tuple[str, ExpertWeig
             "SGLang 0.5.13's Mxfp4MoEMethod.apply reads dispatch_output.topk_output, which "
             f"{', '.join(ctx.formats)} outputs lack (SGLang's path raises before MoeRunner.run)"
         )
-    if method.hidden_pad:
-        raise ctx.refuse(
-            f"hidden_pad {method.hidden_pad}: Mxfp4MoEMethod.apply pads the activations before "
-            "MoeRunner.run, and the runner pads them itself"
-        )
     with_bias = ctx.release == "0.5.13" or method.with_bias
     w13, w2 = _fp4_views(layer)
     return "mxfp4", ExpertWeights(
@@ -837,6 +840,35 @@ _CLAMPS: Final[dict[str, Callable[[Any, Any, _Context], tuple[float, str | None]
 }
 
 
+class _HiddenPadKeyword:
+    """The kernel with `hidden_pad` fixed: for Mxfp4MoEMethod's padded H, whose apply pads the
+    activations before `MoeRunner.run` (0.5.13 mxfp4.py:1270-1278, 0.5.23 mxfp4.py:1770-1777)
+    and passes the pad to AITER. The runner is built for the padded H with unpadded weights (its
+    own padding off: the rows arrive padded) and this restores the keyword SGLang passes; the
+    output keeps the padded H, as SGLang's, which `FusedMoE.forward_impl` crops after combine."""
+
+    def __init__(self, kernel: FusedMoeKernel, hidden_pad: int) -> None:
+        self.__wrapped__ = kernel  # the keywords it takes are read through this (inspect)
+        self._kernel: Callable[..., Any] = kernel
+        self._hidden_pad = hidden_pad
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["hidden_pad"] = self._hidden_pad
+        return self._kernel(*args, **kwargs)
+
+
+def _padded_activations(
+    layer: Any, config: MoeLayerConfig, kernel: FusedMoeKernel | None
+) -> tuple[MoeLayerConfig, FusedMoeKernel | None]:
+    """Mxfp4MoEMethod with a padded H: the runner's H is the padded one (see _HiddenPadKeyword)."""
+    method = _serving_method(layer)
+    pad = int(getattr(method, "hidden_pad", 0) or 0)
+    if type(method).__name__ != "Mxfp4MoEMethod" or pad == 0:
+        return config, kernel
+    padded: Any = _HiddenPadKeyword(_default_kernel() if kernel is None else kernel, pad)
+    return replace(config, hidden_size=config.hidden_size + pad), padded
+
+
 def _read_kernel_options(
     layer: Any,
     runner_config: Any,
@@ -895,6 +927,7 @@ def install(
     config, weights = _read_kernel_options(
         layer, moe_runner.config, config, weights, _Context(name, sglang_release(), formats)
     )
+    config, kernel = _padded_activations(layer, config, kernel)
     return install_on_runner(
         moe_runner,
         a2a=a2a,

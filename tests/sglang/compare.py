@@ -65,3 +65,14 @@ def perturbed_combine(combine_input: Any) -> Any:
     else:
         hidden = torch.ones(1, dtype=hidden.dtype)
     return combine_input._replace(hidden_states=hidden)
+
+
+def assert_exact(
+    native: Any, native_call: dict[str, Any], ours: Any, ours_call: dict[str, Any]
+) -> None:
+    """SGLang's combine input and kernel call against the installed path's: the same, and each
+    comparison catches one perturbed value (the negative controls)."""
+    assert call_differences(native_call, ours_call) == []
+    assert combine_differences(native, ours) == []
+    assert call_differences(native_call, perturbed_call(ours_call))
+    assert combine_differences(native, perturbed_combine(ours))

@@ -17,6 +17,23 @@ from tests.sglang import harness
 NUM_EXPERTS, HIDDEN, INTERMEDIATE, TOP_K, TOKENS = 8, 256, 128, 3, 13
 
 
+def rank_config(rank: int, ep_size: int, activation: str = "silu") -> t.MoeLayerConfig:
+    """The test layer's config on one rank of `ep_size` (experts split evenly)."""
+    sizes = {"top_k": TOP_K, "hidden_size": HIDDEN, "intermediate_size": INTERMEDIATE}
+    local = NUM_EXPERTS // ep_size
+    return t.MoeLayerConfig(NUM_EXPERTS, local, rank, ep_size, activation=activation, **sizes)
+
+
+def set_layer_placement(layer: Any, layer_id: int, config: t.MoeLayerConfig) -> None:
+    """The FusedMoE attributes SGLang's quant methods read of a layer's id, EP placement and
+    sizes, set as FusedMoE.__init__ sets them (the tests' layers skip that __init__)."""
+    layer.layer_id = layer_id
+    layer.moe_ep_rank, layer.moe_ep_size = config.ep_rank, config.ep_size
+    layer.num_experts, layer.num_local_experts = config.num_experts, config.num_local_experts
+    layer.top_k, layer.hidden_size = config.top_k, config.hidden_size
+    layer.intermediate_size_per_partition = config.intermediate_size
+
+
 def layer_activation(quant: str) -> str:
     # Mxfp4MoEMethod builds its runner with swiglu; every other method keeps the model's silu.
     return "swiglu" if quant == "mxfp4" else "silu"
@@ -57,16 +74,7 @@ def run_paths(key: tuple[str, str, str], ep_size: int, *, seed: int = 0) -> Path
     local = NUM_EXPERTS // ep_size
     ranks = []
     for rank, ours in enumerate(dispatched.outputs):
-        config = t.MoeLayerConfig(
-            num_experts=NUM_EXPERTS,
-            num_local_experts=local,
-            ep_rank=rank,
-            ep_size=ep_size,
-            top_k=TOP_K,
-            hidden_size=HIDDEN,
-            intermediate_size=INTERMEDIATE,
-            activation=layer_activation(quant),
-        )
+        config = rank_config(rank, ep_size, layer_activation(quant))
         rank_weights = slice_experts(weights, rank * local, (rank + 1) * local)
         dispatch_output = harness.sglang_dispatch_output(ours)
         dispatcher = harness.Dispatcher(a2a, config)

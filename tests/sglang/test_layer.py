@@ -27,7 +27,7 @@ from moe_runtime.integrations import sglang as integration
 from moe_runtime.testing import emulate
 from moe_runtime.testing.dynamic import known_wrong
 from moe_runtime.testing.weights import make_expert_weights, slice_experts
-from tests.sglang import compare, harness
+from tests.sglang import compare, harness, paths
 from tests.sglang.conftest import COUNTS
 from tests.sglang.paths import HIDDEN, INTERMEDIATE, NUM_EXPERTS, TOKENS, TOP_K
 
@@ -58,11 +58,7 @@ class Layer(FusedMoE):
 
     def __init__(self, quant: str, config: t.MoeLayerConfig, weights: t.ExpertWeights) -> None:
         torch.nn.Module.__init__(self)
-        self.layer_id = 7
-        self.moe_ep_rank, self.moe_ep_size = config.ep_rank, config.ep_size
-        self.num_experts, self.num_local_experts = config.num_experts, config.num_local_experts
-        self.top_k, self.hidden_size = config.top_k, config.hidden_size
-        self.intermediate_size_per_partition = config.intermediate_size
+        paths.set_layer_placement(self, 7, config)
         self.w13_weight = torch.nn.Parameter(weights.w13_weight, requires_grad=False)
         self.w2_weight = torch.nn.Parameter(weights.w2_weight, requires_grad=False)
         if quant == "fp8_block":
@@ -126,16 +122,7 @@ def _layers(quant: str, a2a: str, dispatch: str, ep_size: int = 2) -> list[tuple
     local = NUM_EXPERTS // ep_size
     out = []
     for rank, ours in enumerate(dispatched.outputs):
-        config = t.MoeLayerConfig(
-            num_experts=NUM_EXPERTS,
-            num_local_experts=local,
-            ep_rank=rank,
-            ep_size=ep_size,
-            top_k=TOP_K,
-            hidden_size=HIDDEN,
-            intermediate_size=INTERMEDIATE,
-            activation="silu",
-        )
+        config = paths.rank_config(rank, ep_size)
         layer = Layer(quant, config, slice_experts(weights, rank * local, (rank + 1) * local))
         layer.dispatcher = _dispatcher(a2a, dispatch, config)
         out.append((layer, harness.sglang_dispatch_output(ours)))
@@ -169,10 +156,7 @@ def test_apply_through_installed_runner(
         installed = layer.quant_method.apply(layer, dispatch_output)
         installed_call = harness.last_call()
         assert installed_call is not native_call
-        assert compare.call_differences(native_call, installed_call) == []
-        assert compare.combine_differences(native, installed) == []
-        assert compare.call_differences(native_call, compare.perturbed_call(installed_call))
-        assert compare.combine_differences(native, compare.perturbed_combine(installed))
+        compare.assert_exact(native, native_call, installed, installed_call)
         # Off again: SGLang's own path, the same call once more.
         assert integration.uninstall(layer)
         assert integration.installed(layer) is None

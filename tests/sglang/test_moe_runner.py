@@ -16,8 +16,10 @@ import re
 
 import pytest
 import torch
+from sglang.srt.layers.moe.token_dispatcher import moriep
 
 import generated
+from moe_runtime.integrations import sglang as integration
 from moe_runtime.testing.dynamic import QUANT_METHODS, has_path, known_wrong
 from tests.runners.harness import dense_mismatch
 from tests.sglang import compare, harness
@@ -76,27 +78,56 @@ def _combined(paths: Paths, which: str) -> torch.Tensor:
 def test_installed_runner_against_sglang(key: tuple[str, str, str], ep_size: int) -> None:
     a2a, quant, dispatch = key
     paths = run_paths(key, ep_size)
-    raises = apply_raises(key)
-    if raises is not None:
-        # SGLang cannot run this combination: every rank's apply raises before MoeRunner.run.
-        for rank in paths.ranks:
-            assert isinstance(rank.native, AttributeError), rank.native
-            assert re.search(raises, str(rank.native)), rank.native
-        COUNTS["sglang cannot run (apply raises)"] += 1
+    if _apply_raised(paths, key):
         return
     for rank in paths.ranks:
         assert not isinstance(rank.installed, Exception), rank.installed
         assert type(rank.installed).__module__.startswith("sglang."), type(rank.installed)
-    installed = _combined(paths, "installed")
-    if cpu_blocked(key):
-        for rank in paths.ranks:
-            assert isinstance(rank.native, RuntimeError), rank.native
-            assert "active drivers" in str(rank.native), rank.native
-        assert dense_mismatch(installed, paths.expected, quant, dispatch) is None
-        COUNTS["sglang cannot run on CPU (Triton upscale); installed vs dense"] += 1
+    if _cpu_blocked(paths, key, key):
         return
-    wrong = known_wrong(a2a, quant, dispatch, ep_size=ep_size, hidden_pad=0)
-    if wrong is None:
+    wrong = known_wrong(a2a, quant, dispatch, ep_size=ep_size, hidden_pad=0) is not None
+    _compare(paths, key, ep_size, wrong=wrong)
+
+
+def _apply_raised(paths: Paths, key: tuple[str, str, str], label: str = "") -> bool:
+    """Whether SGLang cannot run `key` at all: then every rank's apply raised before
+    MoeRunner.run, as `apply_raises` says (asserted and counted under `label`)."""
+    raises = apply_raises(key)
+    if raises is None:
+        return False
+    for rank in paths.ranks:
+        assert isinstance(rank.native, AttributeError), rank.native
+        assert re.search(raises, str(rank.native)), rank.native
+    COUNTS[f"{label}sglang cannot run (apply raises)"] += 1
+    return True
+
+
+def _cpu_blocked(
+    paths: Paths, key: tuple[str, str, str], verdict: tuple[str, str, str], label: str = ""
+) -> bool:
+    """Whether SGLang's path for `key` needs its ROCm Triton upscale (by the `verdict` key's
+    wire): then it raised on a CPU, and the installed path is compared with the dense MoE."""
+    if not cpu_blocked(verdict):
+        return False
+    _, quant, dispatch = key
+    for rank in paths.ranks:
+        assert isinstance(rank.native, RuntimeError), rank.native
+        assert "active drivers" in str(rank.native), rank.native
+    installed = _combined(paths, "installed")
+    assert dense_mismatch(installed, paths.expected, quant, dispatch) is None
+    assert dense_mismatch(torch.zeros_like(installed), paths.expected, quant, dispatch)
+    COUNTS[f"{label}sglang cannot run on CPU (Triton upscale); installed vs dense"] += 1
+    return True
+
+
+def _compare(
+    paths: Paths, key: tuple[str, str, str], ep_size: int, *, wrong: bool, label: str = ""
+) -> None:
+    """Exact where SGLang is right; where it is `wrong`, the installed path is the dense MoE and
+    SGLang's is not. Each with a negative control; counted under `label`."""
+    _, quant, dispatch = key
+    installed = _combined(paths, "installed")
+    if not wrong:
         for rank in paths.ranks:
             assert not isinstance(rank.native, Exception), rank.native
             assert rank.native_call is not None and rank.installed_call is not None
@@ -118,12 +149,12 @@ def test_installed_runner_against_sglang(key: tuple[str, str, str], ep_size: int
             assert (
                 dense_mismatch(_combined(paths, "native"), paths.expected, quant, dispatch) is None
             )
-        COUNTS["exact"] += 1
+        COUNTS[f"{label}exact"] += 1
         return
     # SGLang is wrong here: the installed path matches the dense MoE, SGLang's does not.
     assert dense_mismatch(installed, paths.expected, quant, dispatch) is None
     failures = [r.native for r in paths.ranks if isinstance(r.native, Exception)]
-    if quant == "mxfp4" and dispatch in FP4_WIRES:
+    if quant == "mxfp4" and dispatch.replace("mori_v2", "mori_normal") in FP4_WIRES:
         # The reference kernel reads fp4 activations as AITER's a4w4 kernels would, so the flaw
         # shows in the call: fp4 rows and scales handed to the Swiglu (a16w4, bf16-input) kernel.
         for rank in paths.ranks:
@@ -142,4 +173,113 @@ def test_installed_runner_against_sglang(key: tuple[str, str, str], ep_size: int
         assert dense_mismatch(
             harness.combined(paths.dispatched, zeroed), paths.expected, quant, dispatch
         )
-    COUNTS["dense (sglang wrong)"] += 1
+    COUNTS[f"{label}dense (sglang wrong)"] += 1
+
+
+# SGLang 0.5.23's MORI mxfp8 wire (DispatchDtype.mxfp8, token_dispatcher/moriep.py:250): fp8 rows
+# with one e8m0 scale per 32, which its pre-permute hands AITER as they are (moe_runner/aiter.py:
+# 464-471). Wrong on every weight this harness builds: fp4 (per_1x32) weights get fp8 rows that
+# AITER's per_1x32 fp4 kernels take only with `quant_dtype_a` (the a8w4 path, which SGLang sets
+# for interleaved weights on gfx95 only, aiter.py:306-310), so the reference kernel refuses them;
+# and two known 0.5.23 defects: bf16 weights get PER_128X128 with those e8m0 scales
+# (aiter.py:406-407), fp8 block / per-token weights their own quant type with an e8m0 a1_scale
+# (aiter.py:389-402).
+MXFP8_WIRES = ("mori_normal_mxfp8", "mori_ll_mxfp8")
+MXFP8_CASES = [
+    (key, ep)
+    for key in sorted(generated.RUNNERS)
+    if key[1] in QUANT_METHODS and key[2] in MXFP8_WIRES and harness.RELEASE != "0.5.13"
+    for ep in EP_SIZES
+]
+
+
+def test_sglang_enables_the_mxfp8_wire_with_this_aiter() -> None:
+    """SGLang turns SGLANG_MORI_DISPATCH_DTYPE=mxfp8 into its mxfp8 wire only when AITER's
+    `get_hip_quant` takes `scale_type` (moriep.py:130-150, 929-939); the fake AITER does."""
+    if harness.RELEASE == "0.5.13":
+        assert not hasattr(moriep.DispatchDtype, "mxfp8")
+        return
+    moriep._aiter_supports_mxfp8_dispatch.cache_clear()
+    assert moriep._aiter_supports_mxfp8_dispatch()
+    moriep._aiter_supports_mxfp8_dispatch.cache_clear()
+
+
+@pytest.mark.parametrize(
+    ("key", "ep_size"), MXFP8_CASES, ids=[f"{'/'.join(k)}-ep{e}" for k, e in MXFP8_CASES]
+)
+def test_installed_runner_on_the_mxfp8_wire(key: tuple[str, str, str], ep_size: int) -> None:
+    quant = key[1]
+    paths = run_paths(key, ep_size)
+    if _apply_raised(paths, key, "mxfp8 wire: "):
+        return
+    for rank in paths.ranks:
+        assert not isinstance(rank.installed, Exception), rank.installed
+    for rank in paths.ranks:
+        if quant in FP4_WEIGHTS:
+            assert isinstance(rank.native, ValueError), rank.native
+            assert "float8_e4m3fn do not fit quant_type per_1x32" in str(rank.native)
+        elif rank.native_call is not None:
+            # The defect itself: e8m0 scales under a quant type that reads fp32 ones.
+            assert rank.native_call["a1_scale"].dtype == torch.float8_e8m0fnu
+            assert rank.native_call["quant_type"] is not harness.aiter.QuantType.per_1x32
+    _compare(paths, key, ep_size, wrong=True, label="mxfp8 wire: ")
+
+
+# SGLang 0.5.23's MORI EPv2 (`_MoriEPv2DispatcherImplNormal`, its default): its normal dispatch
+# output with combine's staging buffer `expert_output`, which its AITER runner passes as
+# `output=` when fused_moe takes it (moe_runner/aiter.py:161-165, 249-257); received scales are
+# strided views of MORI's wider scale rows (moriep.py:1536-1545).
+V2_CASES = [
+    (key, ep)
+    for key in sorted(generated.RUNNERS)
+    if key[1] in QUANT_METHODS and key[2].startswith("mori_v2") and harness.RELEASE != "0.5.13"
+    for ep in EP_SIZES
+]
+
+
+@pytest.mark.parametrize(
+    ("key", "ep_size"), V2_CASES, ids=[f"{'/'.join(k)}-ep{e}" for k, e in V2_CASES]
+)
+def test_installed_runner_on_mori_epv2(key: tuple[str, str, str], ep_size: int) -> None:
+    a2a, quant, dispatch = key
+    paths = run_paths(key, ep_size)
+    if _apply_raised(paths, key, "mori EPv2: "):
+        return
+    written = 0
+    for rank in paths.ranks:
+        assert not isinstance(rank.installed, Exception), rank.installed
+        buffer = rank.dispatch_output.expert_output
+        if rank.installed_call is not None and buffer is not None:
+            # The installed runner writes the expert output into combine's buffer, no copy.
+            assert rank.installed_call["output"] is buffer
+            assert rank.installed.hidden_states.data_ptr() == buffer.data_ptr()
+            written += 1
+    assert written, "no rank wrote into combine's buffer"
+    # What SGLang does with the rows is its normal pre-permute's: the EPv1 format's verdicts.
+    base = (a2a, quant, dispatch.replace("mori_v2", "mori_normal"))
+    if _cpu_blocked(paths, key, base, "mori EPv2: "):
+        return
+    wrong = dispatch.endswith("_mxfp8") or (
+        known_wrong(*base, ep_size=ep_size, hidden_pad=0) is not None
+    )
+    _compare(paths, key, ep_size, wrong=wrong, label="mori EPv2: ")
+
+
+def test_epv2_dispatcher_is_read_as_the_mori_v2_formats() -> None:
+    """`install` reads EPv2 from the dispatcher SGLang built (`_MoriEPv2DispatcherImplNormal`) and
+    its wire from `dispatch_dtype`, as for EPv1 (whose impl gives the mori_normal* formats)."""
+    if harness.RELEASE == "0.5.13":
+        assert not hasattr(moriep, "_MoriEPv2DispatcherImplNormal")
+        return
+    for impl_cls, mode in (
+        (moriep._MoriEPv2DispatcherImplNormal, "v2"),
+        (moriep._MoriEPDispatcherImplNormal, "normal"),
+    ):
+        for dtype, suffix in (("bf16", ""), ("fp8", "_fp8"), ("fp4", "_fp4"), ("mxfp8", "_mxfp8")):
+            impl = impl_cls.__new__(impl_cls)
+            impl.dispatch_dtype = moriep.DispatchDtype[dtype]
+            dispatcher = moriep.MoriEPDispatcher.__new__(moriep.MoriEPDispatcher)
+            dispatcher._normal_dispatcher = impl
+            formats = integration.dispatch_formats("mori", dispatcher)
+            assert formats == (f"mori_{mode}{suffix}",)
+            assert ("mori", "fp8_block", formats[0]) in generated.RUNNERS

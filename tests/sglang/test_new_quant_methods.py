@@ -45,7 +45,7 @@ from moe_runtime.testing import emulate
 from moe_runtime.testing.dense import dense_layer
 from moe_runtime.testing.weights import make_expert_weights, slice_experts
 from tests.runners.harness import dense_mismatch
-from tests.sglang import compare, harness
+from tests.sglang import compare, harness, paths
 from tests.sglang.conftest import COUNTS
 from tests.sglang.paths import HIDDEN, INTERMEDIATE, NUM_EXPERTS, TOKENS, TOP_K
 from tests.sglang.test_layer import _dispatcher
@@ -112,11 +112,7 @@ class Layer(FusedMoE):
         self, config: t.MoeLayerConfig, method: Any, options: dict[str, Any], scheme: Any = None
     ) -> None:
         torch.nn.Module.__init__(self)
-        self.layer_id = 11
-        self.moe_ep_rank, self.moe_ep_size = config.ep_rank, config.ep_size
-        self.num_experts, self.num_local_experts = config.num_experts, config.num_local_experts
-        self.top_k, self.hidden_size = config.top_k, config.hidden_size
-        self.intermediate_size_per_partition = config.intermediate_size
+        paths.set_layer_placement(self, 11, config)
         self.moe_tp_size = 1
         if scheme is not None:
             self.scheme = scheme
@@ -286,16 +282,7 @@ def _case(method: Method, a2a: str, dispatch: str, ep_size: int) -> Case:
     local = NUM_EXPERTS // ep_size
     layers, outputs = [], []
     for rank, ours in enumerate(dispatched.outputs):
-        config = t.MoeLayerConfig(
-            num_experts=NUM_EXPERTS,
-            num_local_experts=local,
-            ep_rank=rank,
-            ep_size=ep_size,
-            top_k=TOP_K,
-            hidden_size=HIDDEN,
-            intermediate_size=INTERMEDIATE,
-            activation="silu",
-        )
+        config = paths.rank_config(rank, ep_size)
         layer = method.build(
             config, slice_experts(held, rank * local, (rank + 1) * local), method.options
         )

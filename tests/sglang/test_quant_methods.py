@@ -41,7 +41,7 @@ from moe_runtime.testing.dense import dense_layer
 from moe_runtime.testing.dynamic import known_wrong
 from moe_runtime.testing.weights import make_expert_weights, slice_experts
 from tests.runners.harness import dense_mismatch
-from tests.sglang import compare, harness
+from tests.sglang import compare, harness, paths
 from tests.sglang.conftest import COUNTS
 from tests.sglang.paths import HIDDEN, INTERMEDIATE, NUM_EXPERTS, TOKENS, TOP_K
 from tests.sglang.test_layer import _dispatcher
@@ -103,10 +103,7 @@ class Layer(FusedMoE):
         options: dict[str, Any] | None = None,
     ) -> None:
         torch.nn.Module.__init__(self)
-        self.layer_id = 3
-        self.moe_ep_rank, self.moe_ep_size = config.ep_rank, config.ep_size
-        self.num_experts, self.num_local_experts = config.num_experts, config.num_local_experts
-        self.hidden_size = config.hidden_size
+        paths.set_layer_placement(self, 3, config)
         fp4 = quant in ("mxfp4", "quark_w4a4_mxfp4")
         wrap = _fp4_as_uint8 if fp4 else (lambda w: torch.nn.Parameter(w, requires_grad=False))
         self.w13_weight, self.w2_weight = wrap(weights.w13_weight), wrap(weights.w2_weight)
@@ -151,27 +148,25 @@ def _case(
     dispatch: str,
     ep_size: int = EP_SIZE,
     options: dict[str, Any] | None = None,
+    hidden_pad: int = 0,
 ) -> Case:
     harness.set_a2a_backend(a2a)
-    weights = make_expert_weights(quant, NUM_EXPERTS, HIDDEN, INTERMEDIATE, seed=5)
+    weights = make_expert_weights(
+        quant, NUM_EXPERTS, HIDDEN, INTERMEDIATE, seed=5, hidden_pad=hidden_pad
+    )
     batch = emulate.make_batch(TOKENS, HIDDEN, NUM_EXPERTS, TOP_K, ep_size=ep_size, seed=6)
     dispatched = emulate.dispatch(batch, dispatch)
     local = NUM_EXPERTS // ep_size
     activation = "swiglu" if quant == "mxfp4" else "silu"
     layers, outputs = [], []
     for rank, ours in enumerate(dispatched.outputs):
-        config = t.MoeLayerConfig(
-            num_experts=NUM_EXPERTS,
-            num_local_experts=local,
-            ep_rank=rank,
-            ep_size=ep_size,
-            top_k=TOP_K,
-            hidden_size=HIDDEN,
-            intermediate_size=INTERMEDIATE,
-            activation="silu",
-        )
+        config = paths.rank_config(rank, ep_size)
         rank_weights = slice_experts(weights, rank * local, (rank + 1) * local)
         layer = Layer(quant, config, rank_weights, options)
+        if hidden_pad:
+            # Mxfp4MoEMethod.create_weights: H rounded up to 256, the pad kept (mxfp4.py).
+            layer.quant_method.hidden_pad = hidden_pad
+            layer.quant_method.hidden_size = HIDDEN + hidden_pad
         layer.dispatcher = _dispatcher(a2a, dispatch, config)
         layers.append(layer)
         outputs.append(harness.sglang_dispatch_output(ours))
@@ -245,10 +240,7 @@ def test_install_reads_the_method_and_serves_its_apply(
     if not _sglang_wrong(quant, a2a, dispatch, ep_size):
         for (native, native_call), (ours, ours_call) in zip(natives, installed, strict=True):
             assert native_call is not None, native
-            assert compare.call_differences(native_call, ours_call) == []
-            assert compare.combine_differences(native, ours) == []
-            assert compare.call_differences(native_call, compare.perturbed_call(ours_call))
-            assert compare.combine_differences(native, compare.perturbed_combine(ours))
+            compare.assert_exact(native, native_call, ours, ours_call)
         COUNTS["exact via install(layer) + apply, other quant methods"] += 1
         return
     # SGLang passes no expert mask here: the installed path is the dense MoE, SGLang's is not.
@@ -276,67 +268,29 @@ class Option:
     gate_mode: str
     swiglu_limit: float | None
     activation: str
-    gu_itlv: bool = True  # SGLANG_USE_AITER_MOE_GU_ITLV
-    releases: tuple[str, ...] = ("0.5.13", "0.5.23")
+    gu_itlv: bool  # SGLANG_USE_AITER_MOE_GU_ITLV
+    releases: tuple[str, ...]
 
 
-NEW = ("0.5.23",)
-OPTIONS = [
-    # gpt-oss: the clamp as gemm1_clamp_limit; its weights are shuffled gate/up interleaved.
-    Option("clamp", "mxfp4", {"gemm1_clamp_limit": 7.0}, "", "interleave", 7.0, "Swiglu"),
-    Option("swiglu_limit", "mxfp4", {"swiglu_limit": 5.0}, "", "interleave", 5.0, "Swiglu"),
-    Option(
-        "clamp-gu-itlv-off",
-        "mxfp4",
-        {"gemm1_clamp_limit": 7.0},
-        "",
-        "separated",
-        7.0,
-        "Swiglu",
-        gu_itlv=False,
-    ),
-    Option(
-        "clamp-gfx95-split",
-        "mxfp4",
-        {"gemm1_clamp_limit": 7.0, "gate_up_interleaved": False},
-        "gfx95",
-        "separated",
-        7.0,
-        "Swiglu",
-        releases=NEW,
-    ),
-    Option(
-        "situ",
-        "mxfp4",
-        {"activation": "situ", "gemm1_alpha": 1.5, "gemm1_clamp_limit": 2.0},
-        "",
-        "separated",
-        None,
-        "Situv2",
-        releases=NEW,
-    ),
-    Option(
-        "swiglu-oai-gfx95",
-        "quark_w4a4_mxfp4",
-        {"is_gated": True, "gemm1_alpha": 1.702, "gemm1_clamp_limit": 7.0},
-        "gfx95",
-        "separated",
-        7.0,
-        "Swiglu",
-        releases=NEW,
-    ),
-    Option(
-        "swiglu_limit",
-        "quark_w4a4_mxfp4",
-        {"swiglu_limit": 5.0},
-        "",
-        "interleave",
-        5.0,
-        "Silu",
-        releases=NEW,
-    ),
-    Option("gfx1250", "quark_w4a4_mxfp4", {}, "gfx1250", "interleave", None, "Silu", releases=NEW),
+BOTH, NEW = ("0.5.13", "0.5.23"), ("0.5.23",)
+CLAMP, LIMIT = {"gemm1_clamp_limit": 7.0}, {"swiglu_limit": 5.0}
+SPLIT = {**CLAMP, "gate_up_interleaved": False}
+SITU = {"activation": "situ", "gemm1_alpha": 1.5, "gemm1_clamp_limit": 2.0}
+OAI = {"is_gated": True, "gemm1_alpha": 1.702, **CLAMP}
+# name, quant method, MoeRunnerConfig fields, GPU, then what SGLang passes: gate_mode,
+# swiglu_limit, activation; then SGLANG_USE_AITER_MOE_GU_ITLV and the releases. gpt-oss sets the
+# clamp as gemm1_clamp_limit (its weights are shuffled gate/up interleaved), others swiglu_limit.
+_TABLE: list[tuple[Any, ...]] = [
+    ("clamp", "mxfp4", CLAMP, "", "interleave", 7.0, "Swiglu", True, BOTH),
+    ("swiglu_limit", "mxfp4", LIMIT, "", "interleave", 5.0, "Swiglu", True, BOTH),
+    ("clamp-gu-itlv-off", "mxfp4", CLAMP, "", "separated", 7.0, "Swiglu", False, BOTH),
+    ("clamp-gfx95-split", "mxfp4", SPLIT, "gfx95", "separated", 7.0, "Swiglu", True, NEW),
+    ("situ", "mxfp4", SITU, "", "separated", None, "Situv2", True, NEW),
+    ("swiglu-oai-gfx95", "quark_w4a4_mxfp4", OAI, "gfx95", "separated", 7.0, "Swiglu", True, NEW),
+    ("swiglu_limit", "quark_w4a4_mxfp4", LIMIT, "", "interleave", 5.0, "Silu", True, NEW),
+    ("gfx1250", "quark_w4a4_mxfp4", {}, "gfx1250", "interleave", None, "Silu", True, NEW),
 ]
+OPTIONS = [Option(*row) for row in _TABLE]
 OPTIONS_HERE = [o for o in OPTIONS if harness.RELEASE in o.releases]
 
 
@@ -372,10 +326,7 @@ def test_layer_options_reach_the_kernel_as_sglang_passes_them(
         integration.install(layer)
         ours = layer.quant_method.apply(layer, output)
         ours_call = harness.last_call()
-        assert compare.call_differences(native_call, ours_call) == []
-        assert compare.combine_differences(native, ours) == []
-        assert compare.call_differences(native_call, compare.perturbed_call(ours_call))
-        assert compare.combine_differences(native, compare.perturbed_combine(ours))
+        compare.assert_exact(native, native_call, ours, ours_call)
         assert integration.uninstall(layer)
         # Negative control: the other gate_mode is another call and another output.
         with monkeypatch.context() as patch:
@@ -406,12 +357,46 @@ def test_clamps_sglang_drops_or_the_runners_cannot_serve_are_refused() -> None:
     integration.install(_case("quark_w4a4_mxfp4", "none", "standard").layers[0])
 
 
-def test_mxfp4_padded_hidden_is_refused_at_install() -> None:
-    layer = _case("mxfp4", "none", "standard").layers[0]
-    layer.quant_method.hidden_pad = 64
-    with pytest.raises(integration.SGLangIntegrationError, match="hidden_pad 64"):
+PAD = 64
+PADDED_FORMATS = [
+    (a2a, dispatch)
+    for a2a, dispatch in FORMATS
+    if (dispatch == "standard" or not _standard_only("mxfp4"))
+    and not _sglang_wrong("mxfp4", a2a, dispatch, EP_SIZE)
+]
+
+
+@pytest.mark.parametrize(("a2a", "dispatch"), PADDED_FORMATS, ids=[d for _, d in PADDED_FORMATS])
+def test_mxfp4_padded_hidden_is_served_as_sglang_pads_it(a2a: str, dispatch: str) -> None:
+    """Mxfp4MoEMethod pads H to 256 at load; its apply pads the rows (unless they arrive padded,
+    RMSNorm's x_pad_to_multiple) and passes `hidden_pad`; FusedMoE crops after combine. The
+    installed runner makes the same call on the same padded rows and hands the same combine
+    input; cropped, both are the dense MoE."""
+    case = _case("mxfp4", a2a, dispatch, hidden_pad=PAD)
+    installed = []
+    for layer, output in zip(case.layers, case.outputs, strict=True):
+        assert output.hidden_states.shape[-1] == HIDDEN
+        prepadded = output._replace(
+            hidden_states=torch.nn.functional.pad(output.hidden_states, (0, PAD))
+        )
+        natives = [_native(layer, output), _native(layer, prepadded)]
         integration.install(layer)
-    assert integration.installed(layer) is None
+        for (native, native_call), given in zip(natives, (output, prepadded), strict=True):
+            assert native_call is not None, native
+            assert native_call["hidden_states"].shape[-1] == HIDDEN + PAD
+            assert native_call["hidden_pad"] == PAD
+            ours = layer.quant_method.apply(layer, given)
+            ours_call = harness.last_call()
+            compare.assert_exact(native, native_call, ours, ours_call)
+            # Negative control: without the pad keyword it is another call.
+            assert compare.call_differences(native_call, {**ours_call, "hidden_pad": 0})
+        # FusedMoE.forward_impl crops after combine; combine works row by row, so crop first.
+        installed.append(ours._replace(hidden_states=ours.hidden_states[..., :HIDDEN]))
+        assert integration.uninstall(layer)
+    out = harness.combined(case.dispatched, installed)
+    assert dense_mismatch(out, case.expected, "mxfp4", dispatch) is None
+    assert dense_mismatch(torch.zeros_like(out), case.expected, "mxfp4", dispatch)
+    COUNTS["exact via install(layer) + apply, mxfp4 padded H"] += 1
 
 
 def test_ct_strategies_sglang_does_not_prepare_for_aiter_are_refused() -> None:
