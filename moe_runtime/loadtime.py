@@ -49,6 +49,11 @@ def bind_kernel(
     `scale_rows_by_router_weight`; the others call neither.
     """
     bound: FusedMoeKernel
+    if kernel is None and weights.kernel_layout:
+        raise ConfigError(
+            "weights in a kernel's layout (kernel_layout=True: already shuffled for it) need that "
+            "kernel passed as kernel=; the bound kernel would prepare them again"
+        )
     if kernel is None:
         bound = kernels.fused_moe
         weights = kernels.prepare_weights(weights, quant_type, activation=activation)
@@ -457,11 +462,29 @@ def _shape_problems(
     for rule in shapes:
         expected.update(rule(sizes, weights))
     named = f"L={experts}, H={hidden}, I={inter}"
-    return [
-        f"{name} must be {layout} = {list(shape)} ({named}), got {list(tensor.shape)}"
-        for name, (shape, layout, tensor) in expected.items()
-        if tensor is not None and tuple(tensor.shape) != shape
-    ]
+    problems = []
+    for name, (shape, layout, tensor) in expected.items():
+        if tensor is None or tuple(tensor.shape) == shape:
+            continue
+        # Weights already in the kernel's layout may hold a weight scale as AITER shuffled it.
+        shuffled = weights.kernel_layout and name in ("w13_scale", "w2_scale")
+        if shuffled and _fits_shuffled(tensor, shape):
+            continue
+        problems.append(
+            f"{name} must be {layout} = {list(shape)} ({named}), got {list(tensor.shape)}"
+            + (" (or, shuffled, [>= L*rows, >= groups])" if shuffled else "")
+        )
+    return problems
+
+
+def _fits_shuffled(tensor: torch.Tensor, shape: tuple[int, ...]) -> bool:
+    """A 3-D logical scale `[L, rows, groups]` as AITER's shuffles leave it: one 2-D matrix of
+    `L * rows` rows (or more: `e8m0_shuffle` pads them to 256) and `groups` columns (or more:
+    padded to 8) (aiter/utility/fp4_utils.py e8m0_shuffle; SGLang 0.5.23 mxfp4.py:998-1041)."""
+    if tensor.dim() != 2 or len(shape) != 3:
+        return False
+    experts, rows, groups = shape
+    return tensor.shape[0] >= experts * rows and tensor.shape[1] >= groups
 
 
 def _scales(

@@ -96,6 +96,11 @@ class ExpertWeights:
     rows: SEPARATED (gate rows, then up rows; the default) or INTERLEAVE (alternating, as gpt-oss
     checkpoints store them). It is a fact of the weights, fixed when they were laid out; a runner
     refuses a mode its quant method's kernels cannot read, and passes it to the kernel at load.
+
+    `kernel_layout` says the tensors are already in the layout of the kernel they are passed to
+    (SGLang's quant methods shuffled them for AITER): such weights need that kernel injected
+    (`kernel=`, they are not prepared again), and a weight scale may be AITER's shuffled 2-D matrix
+    (`[L * rows, K/32]`, rows and columns padded by `e8m0_shuffle`) instead of its logical shape.
     """
 
     w13_weight: torch.Tensor
@@ -110,6 +115,7 @@ class ExpertWeights:
     hidden_pad: int = 0
     intermediate_pad: int = 0
     gate_mode: GateMode = GateMode.SEPARATED
+    kernel_layout: bool = False
 
     def __post_init__(self) -> None:
         if self.w13_weight.dim() != 3 or self.w2_weight.dim() != 3:

@@ -283,3 +283,48 @@ def test_mxfp8_wire_is_refused_for_a_kernel_that_quantizes_it_again(
     generated.select("mori", "mxfp8", dispatch)(layer, mxfp8, kernel=RecordingKernel())
     bf16_wire = dispatch.removesuffix("_mxfp8")
     generated.select("mori", "mxfp8", bf16_wire)(layer, mxfp8, kernel=aiters)
+
+
+def _shuffled_scales(w: t.ExpertWeights, rows_pad: int = 0, cols_pad: int = 0) -> t.ExpertWeights:
+    """The per_1x32 scales as AITER's shuffles leave them: one [L * rows (+pad), K/32 (+pad)]
+    matrix each (SGLang 0.5.23 mxfp4.py:998-1041)."""
+
+    def matrix(scale: torch.Tensor | None) -> torch.Tensor:
+        assert scale is not None
+        flat = scale.reshape(-1, scale.shape[-1])
+        padded = flat.new_zeros(flat.shape[0] + rows_pad, flat.shape[1] + cols_pad)
+        padded[: flat.shape[0], : flat.shape[1]] = flat
+        return padded
+
+    return dataclasses.replace(w, w13_scale=matrix(w.w13_scale), w2_scale=matrix(w.w2_scale))
+
+
+@pytest.mark.parametrize("pad", [(0, 0), (256, 8)])
+def test_weights_in_the_kernels_layout_may_hold_shuffled_2d_scales(pad: tuple[int, int]) -> None:
+    shuffled = dataclasses.replace(_shuffled_scales(weights("mxfp4"), *pad), kernel_layout=True)
+    kernel = RecordingKernel()
+    runner = generated.select("none", "mxfp4", "standard")(
+        config(activation="swiglu"), shuffled, kernel=kernel
+    )
+    batch = emulate.make_batch(4, HIDDEN, E, 2, ep_size=1, seed=0)
+    runner(emulate.dispatch(batch, "standard").outputs[0])
+    assert kernel.only_call().kwargs["w1_scale"] is shuffled.w13_scale
+    assert kernel.only_call().kwargs["w2_scale"] is shuffled.w2_scale
+
+
+def test_shuffled_scales_are_refused_unless_the_weights_say_kernel_layout() -> None:
+    shuffled = _shuffled_scales(weights("mxfp4"))
+    with pytest.raises(t.ConfigError, match=r"w13_scale must be \[L, 2I, H/32\]"):
+        build(("none", "mxfp4", "standard"), shuffled)
+    # Kernel layout with too few rows is refused too, naming the shuffled form.
+    short = dataclasses.replace(shuffled, w13_scale=shuffled.w13_scale[:-1], kernel_layout=True)  # type: ignore[index]
+    with pytest.raises(t.ConfigError, match=r"w13_scale .* \(or, shuffled, \[>= L\*rows"):
+        build(("none", "mxfp4", "standard"), short)
+
+
+def test_weights_in_a_kernels_layout_need_that_kernel_injected() -> None:
+    prepared = dataclasses.replace(weights("unquant"), kernel_layout=True)
+    layer = config()
+    with pytest.raises(t.ConfigError, match=r"kernel_layout=True.* need that kernel passed"):
+        generated.select(*STANDARD)(layer, prepared)
+    generated.select(*STANDARD)(layer, prepared, kernel=RecordingKernel())
