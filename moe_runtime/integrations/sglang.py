@@ -447,6 +447,9 @@ def install_on_runner(
     _refuse_runner(moe_runner, name)
     if kernel is None:
         kernel = _default_kernel()
+    # SGLang's weight processing already laid them out for AITER (on gfx95 the per_1x32 scales as
+    # shuffled 2-D matrices): checked as such, and never prepared again.
+    weights = replace(weights, kernel_layout=True)
     if config.moe_sorting_dispatch_policy == 0:
         # A layer config that leaves the policy at AITER's default gets the one SGLang passes.
         config = replace(config, moe_sorting_dispatch_policy=sorting_dispatch_policy(release))

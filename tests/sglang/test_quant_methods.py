@@ -437,3 +437,25 @@ def test_unread_quant_method_is_refused_with_the_served_list() -> None:
     ):
         integration.install(layer)
     assert integration.installed(layer) is None
+
+
+@pytest.mark.parametrize("quant", ["mxfp4", "quark_w4a4_mxfp4"])
+def test_scales_as_sglangs_shuffle_leaves_them_are_served(quant: str) -> None:
+    """On gfx95 SGLang's weight processing leaves each per_1x32 scale one 2-D matrix
+    (`shuffle_scale(w13_weight_scale.view(-1, K/32), ...)`, 0.5.23 mxfp4.py:998-1041): install
+    takes the layer as it is (its weights are in the kernel's layout) and hands the kernel those
+    very matrices, as SGLang's own path does."""
+    case = _case(quant, "none", "standard", 1)
+    for layer, output in zip(case.layers, case.outputs, strict=True):
+        for name in ("w13_weight_scale", "w2_weight_scale"):
+            scale = getattr(layer, name)
+            matrix = scale.reshape(-1, scale.shape[-1])
+            setattr(layer, name, torch.nn.Parameter(matrix, requires_grad=False))
+        native, native_call = _native(layer, output)
+        assert native_call is not None, native
+        assert native_call["w1_scale"].dim() == 2
+        integration.install(layer)
+        ours = layer.quant_method.apply(layer, output)
+        compare.assert_exact(native, native_call, ours, harness.last_call())
+        assert integration.uninstall(layer)
+    COUNTS["exact via install(layer) + apply, shuffled 2-D scales"] += 1

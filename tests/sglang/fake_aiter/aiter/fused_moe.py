@@ -48,6 +48,9 @@ def fused_moe(
     call = dict(locals())
     del call["reference"]
     CALLS.append(call)
+    # AITER reads per_1x32 scales as the shuffled 2-D matrices SGLang's weight processing leaves;
+    # the tests hold such a matrix as the logical scale's rows, which the reference reads 3-D.
+    w1_scale, w2_scale = _logical(w1_scale, w1), _logical(w2_scale, w2)
     out = reference.fused_moe(
         hidden_states,
         w1,
@@ -79,3 +82,10 @@ def fused_moe(
 
 
 PARAMETERS = tuple(inspect.signature(fused_moe).parameters)
+
+
+def _logical(scale: torch.Tensor | None, weight: torch.Tensor) -> torch.Tensor | None:
+    """A 2-D `[L * rows, groups]` weight scale as the `[L, rows, groups]` the reference reads."""
+    if scale is None or scale.dim() != 2:
+        return scale
+    return scale.view(weight.shape[0], -1, scale.shape[-1])
