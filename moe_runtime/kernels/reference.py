@@ -176,20 +176,12 @@ class ReferenceFusedMoe:
         local, pair_valid = _route(problem, topk_ids, expert_mask, row_valid)
         x = _stage1_input(problem, hidden_states, a1_scale, row_valid)
         pairs = _Pairs.of(problem, topk_weight, local, pair_valid, device)
-        limit = swiglu_limit if swiglu_limit > 0 else _DEFAULT_SWIGLU_LIMIT
-        limits = (
-            limit,
-            1.0 if beta is None else float(beta),
-            1.0 if linear_beta is None else float(linear_beta),
-        )
+        limits = _activation_limits(swiglu_limit, beta, linear_beta)
         a = self._stage1(problem, pairs, x, w1, w1_scale, bias1, doweight_stage1, limits)
         # Rounding point 2: the stage-2 kernel reads it quantized per quant type.
         a = _stage2_input(problem, a, a2_scale)
         out = self._stage2(problem, pairs, a, w2, w2_scale, bias2, doweight_stage1)
-        if output is None:
-            return out
-        _check_output(output, out)
-        return output.copy_(out)
+        return out if output is None else _written_into(output, out)
 
     def _stage1(
         self,
@@ -276,13 +268,14 @@ class ReferenceFusedMoe:
         return out
 
 
-def _check_output(output: torch.Tensor, out: torch.Tensor) -> None:
-    """`output=` must take the result as it is: same shape, dtype and device."""
+def _written_into(output: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """`out` copied into `output=`, which must take it as it is: same shape, dtype and device."""
     if output.shape != out.shape or output.dtype != out.dtype or output.device != out.device:
         raise ValueError(
             f"output must be {list(out.shape)} {_dtype_name(out.dtype)} on {out.device}, got "
             f"{list(output.shape)} {_dtype_name(output.dtype)} on {output.device}"
         )
+    return output.copy_(out)
 
 
 def _check_call(
@@ -564,7 +557,7 @@ def _check_activation_quant(
     a1_scale: torch.Tensor | None,
     a2_scale: torch.Tensor | None,
 ) -> None:
-    qt, m, h, i = problem.quant_type, problem.tokens, problem.hidden, problem.inter
+    qt, h, i = problem.quant_type, problem.hidden, problem.inter
     static_ok = "a static scale is only accepted for per_Tensor or pre-quantized hidden_states"
     if a2_scale is not None and (qt != QuantType.per_Tensor or a2_scale.numel() != 1):
         raise ValueError(
@@ -572,38 +565,7 @@ def _check_activation_quant(
             f"{qt.name} (AITER's per-token and per-group quantizers refuse a static scale)"
         )
     if problem.prequantized:
-        is_fp4 = hidden_states.dtype == quant.FP4X2
-        # fp8 input with per_1x32 is an mxfp8 wire: AITER's fp8 per_1x32 weights read fp8
-        # activations with e8m0 scales per 32 (aiter/fused_moe.py e4048607a5:772-774).
-        mx = is_fp4 or problem.mxfp8
-        if mx != (qt == QuantType.per_1x32) or qt == QuantType.No:
-            raise ValueError(
-                f"hidden_states of dtype {_dtype_name(hidden_states.dtype)} do not fit quant_type "
-                f"{qt.name}: fp8 input goes with per_Tensor/per_Token/per_1x128/per_128x128 or "
-                "per_1x32 with fp8 weights (mxfp8), float4_e2m1fn_x2 input with per_1x32"
-            )
-        if a1_scale is None:
-            raise ValueError(
-                "a1_scale must be provided for pre-quantized hidden_states "
-                f"({_dtype_name(hidden_states.dtype)})"
-            )
-        want = {
-            QuantType.per_Tensor: (1,),
-            QuantType.per_Token: (m, 1),
-            QuantType.per_1x128: (m, h // quant.FP8_GROUP),
-            QuantType.per_128x128: (m, h // quant.FP8_GROUP),
-            QuantType.per_1x32: (m, h // quant.MXFP4_GROUP),
-        }[qt]
-        if tuple(a1_scale.shape) != want:
-            raise ValueError(
-                f"a1_scale for pre-quantized {qt.name} input must be {list(want)}, got "
-                f"{list(a1_scale.shape)}"
-            )
-        if qt == QuantType.per_1x32 and a1_scale.dtype not in (quant.E8M0, torch.uint8):
-            raise TypeError(
-                f"a1_scale for {_dtype_name(hidden_states.dtype)} per_1x32 input must be "
-                f"float8_e8m0fnu, got {_dtype_name(a1_scale.dtype)}"
-            )
+        _check_prequantized(problem, hidden_states, a1_scale)
     elif a1_scale is not None and (qt != QuantType.per_Tensor or a1_scale.numel() != 1):
         raise ValueError(
             f"a1_scale {tuple(a1_scale.shape)} given with {_dtype_name(hidden_states.dtype)} "
@@ -623,6 +585,57 @@ def _check_activation_quant(
                     "not a multiple"
                 )
 
+
+def _check_prequantized(
+    problem: _Problem, hidden_states: torch.Tensor, a1_scale: torch.Tensor | None
+) -> None:
+    """fp8 or fp4 hidden_states: the quant type that reads them, and the a1_scale they need."""
+    qt, m, h = problem.quant_type, problem.tokens, problem.hidden
+    is_fp4 = hidden_states.dtype == quant.FP4X2
+    # fp8 input with per_1x32 is an mxfp8 wire: AITER's fp8 per_1x32 weights read fp8
+    # activations with e8m0 scales per 32 (aiter/fused_moe.py e4048607a5:772-774).
+    mx = is_fp4 or problem.mxfp8
+    if mx != (qt == QuantType.per_1x32) or qt == QuantType.No:
+        raise ValueError(
+            f"hidden_states of dtype {_dtype_name(hidden_states.dtype)} do not fit quant_type "
+            f"{qt.name}: fp8 input goes with per_Tensor/per_Token/per_1x128/per_128x128 or "
+            "per_1x32 with fp8 weights (mxfp8), float4_e2m1fn_x2 input with per_1x32"
+        )
+    if a1_scale is None:
+        raise ValueError(
+            "a1_scale must be provided for pre-quantized hidden_states "
+            f"({_dtype_name(hidden_states.dtype)})"
+        )
+    want = {
+        QuantType.per_Tensor: (1,),
+        QuantType.per_Token: (m, 1),
+        QuantType.per_1x128: (m, h // quant.FP8_GROUP),
+        QuantType.per_128x128: (m, h // quant.FP8_GROUP),
+        QuantType.per_1x32: (m, h // quant.MXFP4_GROUP),
+    }[qt]
+    if tuple(a1_scale.shape) != want:
+        raise ValueError(
+            f"a1_scale for pre-quantized {qt.name} input must be {list(want)}, got "
+            f"{list(a1_scale.shape)}"
+        )
+    if qt == QuantType.per_1x32 and a1_scale.dtype not in (quant.E8M0, torch.uint8):
+        raise TypeError(
+            f"a1_scale for {_dtype_name(hidden_states.dtype)} per_1x32 input must be "
+            f"float8_e8m0fnu, got {_dtype_name(a1_scale.dtype)}"
+        )
+
+
+def _activation_limits(
+    swiglu_limit: float, beta: float | None, linear_beta: float | None
+) -> tuple[float, float, float]:
+    """The Swiglu clamp (AITER's default where none is set) and Situv2's beta and linear_beta
+    (None reads as 1.0, as AITER reads it)."""
+    limit = swiglu_limit if swiglu_limit > 0 else _DEFAULT_SWIGLU_LIMIT
+    return (
+        limit,
+        1.0 if beta is None else float(beta),
+        1.0 if linear_beta is None else float(linear_beta),
+    )
 
 def _check_values(
     problem: _Problem,
