@@ -221,6 +221,7 @@ def test_config_and_weights_fields_follow_design() -> None:
         ("hidden_pad", 0),
         ("intermediate_pad", 0),
         ("gate_mode", GateMode.SEPARATED),
+        ("kernel_layout", False),
     ]
 
 
