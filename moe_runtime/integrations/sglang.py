@@ -649,6 +649,23 @@ def _fp4_views(layer: Any) -> tuple[Any, Any]:
     return w13, w2
 
 
+def _scaled_weights(
+    layer: Any, w13: Any, w2: Any, *, input_scales: bool = False, **fields: Any
+) -> ExpertWeights:
+    """The weights (or the fp4 views of them) with the scales SGLang's quant methods keep beside
+    them (`w13_weight_scale`, `w2_weight_scale`), the static `w*_input_scale`s (None when
+    dynamic) where the method passes them (`input_scales`), and the method's own `fields`."""
+    if input_scales:
+        fields.update(a13_scale=layer.w13_input_scale, a2_scale=layer.w2_input_scale)
+    return ExpertWeights(
+        w13_weight=w13,
+        w2_weight=w2,
+        w13_scale=layer.w13_weight_scale,
+        w2_scale=layer.w2_weight_scale,
+        **fields,
+    )
+
+
 def _read_mxfp4(layer: Any, method: Any, ctx: _Context) -> tuple[str, ExpertWeights]:
     """Mxfp4MoEMethod's AITER branch of apply (0.5.13 mxfp4.py:1250-1302, 0.5.23 `_apply_aiter`,
     mxfp4.py:1743-1808)."""
@@ -660,11 +677,10 @@ def _read_mxfp4(layer: Any, method: Any, ctx: _Context) -> tuple[str, ExpertWeig
         )
     with_bias = ctx.release == "0.5.13" or method.with_bias
     w13, w2 = _fp4_views(layer)
-    return "mxfp4", ExpertWeights(
-        w13_weight=w13,
-        w2_weight=w2,
-        w13_scale=layer.w13_weight_scale,
-        w2_scale=layer.w2_weight_scale,
+    return "mxfp4", _scaled_weights(
+        layer,
+        w13,
+        w2,
         b13=layer.w13_weight_bias if with_bias else None,
         b2=layer.w2_weight_bias if with_bias else None,
         doweight_stage1=bool(config.apply_router_weight_on_input),
@@ -675,13 +691,7 @@ def _read_mxfp4(layer: Any, method: Any, ctx: _Context) -> tuple[str, ExpertWeig
 def _read_quark_w4a4_mxfp4(layer: Any, scheme: Any, ctx: _Context) -> tuple[str, ExpertWeights]:
     """QuarkW4A4MXFp4MoE.apply_weights (quark/schemes/quark_w4a4_mxfp4_moe.py: 0.5.13:266-295,
     0.5.23:1067-1118)."""
-    w13, w2 = _fp4_views(layer)
-    weights = ExpertWeights(
-        w13_weight=w13,
-        w2_weight=w2,
-        w13_scale=layer.w13_weight_scale,
-        w2_scale=layer.w2_weight_scale,
-    )
+    weights = _scaled_weights(layer, *_fp4_views(layer))
     if ctx.release == "0.5.13":
         return "quark_w4a4_mxfp4", weights
     return "quark_w4a4_mxfp4", dataclasses.replace(
@@ -716,11 +726,10 @@ def _read_ct_w8a8_fp8(layer: Any, scheme: Any, ctx: _Context) -> tuple[str, Expe
             "CompressedTensorsW8A8Fp8MoE.apply_weights reads dispatch_output.topk_output, which "
             f"{', '.join(ctx.formats)} outputs lack (SGLang's path raises before MoeRunner.run)"
         )
-    return "ct_w8a8_fp8", ExpertWeights(
-        w13_weight=layer.w13_weight,
-        w2_weight=layer.w2_weight,
-        w13_scale=layer.w13_weight_scale,
-        w2_scale=layer.w2_weight_scale,
+    return "ct_w8a8_fp8", _scaled_weights(
+        layer,
+        layer.w13_weight,
+        layer.w2_weight,
         a13_scale=getattr(layer, "w13_input_scale", None),
         a2_scale=getattr(layer, "w2_input_scale", None),
     )
@@ -739,13 +748,8 @@ def _read_quark_w8a8_fp8(layer: Any, scheme: Any, ctx: _Context) -> tuple[str, E
             else f"QuarkW8A8FP8MoE runs {scheme.weight_qscheme} weights on Triton: SGLang takes "
             "AITER for per-channel weights only (quark_w8a8_fp8_moe.py:266-276)"
         )
-    return "quark_w8a8_fp8", ExpertWeights(
-        w13_weight=layer.w13_weight,
-        w2_weight=layer.w2_weight,
-        w13_scale=layer.w13_weight_scale,
-        w2_scale=layer.w2_weight_scale,
-        a13_scale=layer.w13_input_scale,
-        a2_scale=layer.w2_input_scale,
+    return "quark_w8a8_fp8", _scaled_weights(
+        layer, layer.w13_weight, layer.w2_weight, input_scales=True
     )
 
 
@@ -760,13 +764,11 @@ def _read_quark_w4a8_mxfp4(layer: Any, scheme: Any, ctx: _Context) -> tuple[str,
             "activations before MoeRunner.run, and the runner pads them itself"
         )
     w13, w2 = _fp4_views(layer)
-    return "quark_w4a8_mxfp4", ExpertWeights(
-        w13_weight=w13,
-        w2_weight=w2,
-        w13_scale=layer.w13_weight_scale,
-        w2_scale=layer.w2_weight_scale,
-        a13_scale=layer.w13_input_scale,
-        a2_scale=layer.w2_input_scale,
+    return "quark_w4a8_mxfp4", _scaled_weights(
+        layer,
+        w13,
+        w2,
+        input_scales=True,
         b13=layer.w13_weight_bias,
         b2=layer.w2_weight_bias,
         doweight_stage1=bool(scheme.moe_runner_config.apply_router_weight_on_input),

@@ -701,6 +701,31 @@ def _fp4_views(
     return w13_weight, w2_weight
 
 
+def _scaled_info(
+    layer: _Layer,
+    quant_type: AiterQuantType,
+    views: tuple[torch.Tensor, torch.Tensor] | None = None,
+    *,
+    expert_mask: bool,
+    **fields: Any,
+) -> AiterMoeQuantInfo:
+    """The quant info every scaled method builds: its weights (the fp4 methods' `views` of them)
+    with their scales, the dispatcher's expert mask where the method passes one (read per call,
+    as SGLang does), and the method's own `fields`."""
+    w13_weight, w2_weight = (
+        (layer.weights.w13_weight, layer.weights.w2_weight) if views is None else views
+    )
+    return AiterMoeQuantInfo(
+        w13_weight=w13_weight,
+        w2_weight=w2_weight,
+        quant_type=quant_type,
+        w13_scale=layer.weights.w13_scale,
+        w2_scale=layer.weights.w2_scale,
+        expert_mask=layer.dispatcher.expert_mask_gpu if expert_mask else None,
+        **fields,
+    )
+
+
 def _apply_unquant(layer: _Layer, dispatch_output: Any) -> CombineInput:
     try:
         quant_info = AiterMoeQuantInfo(
@@ -718,14 +743,8 @@ def _apply_unquant(layer: _Layer, dispatch_output: Any) -> CombineInput:
 
 def _apply_fp8(quant_type: AiterQuantType) -> Callable[[_Layer, Any], CombineInput]:
     def apply(layer: _Layer, dispatch_output: Any) -> CombineInput:
-        quant_info = AiterMoeQuantInfo(
-            w13_weight=layer.weights.w13_weight,
-            w2_weight=layer.weights.w2_weight,
-            quant_type=quant_type,
-            w13_scale=layer.weights.w13_scale,
-            w2_scale=layer.weights.w2_scale,
-            expert_mask=layer.dispatcher.expert_mask_gpu,
-            swiglu_limit=layer.config.swiglu_limit or 0.0,
+        quant_info = _scaled_info(
+            layer, quant_type, expert_mask=True, swiglu_limit=layer.config.swiglu_limit or 0.0
         )
         return layer.runner.run(dispatch_output, quant_info)
 
@@ -742,15 +761,13 @@ def _apply_mxfp4(layer: _Layer, dispatch_output: Any) -> CombineInput:
         x_padded = x
     else:
         x_padded = F.pad(x, (0, weights.hidden_pad), mode="constant", value=0.0)
-    quant_info = AiterMoeQuantInfo(
-        w13_weight=w13_weight,
-        w2_weight=w2_weight,
-        quant_type=AiterQuantType.PER_1X32,
-        w13_scale=weights.w13_scale,
-        w2_scale=weights.w2_scale,
+    quant_info = _scaled_info(
+        layer,
+        AiterQuantType.PER_1X32,
+        (w13_weight, w2_weight),
+        expert_mask=True,
         b13=weights.b13,
         b2=weights.b2,
-        expert_mask=layer.dispatcher.expert_mask_gpu,
         doweight_stage1=layer.config.apply_router_weight_on_input,
         hidden_pad=weights.hidden_pad,
         intermediate_pad=weights.intermediate_pad,
@@ -760,27 +777,14 @@ def _apply_mxfp4(layer: _Layer, dispatch_output: Any) -> CombineInput:
 
 
 def _apply_quark_w4a4_mxfp4(layer: _Layer, dispatch_output: Any) -> CombineInput:
-    w13_weight, w2_weight = _fp4_views(layer.weights, tag_when_present=True)
-    quant_info = AiterMoeQuantInfo(
-        w13_weight=w13_weight,
-        w2_weight=w2_weight,
-        quant_type=AiterQuantType.PER_1X32,
-        w13_scale=layer.weights.w13_scale,
-        w2_scale=layer.weights.w2_scale,
-        expert_mask=layer.dispatcher.expert_mask_gpu,
-    )
+    views = _fp4_views(layer.weights, tag_when_present=True)
+    quant_info = _scaled_info(layer, AiterQuantType.PER_1X32, views, expert_mask=True)
     return layer.runner.run(dispatch_output, quant_info)
 
 
 def _apply_quark_int4fp8(layer: _Layer, dispatch_output: Any) -> CombineInput:
     # SGLang passes no expert mask here.
-    quant_info = AiterMoeQuantInfo(
-        w13_weight=layer.weights.w13_weight,
-        w2_weight=layer.weights.w2_weight,
-        quant_type=AiterQuantType.PER_TOKEN,
-        w13_scale=layer.weights.w13_scale,
-        w2_scale=layer.weights.w2_scale,
-    )
+    quant_info = _scaled_info(layer, AiterQuantType.PER_TOKEN, expert_mask=False)
     return layer.runner.run(dispatch_output, quant_info)
 
 
@@ -789,12 +793,10 @@ def _apply_ct_w8a8_fp8(layer: _Layer, dispatch_output: Any) -> CombineInput:
     # none, so they raise AttributeError here.
     _topk_output = dispatch_output.topk_output
     # No expert mask; static input scales as a13/a2.
-    quant_info = AiterMoeQuantInfo(
-        w13_weight=layer.weights.w13_weight,
-        w2_weight=layer.weights.w2_weight,
-        quant_type=AiterQuantType.PER_TOKEN,
-        w13_scale=layer.weights.w13_scale,
-        w2_scale=layer.weights.w2_scale,
+    quant_info = _scaled_info(
+        layer,
+        AiterQuantType.PER_TOKEN,
+        expert_mask=False,
         a13_scale=layer.weights.a13_scale,
         a2_scale=layer.weights.a2_scale,
     )

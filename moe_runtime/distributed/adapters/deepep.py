@@ -27,7 +27,8 @@ combine_wait_recv_cost_stats=None)` -> `(combined_x, event, hook)` reduces with 
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import KW_ONLY, dataclass
+from typing import Any, ClassVar
 
 import torch
 
@@ -178,25 +179,45 @@ def ll_dispatch_output(
     return output, handle
 
 
-class DeepEPLowLatency:
+@dataclass(eq=False, repr=False)
+class LowLatencyAdapter:
+    """What the low-latency adapters share (DeepEP, NIXL and Mooncake EP carry one layout): the
+    buffer, the layer's sizes, and the reading of the 5-tuple their dispatch returns."""
+
+    buffer: Any
+    _: KW_ONLY
+    num_experts: int
+    ep_size: int
+    max_tokens_per_rank: int
+    use_fp8: bool
+    # The buffer's dispatch call, as errors name it.
+    source: ClassVar[str]
+
+    def _dispatch_output(
+        self, raw: tuple[Any, ...], topk_ids: torch.Tensor, topk_weights: torch.Tensor
+    ) -> tuple[DeepEPLLDispatchOutput, Any]:
+        return ll_dispatch_output(
+            raw,
+            topk_ids=topk_ids,
+            topk_weights=topk_weights,
+            num_experts=self.num_experts,
+            ep_size=self.ep_size,
+            source=self.source,
+        )
+
+
+@dataclass(eq=False, repr=False, kw_only=True)
+class DeepEPLowLatency(LowLatencyAdapter):
     """`deepep_ll` (bf16 wire) or `deepep_ll_fp8` through a `deep_ep.Buffer` in low-latency
     mode."""
 
-    def __init__(
-        self,
-        buffer: Any,
-        *,
-        num_experts: int,
-        ep_size: int,
-        max_tokens_per_rank: int,
-        use_fp8: bool,
-        round_scale: bool = False,
-        use_ue8m0: bool = False,
-    ) -> None:
-        self.buffer = buffer
-        self.num_experts, self.ep_size = num_experts, ep_size
-        self.max_tokens_per_rank = max_tokens_per_rank
-        self.use_fp8, self.round_scale, self.use_ue8m0 = use_fp8, round_scale, use_ue8m0
+    round_scale: bool = False
+    use_ue8m0: bool = False
+
+    # The buffer's low-latency entry points; NIXL EP names the same calls differently.
+    source = "deep_ep Buffer.low_latency_dispatch"
+    _dispatch_call = "low_latency_dispatch"
+    _combine_call = "low_latency_combine"
 
     def dispatch(
         self, hidden_states: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor
@@ -210,14 +231,7 @@ class DeepEPLowLatency:
             round_scale=self.round_scale,
             use_ue8m0=self.use_ue8m0,
         )
-        return ll_dispatch_output(
-            raw,
-            topk_ids=topk_ids,
-            topk_weights=topk_weights,
-            num_experts=self.num_experts,
-            ep_size=self.ep_size,
-            source=self.source,
-        )
+        return self._dispatch_output(raw, topk_ids, topk_weights)
 
     def combine(self, combine_input: DeepEPLLCombineInput, handle: Any) -> torch.Tensor:
         """The sender's `[T, H]`: DeepEP weights each slot by the sender's ids and weights."""
@@ -228,8 +242,3 @@ class DeepEPLowLatency:
             handle,
         )
         return combined  # type: ignore[no-any-return]
-
-    # The buffer's low-latency entry points; NIXL EP names the same calls differently.
-    source = "deep_ep Buffer.low_latency_dispatch"
-    _dispatch_call = "low_latency_dispatch"
-    _combine_call = "low_latency_combine"

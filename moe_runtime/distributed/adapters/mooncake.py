@@ -11,12 +11,13 @@ when a rank fails.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from moe_runtime.distributed.adapters._optional import require
-from moe_runtime.distributed.adapters.deepep import AdapterError, ll_dispatch_output
+from moe_runtime.distributed.adapters.deepep import AdapterError, LowLatencyAdapter
 from moe_runtime.types import DeepEPLLCombineInput, DeepEPLLDispatchOutput
 
 
@@ -25,24 +26,13 @@ def open_buffer(group: Any, **kwargs: Any) -> Any:
     return require("mooncake.mooncake_ep_buffer").Buffer(group, **kwargs)
 
 
-class MooncakeLowLatency:
+@dataclass(eq=False, repr=False, kw_only=True)
+class MooncakeLowLatency(LowLatencyAdapter):
     """`deepep_ll` / `deepep_ll_fp8` through a Mooncake EP buffer."""
 
-    def __init__(
-        self,
-        buffer: Any,
-        *,
-        num_experts: int,
-        ep_size: int,
-        max_tokens_per_rank: int,
-        use_fp8: bool,
-        active_ranks: torch.Tensor,
-        timeout_us: int = -1,
-    ) -> None:
-        self.buffer = buffer
-        self.num_experts, self.ep_size = num_experts, ep_size
-        self.max_tokens_per_rank, self.use_fp8 = max_tokens_per_rank, use_fp8
-        self.active_ranks, self.timeout_us = active_ranks, timeout_us
+    active_ranks: torch.Tensor
+    timeout_us: int = -1
+    source = "Mooncake Buffer.dispatch"
 
     def dispatch(
         self, hidden_states: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor
@@ -61,14 +51,7 @@ class MooncakeLowLatency:
             self.timeout_us,
             use_fp8=self.use_fp8,
         )
-        return ll_dispatch_output(
-            raw,
-            topk_ids=topk_ids,
-            topk_weights=topk_weights,
-            num_experts=self.num_experts,
-            ep_size=self.ep_size,
-            source="Mooncake Buffer.dispatch",
-        )
+        return self._dispatch_output(raw, topk_ids, topk_weights)
 
     def combine(self, combine_input: DeepEPLLCombineInput, handle: Any) -> torch.Tensor:
         combined, _event, _hook = self.buffer.combine(
