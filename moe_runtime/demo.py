@@ -6,7 +6,9 @@ It builds random expert weights in the quant method's layout, a router-like batc
 dispatch outputs of the format (emulated in one process, as `moe_runtime.testing.emulate` does for
 the tests), runs the selected generated runner on every rank with the bound kernel (the reference
 off ROCm), combines, and prints the error against dense float64 math over all experts and the time
-per runner call.
+per runner call. Exit status: 0 when the output is the dense MoE within the path's activation
+rounding (`moe_runtime.testing.dense.dense_mismatch`), 1 when it is not, 2 for an unserved key or
+bad arguments.
 
 A demo, not part of the runtime that generated code imports: it drives the runners with
 `moe_runtime.testing` (the weight builder, the emulated dispatchers, the dense oracle), which no
@@ -28,11 +30,8 @@ import generated
 from moe_runtime import kernels
 from moe_runtime import types as t
 from moe_runtime.testing import emulate
-from moe_runtime.testing.dense import dense_layer
+from moe_runtime.testing.dense import dense_layer, dense_mismatch, layer_activation
 from moe_runtime.testing.weights import make_expert_weights, slice_experts
-
-# The quant methods whose weights only make sense under Swiglu (gpt-oss); the rest run silu.
-_SWIGLU_METHODS = frozenset({"mxfp4"})
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -42,7 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m moe_runtime.demo",
         description="Run one MoE layer through a generated runner and check it against dense math.",
-        epilog="`python -m generator --matrix schema/amd.yaml --list` lists the served keys.",
+        epilog="`python -m generator --matrix schema/amd.yaml --list` lists the served keys. "
+        "Exit status: 0 the output is the dense MoE, 1 it is not, 2 unserved key or bad arguments.",
     )
     parser.add_argument("--a2a", required=True, choices=a2a, help="all-to-all backend")
     parser.add_argument("--quant", required=True, choices=quant, help="quant method")
@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError(f"--experts {args.experts} must split evenly over --ep {args.ep}")
     key = (args.a2a, args.quant, args.dispatch)
     runner_type = generated.select(*key)  # UnsupportedCombination names the reason
-    activation = "swiglu" if args.quant in _SWIGLU_METHODS else "silu"
+    activation = layer_activation(args.quant)
     weights = make_expert_weights(
         args.quant, args.experts, args.hidden, args.intermediate, seed=args.seed
     )
@@ -103,6 +103,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "rows": rows,
         "max_abs_error": error,
         "relative_rms_error": rms_error,
+        # Why the output is not the dense MoE within the path's activation rounding, or None.
+        "mismatch": dense_mismatch(output, expected, args.quant, args.dispatch),
         "ms_per_call": 1e3 * statistics.median(seconds) if seconds else float("nan"),
     }
 
@@ -124,6 +126,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"time per call {result['ms_per_call']:.3f} ms (median, {torch.get_num_threads()} threads)"
     )
+    if result["mismatch"] is not None:
+        print(f"check         FAILED: {result['mismatch']}")
+        return 1
+    print("check         ok: the dense MoE within this path's activation rounding")
     return 0
 
 

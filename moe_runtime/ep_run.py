@@ -37,6 +37,7 @@ import torch.distributed as dist
 
 from moe_runtime.distributed import combine, dispatch
 from moe_runtime.testing import emulate, ep_oracle
+from moe_runtime.testing.dense import layer_activation
 from moe_runtime.testing.weights import QUANT_METHODS, make_expert_weights
 from moe_runtime.types import ExpertWeights, MoeLayerConfig
 
@@ -254,8 +255,7 @@ def run_rank(layer: Layer, rank: int, world: int, iters: int, warmup: int) -> bo
     )
     rows = batch.tokens_slice(rank)
     weights = _local_weights(layer, rank, world, device)
-    swiglu = ("mxfp4", "mxfp8", "quark_w4a8_mxfp4")
-    activation = "swiglu" if layer.quant in swiglu else "silu"
+    activation = layer_activation(layer.quant)
     config = MoeLayerConfig(
         num_experts=layer.experts,
         num_local_experts=local,

@@ -49,11 +49,30 @@ def test_demo_matches_dense_math() -> None:
     assert result["relative_rms_error"] < 0.1
 
 
-def test_demo_error_detects_a_wrong_output(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Negative control: a combine that loses every row must read as an error of the whole output.
+@pytest.mark.parametrize("quant", ["mxfp4", "mxfp8", "quark_w4a8_mxfp4"])
+def test_demo_checks_swiglu_methods_against_swiglu(
+    quant: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Their runners force Swiglu; a silu dense MoE gave these a relative rms error of ~1 (and the
+    # demo said nothing).
+    argv = ["--a2a", "none", "--quant", quant, "--dispatch", "standard", "--repeat", "0"]
+    result = demo.run(demo._parser().parse_args(argv))
+    assert result["mismatch"] is None and result["relative_rms_error"] < 0.1
+    assert demo.main(argv) == 0
+    assert "check         ok" in capsys.readouterr().out
+
+
+def test_demo_error_detects_a_wrong_output(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Negative control: a combine that loses every row must read as an error of the whole output,
+    # and the demo must fail.
     monkeypatch.setattr(demo.emulate, "combine", lambda dispatched, inputs: torch.zeros(32, 256))
     result = demo.run(demo._parser().parse_args(_args("--repeat", "1")))
     assert result["relative_rms_error"] > 0.9
+    assert result["mismatch"] is not None
+    assert demo.main(_args("--repeat", "1")) == 1
+    assert "check         FAILED: dissimilarity" in capsys.readouterr().out
 
 
 def test_demo_command_line() -> None:
@@ -67,6 +86,7 @@ def test_demo_command_line() -> None:
     assert done.returncode == 0, done.stderr
     assert "deepep/fp8_block/deepep_normal" in done.stdout
     assert re.search(r"error +\d\.\d+e-0[1-3] relative rms", done.stdout), done.stdout
+    assert "check         ok" in done.stdout
 
 
 @pytest.mark.parametrize(

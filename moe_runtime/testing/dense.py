@@ -17,6 +17,14 @@ from moe_runtime.testing.weights import dequantized_weights
 from moe_runtime.types import ExpertWeights
 
 _SWIGLU_DEFAULT_LIMIT = 7.0
+# The quant methods whose runners force Swiglu whatever the layer's activation (gpt-oss's weights;
+# the matrix's activation rule "swiglu"), so a test layer of them and this oracle run swiglu.
+SWIGLU_METHODS = ("mxfp4", "mxfp8", "quark_w4a8_mxfp4")
+
+
+def layer_activation(quant: str) -> str:
+    """The activation a test layer of `quant` runs (and the dense MoE must compute)."""
+    return "swiglu" if quant in SWIGLU_METHODS else "silu"
 
 
 def _gate_up(h: torch.Tensor, inter: int, interleaved: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -266,3 +274,46 @@ def assert_moe_close(
     problem = moe_mismatch(actual, expected, quant_method, rows=rows)
     if problem is not None:
         raise AssertionError(f"MoE output not close ({quant_method}): {problem}")
+
+
+# A whole runner path (dispatch, runner, combine) against the float64 dense MoE, as the runner
+# tests, the SGLang tests and the demo compare it (`moe_close` above bounds one kernel call per
+# quant method): bounds on the dissimilarity 1 - 2*sum(xy)/sum(x^2+y^2), over the whole output
+# and per row, by the coarsest rounding of the activations on the path (the method's own
+# quantization, or a quantized wire). Measured on the runner tests' shapes (H=256, I=128, K=3, E=8):
+# bf16 paths ~3e-6 (rows 4e-6), fp8 ~1.3e-3 (rows 2.7e-3), fp4 ~2.7e-2 (rows 4.5e-2); each bound is
+# about 3x the worst seen. Negative controls (a zeroed or dropped rank, a leaked garbage row) give
+# whole-output dissimilarities above 0.1 and row dissimilarities near 1.
+DISSIMILARITY_BOUNDS = {"bf16": (1e-4, 2e-4), "fp8": (5e-3, 1e-2), "fp4": (8e-2, 1.5e-1)}
+FP8_ACTIVATION_METHODS = (
+    "fp8_block", "fp8_channel", "fp8_tensor", "ct_w8a8_fp8", "quark_int4fp8", "quark_w8a8_fp8",
+    "mxfp8",
+)
+
+
+def activation_rounding(quant: str, dispatch: str) -> str:
+    """The coarsest activation rounding between the dispatcher and the expert GEMMs."""
+    if quant == "quark_w4a4_mxfp4" or dispatch.endswith("_fp4"):
+        return "fp4"
+    if quant in FP8_ACTIVATION_METHODS or dispatch.endswith(("_fp8", "_mxfp8", "_fp8_token")):
+        return "fp8"
+    return "bf16"
+
+
+def dense_mismatch(
+    actual: torch.Tensor, expected: torch.Tensor, quant: str, dispatch: str
+) -> str | None:
+    """Why `actual` is not the dense result within the path's rounding, or None if it is."""
+    a, e = actual.double().cpu(), expected.double().cpu()
+    if a.shape != e.shape:
+        return f"shape {tuple(a.shape)} != {tuple(e.shape)}"
+    if not bool(torch.isfinite(a).all()):
+        return "NaN or inf in the output"
+    whole_bound, row_bound = DISSIMILARITY_BOUNDS[activation_rounding(quant, dispatch)]
+    whole = float(((a - e) ** 2).sum() / (a * a + e * e).sum())
+    rows = ((a - e) ** 2).sum(dim=1) / (a * a + e * e).sum(dim=1).clamp(min=1e-30)
+    if whole > whole_bound or float(rows.max()) > row_bound:
+        return (
+            f"dissimilarity {whole:.2e} (bound {whole_bound:g}), worst row {float(rows.max()):.2e}"
+        )
+    return None
