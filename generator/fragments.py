@@ -98,8 +98,8 @@ STEPS: Mapping[str, Mapping[str, str]] = MappingProxyType(
 
 
 # The keywords a record may pass to the kernel, in fused_moe's order (moe_runtime.types'
-# FusedMoeKernel, then FusedMoeOutputKernel's `output`), which the generated calls follow; mypy
-# checks every generated call against those protocols.
+# FusedMoeKernel, its keyword-only `output` last), which the generated calls follow; mypy checks
+# every generated call against that protocol.
 KERNEL_KEYWORDS = (
     "expert_mask",
     "activation",

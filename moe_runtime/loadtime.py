@@ -16,7 +16,6 @@ from moe_runtime.types import (
     ConfigError,
     ExpertWeights,
     FusedMoeKernel,
-    FusedMoeOutputKernel,
     MoeLayerConfig,
 )
 
@@ -166,12 +165,14 @@ class HiddenPaddedKernel:
         return self._kernel(padded, *args, **kwargs)[:, : self._hidden_size]
 
 
-def writes_output(kernel: FusedMoeKernel | None, bound: FusedMoeKernel) -> FusedMoeOutputKernel:
+def writes_output(kernel: FusedMoeKernel | None, bound: FusedMoeKernel) -> FusedMoeKernel:
     """For MORI EPv2: the kernel that writes the expert output into combine's staging buffer
     (`output=dispatch_output.expert_output`), so that MORI's combine stages no copy.
 
     The kernel that `bind_kernel` bound (`kernel`, else `moe_runtime.kernels`) must take AITER's
-    `output` keyword, or the runner is refused here with the release that added it. Padded weights
+    `output` keyword, or the runner is refused here with the release that added it (the
+    `FusedMoeKernel` protocol types every kernel with `output`: this check is what makes that true
+    of the one kernel a runner passes it to). Padded weights
     (`pad_hidden` wrapped `bound`) compute `[R, H_pad]` rows, which cannot go into the `[R, H]`
     buffer: their kernel drops `output` and returns the cropped rows, which combine copies.
     """
@@ -181,8 +182,8 @@ def writes_output(kernel: FusedMoeKernel | None, bound: FusedMoeKernel) -> Fused
         "output", "MORI EPv2's combine buffer (dispatch_output.expert_output)", named
     )
     if isinstance(bound, HiddenPaddedKernel):
-        return cast(FusedMoeOutputKernel, _OutputDropped(bound))
-    return cast(FusedMoeOutputKernel, bound)
+        return cast(FusedMoeKernel, _OutputDropped(bound))
+    return bound
 
 
 class _OutputDropped:
@@ -384,24 +385,31 @@ def biases_required(config: MoeLayerConfig, weights: ExpertWeights, method: str)
 
 
 def biases_refused(config: MoeLayerConfig, weights: ExpertWeights, method: str) -> list[str]:
-    if weights.b13 is not None or weights.b2 is not None:
-        return [
-            f"{method} passes no biases to the kernel, yet b13 or b2 is set (they would be "
-            "ignored)"
-        ]
-    return []
+    return _ignored(
+        f"{method} passes no biases to the kernel", "b13 or b2", weights.b13, weights.b2
+    )
 
 
 def input_scales_refused(
     config: MoeLayerConfig, weights: ExpertWeights, method: str
 ) -> list[str]:
     """For methods without static input scales: set ones would be ignored."""
-    if weights.a13_scale is not None or weights.a2_scale is not None:
-        return [
-            f"{method} has no static input scales, yet a13_scale or a2_scale is set (they "
-            "would be ignored)"
-        ]
-    return []
+    return _ignored(
+        f"{method} has no static input scales",
+        "a13_scale or a2_scale",
+        weights.a13_scale,
+        weights.a2_scale,
+    )
+
+
+def _ignored(
+    refusal: str, names: str, first: torch.Tensor | None, second: torch.Tensor | None
+) -> list[str]:
+    """A pair of weight tensors the runner never passes to the kernel: either one set is refused,
+    since it would be ignored."""
+    if first is None and second is None:
+        return []
+    return [f"{refusal}, yet {names} is set (they would be ignored)"]
 
 
 def stage1_weight_needs_flag(

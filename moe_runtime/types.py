@@ -263,39 +263,16 @@ CombineInput = (
 
 
 class FusedMoeKernel(Protocol):
-    """AITER's `fused_moe` keyword signature (v0.1.7.post2); newer keywords are keyword-only."""
+    """AITER's `fused_moe` keyword signature: its parameters at v0.1.7.post2, then, keyword-only,
+    the one newer keyword a runner passes per call.
 
-    def __call__(
-        self,
-        hidden_states: torch.Tensor,
-        w1: torch.Tensor,
-        w2: torch.Tensor,
-        topk_weight: torch.Tensor,
-        topk_ids: torch.Tensor,
-        expert_mask: torch.Tensor | None = None,
-        activation: ActivationType = ActivationType.Silu,
-        quant_type: QuantType = QuantType.No,
-        doweight_stage1: bool = False,
-        w1_scale: torch.Tensor | None = None,
-        w2_scale: torch.Tensor | None = None,
-        a1_scale: torch.Tensor | None = None,
-        a2_scale: torch.Tensor | None = None,
-        block_size_M: int | None = None,
-        num_local_tokens: torch.Tensor | None = None,
-        moe_sorting_dispatch_policy: int = 0,
-        dtype: torch.dtype | None = None,
-        hidden_pad: int = 0,
-        intermediate_pad: int = 0,
-        bias1: torch.Tensor | None = None,
-        bias2: torch.Tensor | None = None,
-    ) -> torch.Tensor: ...
-
-
-class FusedMoeOutputKernel(Protocol):
-    """`FusedMoeKernel` that also takes AITER's newer `output` keyword (in no tagged release up to
-    v0.1.20.post1: moe_runtime.kernels.keywords): the result is written into `output`, `[M, H]` in
-    the output dtype, and that same tensor is returned (SGLang 0.5.23 passes MORI EPv2's combine
-    view, layers/moe/moe_runner/aiter.py:249-257). With `output=None` the kernel allocates."""
+    `output` (in no tagged release up to v0.1.20.post1: moe_runtime.kernels.keywords) is accepted
+    only by kernels whose keywords include it: the result is written into `output`, `[M, H]` in
+    the output dtype, and that same tensor is returned; with `output=None` the kernel allocates.
+    Only the MORI EPv2 runners pass it (SGLang 0.5.23 passes MORI EPv2's combine view,
+    layers/moe/moe_runner/aiter.py:249-257), to the kernel `loadtime.writes_output` returns, which
+    refuses, at load, a kernel without it; no other runner passes it.
+    """
 
     def __call__(
         self,

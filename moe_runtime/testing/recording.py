@@ -17,12 +17,20 @@ import torch
 from moe_runtime.types import FusedMoeKernel
 
 _SIGNATURE = inspect.signature(FusedMoeKernel.__call__)
-# fused_moe's parameters in order, without the protocol's `self`.
-PARAMETERS: tuple[str, ...] = tuple(_SIGNATURE.parameters)[1:]
+# fused_moe's v0.1.7.post2 parameters, the protocol's positional ones without `self`. Its
+# keyword-only `output` is not one: only some kernels take it, so a call that does not pass it
+# records no value for it.
+_V0_1_7 = [
+    parameter
+    for parameter in list(_SIGNATURE.parameters.values())[1:]
+    if parameter.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+]
+# fused_moe's parameters in order.
+PARAMETERS: tuple[str, ...] = tuple(parameter.name for parameter in _V0_1_7)
 # What fused_moe takes for a keyword not passed.
 KERNEL_DEFAULTS: dict[str, Any] = {
-    name: parameter.default
-    for name, parameter in _SIGNATURE.parameters.items()
+    parameter.name: parameter.default
+    for parameter in _V0_1_7
     if parameter.default is not inspect.Parameter.empty
 }
 

@@ -1,9 +1,10 @@
 """Fake `aiter.fused_moe`: v0.1.7.post2's signature (no `swiglu_limit`), and newer ones that tests
 swap in for `fused_moe` (v0.1.14's, v0.1.20.post1's, and one with only `swiglu_limit` added).
 
-v0.1.7.post2's signature is moe_runtime's `FusedMoeKernel` protocol, so each fake takes it from
-there (with this package's enums as defaults) plus what its release added; the binding reads the
-fake's `__signature__`, as it reads AITER's real one.
+v0.1.7.post2's signature is the positional part of moe_runtime's `FusedMoeKernel` protocol (its
+keyword-only `output` is newer), so each fake takes it from there (with this package's enums as
+defaults) plus what its release added; the binding reads the fake's `__signature__`, as it reads
+AITER's real one.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ _ENUM_DEFAULTS = {"activation": ActivationType.Silu, "quant_type": QuantType.No}
 _V0_1_7 = [
     parameter.replace(default=_ENUM_DEFAULTS.get(parameter.name, parameter.default))
     for parameter in list(inspect.signature(FusedMoeKernel.__call__).parameters.values())[1:]
+    if parameter.kind is _Parameter.POSITIONAL_OR_KEYWORD
 ]
 _ROUTED = ("hidden_states", "w1", "w2", "topk_weight", "topk_ids")
 
