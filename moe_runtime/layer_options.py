@@ -9,7 +9,8 @@ SGLang's `MoeRunnerConfig` carries `activation`, `is_gated`, `gemm1_alpha`, `gem
   (alpha and the `up + 1` bias baked in), run with `swiglu_limit = gemm1_clamp_limit`
   (`_aiter_activation`, aiter.py:134-139; unquant.py:1329 passes the limit);
 - situ (aiter.py:218-225): `Situv2`, with `beta = gemm1_alpha` and `linear_beta =
-  gemm1_clamp_limit` when set (AITER's defaults, 1.0, otherwise).
+  gemm1_clamp_limit` when set; unset, SGLang passes neither and AITER reads 1.0, and the config
+  field stays None so that the runner passes neither either.
 
 Pure and read once, at load: the integration calls `activation_fields` when it builds the config.
 """
@@ -54,7 +55,7 @@ def activation_fields(
     if activation == "situ":
         return {
             "activation": "situ",
-            "situ_beta": 1.0 if alpha is None else float(alpha),
-            "situ_linear_beta": 1.0 if clamp_limit is None else float(clamp_limit),
+            **({} if alpha is None else {"situ_beta": float(alpha)}),
+            **({} if clamp_limit is None else {"situ_linear_beta": float(clamp_limit)}),
         }
     return {"activation": activation}

@@ -65,10 +65,12 @@ def bind_kernel(
         taken.require("swiglu_limit", f"swiglu_limit={config.swiglu_limit}", named)
         static["swiglu_limit"] = config.swiglu_limit
     if config.activation == "situ":
-        # Always bound: AITER from v0.1.19 has them, older AITER has no Situv2 at all.
+        # Always required: AITER from v0.1.19 has them, older AITER has no Situv2 at all. Bound
+        # only where the layer sets them (unset, the kernel reads 1.0, and SGLang passes none).
         taken.require("beta", "the situ activation", named)
         taken.require("linear_beta", "the situ activation", named)
-        static["beta"], static["linear_beta"] = config.situ_beta, config.situ_linear_beta
+        betas = {"beta": config.situ_beta, "linear_beta": config.situ_linear_beta}
+        static.update({name: value for name, value in betas.items() if value is not None})
     if config.moe_sorting_dispatch_policy != 0:
         policy = config.moe_sorting_dispatch_policy
         taken.require("moe_sorting_dispatch_policy", f"moe_sorting_dispatch_policy={policy}", named)

@@ -40,9 +40,11 @@ class MoeLayerConfig:
     # 1 always the single kernel, 2 always the multi-phase one); it never changes the result.
     moe_sorting_dispatch_policy: int = 0
     # The situ activation's (AITER's Situv2, v0.1.19): beta * tanh(gate / beta) * sigmoid(gate)
-    # times linear_beta * tanh(up / linear_beta); AITER's defaults (fused_moe.py v0.1.19:676-677).
-    situ_beta: float = 1.0
-    situ_linear_beta: float = 1.0
+    # times linear_beta * tanh(up / linear_beta). None: not passed to the kernel, which reads 1.0
+    # (fused_moe.py v0.1.20.post1:802-803, 3134-3137), as SGLang 0.5.23 leaves an unset
+    # gemm1_alpha / gemm1_clamp_limit (moe_runner/aiter.py:222-225).
+    situ_beta: float | None = None
+    situ_linear_beta: float | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -70,7 +72,7 @@ class MoeLayerConfig:
         if self.swiglu_limit < 0:
             problems.append(f"swiglu_limit must be >= 0, got {self.swiglu_limit!r}")
         for name in ("situ_beta", "situ_linear_beta"):
-            if not getattr(self, name) > 0:
+            if getattr(self, name) is not None and not getattr(self, name) > 0:
                 problems.append(f"{name} must be > 0, got {getattr(self, name)!r}")
         policy = self.moe_sorting_dispatch_policy
         if type(policy) is not int or policy not in SORTING_DISPATCH_POLICIES:

@@ -15,7 +15,7 @@ from moe_runtime import quant
 from moe_runtime import types as t
 from moe_runtime.enums import ActivationType, QuantType
 from moe_runtime.kernels.reference import ReferenceFusedMoe
-from moe_runtime.testing.dense import moe_close
+from moe_runtime.testing.dense import dense_layer, dense_mismatch, moe_close
 from moe_runtime.testing.recording import RecordingKernel
 from moe_runtime.testing.weights import make_expert_weights
 from tests.runners.harness import DEVICES, EP_SIZES, HIDDEN, INTERMEDIATE, run_combination
@@ -103,13 +103,16 @@ def test_situ_layers_match_dense_moe(key: tuple[str, str, str], ep_size: int, de
 
 
 class SituRecorder(RecordingKernel):
-    """A recording kernel that takes AITER v0.1.19's `beta` and `linear_beta` by name."""
+    """A recording kernel that takes AITER v0.1.19's `beta` and `linear_beta` by name and records
+    those passed (an unpassed one is absent from the call)."""
 
     def __call__(
         self, *args: Any, beta: float | None = None, linear_beta: float | None = None,
         **kwargs: Any,
     ) -> torch.Tensor:  # fmt: skip
-        return super().__call__(*args, beta=beta, linear_beta=linear_beta, **kwargs)
+        betas = {"beta": beta, "linear_beta": linear_beta}
+        passed = {name: value for name, value in betas.items() if value is not None}
+        return super().__call__(*args, **passed, **kwargs)
 
 
 def _situ_config(**extra: Any) -> t.MoeLayerConfig:
@@ -129,6 +132,30 @@ def test_the_betas_and_situv2_are_bound_at_load() -> None:
     call = kernel.only_call()
     assert (call["beta"], call["linear_beta"]) == (0.5, 2.0)
     assert int(call["activation"]) == int(ActivationType.Situv2)
+
+
+def test_unset_betas_are_not_passed_and_read_as_one() -> None:
+    """A situ layer that sets no betas passes neither (as SGLang does; AITER reads 1.0), one that
+    sets one passes that one; the unset layer's output is situ with both betas 1.0."""
+    from moe_runtime.testing import emulate
+
+    weights = make_expert_weights("mxfp4", 8, HIDDEN, INTERMEDIATE, seed=0)
+    batch = emulate.make_batch(3, HIDDEN, 8, 2, ep_size=1, seed=1)
+    dispatch_output = emulate.dispatch(batch, "standard").outputs[0]
+    select = generated.select("none", "mxfp4", "standard")
+    unset, beta_only = SituRecorder(), SituRecorder()
+    select(_situ_config(), weights, kernel=unset)(dispatch_output)
+    select(_situ_config(situ_beta=0.5), weights, kernel=beta_only)(dispatch_output)
+    runner = select(_situ_config(), weights, kernel=ReferenceFusedMoe())
+    out = runner(dispatch_output).hidden_states
+    assert "beta" not in unset.only_call().kwargs and "linear_beta" not in unset.only_call().kwargs
+    assert beta_only.only_call().kwargs["beta"] == 0.5
+    assert "linear_beta" not in beta_only.only_call().kwargs
+    ones = dense_layer(batch, weights, "mxfp4", activation="situ", situ_betas=(1.0, 1.0))
+    assert dense_mismatch(out, ones, "mxfp4", "standard") is None
+    # Negative control: other betas are another output.
+    other = dense_layer(batch, weights, "mxfp4", activation="situ", situ_betas=(0.5, 2.0))
+    assert dense_mismatch(out, other, "mxfp4", "standard") is not None
 
 
 def test_a_kernel_without_beta_is_refused_for_situ() -> None:

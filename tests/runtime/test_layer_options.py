@@ -46,8 +46,10 @@ def test_activation_fields() -> None:
     assert activation_fields("silu", True, 1.702, None, 7.0, gfx95=False) == {"activation": "silu"}
     assert activation_fields("situ", True, 0.5, None, 2.0, gfx95=True) == {
         "activation": "situ", "situ_beta": 0.5, "situ_linear_beta": 2.0}  # fmt: skip
-    assert activation_fields("situ", True, None, None, None, gfx95=False) == {
-        "activation": "situ", "situ_beta": 1.0, "situ_linear_beta": 1.0}  # fmt: skip
+    # Unset, neither is passed (SGLang passes none; AITER reads 1.0).
+    assert activation_fields("situ", True, None, None, None, gfx95=False) == {"activation": "situ"}
+    assert activation_fields("situ", True, 1.0, None, None, gfx95=False) == {
+        "activation": "situ", "situ_beta": 1.0}  # fmt: skip
     assert activation_fields("gelu", True, None, None, None, gfx95=True) == {"activation": "gelu"}
 
 

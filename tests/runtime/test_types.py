@@ -205,8 +205,8 @@ def test_config_and_weights_fields_follow_design() -> None:
         ("apply_router_weight_on_input", False),
         ("swiglu_limit", 0.0),
         ("moe_sorting_dispatch_policy", 0),
-        ("situ_beta", 1.0),
-        ("situ_linear_beta", 1.0),
+        ("situ_beta", None),
+        ("situ_linear_beta", None),
     ]
     assert [(f.name, f.default) for f in dataclasses.fields(ExpertWeights)] == [
         ("w13_weight", dataclasses.MISSING),

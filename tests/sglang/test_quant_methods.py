@@ -286,6 +286,8 @@ _TABLE: list[tuple[Any, ...]] = [
     ("clamp-gu-itlv-off", "mxfp4", CLAMP, "", "separated", 7.0, "Swiglu", False, BOTH),
     ("clamp-gfx95-split", "mxfp4", SPLIT, "gfx95", "separated", 7.0, "Swiglu", True, NEW),
     ("situ", "mxfp4", SITU, "", "separated", None, "Situv2", True, NEW),
+    # gemm1_alpha and gemm1_clamp_limit unset: SGLang passes no beta / linear_beta (AITER: 1.0).
+    ("situ-defaults", "mxfp4", {"activation": "situ"}, "", "separated", None, "Situv2", True, NEW),
     ("swiglu-oai-gfx95", "quark_w4a4_mxfp4", OAI, "gfx95", "separated", 7.0, "Swiglu", True, NEW),
     ("swiglu_limit", "quark_w4a4_mxfp4", LIMIT, "", "interleave", 5.0, "Silu", True, NEW),
     ("gfx1250", "quark_w4a4_mxfp4", {}, "gfx1250", "interleave", None, "Silu", True, NEW),
