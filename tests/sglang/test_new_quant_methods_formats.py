@@ -110,15 +110,15 @@ def verdict(method: Method, a2a: str, dispatch: str) -> Verdict:
         return Verdict(
             "cpu blocked",
             "SGLang upscales the wire with a ROCm Triton kernel: fp8 rows for PER_1X32 weights "
-            "(moe_runner/aiter.py:484-491), fp4 rows for per-token weights (:502-508) or under "
-            "the clamp (:492-500)",
+            "(moe_runner/aiter.py:481-492), fp4 rows for per-token weights (:501-507) or under "
+            "the clamp (:493-500)",
             (RuntimeError, "active drivers"),
         )
     if quant == "mxfp8" and wire == "fp4":
         return Verdict(
             "dense",
             "without the clamp SGLang hands the fp4 rows and their e8m0 scales as they are to "
-            "the per_1x32 kernel of fp8 weights (moe_runner/aiter.py:484-508 upscales them only "
+            "the per_1x32 kernel of fp8 weights (moe_runner/aiter.py:481-507 upscales them only "
             "under the clamp; :397-400 keeps PER_1X32), which has no fp4-activation path: the "
             "reference kernel reads them as fp8 and fails",
             (NotImplementedError, "Float4_e2m1fn_x2"),
@@ -128,7 +128,7 @@ def verdict(method: Method, a2a: str, dispatch: str) -> Verdict:
             "install refused",
             "the mxfp8 runner passes the mxfp8 wire to the kernel as it is, which no AITER up "
             "to v0.1.20.post1 reads (moe_runtime/loadtime.py require_mxfp8_activations); "
-            "SGLang hands the same rows straight to per_1x32 (moe_runner/aiter.py:474-481)",
+            "SGLang hands the same rows straight to per_1x32 (moe_runner/aiter.py:476-480)",
         )
     if quant == "fp8_channel":
         return Verdict(
@@ -149,7 +149,7 @@ def verdict(method: Method, a2a: str, dispatch: str) -> Verdict:
         return Verdict(
             "dense",
             "per_Token weights keep their quant type on a pre-quantized wire "
-            "(moe_runner/aiter.py:397-398), so the wire's [R, H/128] fp32 or [R, H/32] e8m0 "
+            "(moe_runner/aiter.py:401-402), so the wire's [R, H/128] fp32 or [R, H/32] e8m0 "
             "scales are handed over as per-row a1_scale",
             (ValueError, r"a1_scale for pre-quantized per_Token input must be \[\d+, 1\]"),
         )
@@ -216,8 +216,8 @@ def test_new_quant_method_on_every_format(
     if found.native is not None:
         error_type, message = found.native
         for native, _ in natives:
-            assert isinstance(native, error_type), native
-            assert re.search(message, str(native)), native
+            assert isinstance(native, error_type), (found.why, native)
+            assert re.search(message, str(native)), (found.why, native)
     if found.kind == "apply raises":
         for layer in case.layers:
             with pytest.raises(integration.SGLangIntegrationError, match="expert_mask_gpu"):
