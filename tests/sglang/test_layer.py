@@ -84,33 +84,39 @@ class Layer(FusedMoE):
 
 def _dispatcher(a2a: str, dispatch: str, config: t.MoeLayerConfig) -> Any:
     """SGLang's own dispatcher class, not constructed (that needs DeepEP/MORI and process
-    groups): the attributes `install` and the quant methods read are set as its __init__ does."""
+    groups): the attributes `install` and the quant methods read are set as its __init__ does.
+    Mooncake's and NIXL's keep no expert mask and no wire flag (their install names the format)."""
     mask = harness.Dispatcher(a2a, config)
     if a2a == "none":
         return mask
-    cls = deepep.DeepEPDispatcher if a2a == "deepep" else moriep.MoriEPDispatcher
-    impl_cls = (
-        deepep._DeepEPDispatcherImplNormal
-        if a2a == "deepep"
-        else (
+    if a2a in ("mooncake", "nixl"):
+        cls = mooncake.MooncakeEPDispatcher if a2a == "mooncake" else nixl.NixlEPDispatcher
+        return cls.__new__(cls)
+    low_latency = "_ll" in dispatch
+    if a2a == "deepep":
+        dispatcher: Any = deepep.DeepEPDispatcher.__new__(deepep.DeepEPDispatcher)
+        impl_cls: Any = (
+            deepep._DeepEPDispatcherImplLowLatency
+            if low_latency
+            else deepep._DeepEPDispatcherImplNormal
+        )
+        impl = impl_cls.__new__(impl_cls)
+        impl.use_fp8 = dispatch.endswith("_fp8")
+    else:
+        dispatcher = moriep.MoriEPDispatcher.__new__(moriep.MoriEPDispatcher)
+        impl_cls = (
             moriep._MoriEPDispatcherImplLowLatency
-            if "_ll" in dispatch
+            if low_latency
+            else moriep._MoriEPv2DispatcherImplNormal
+            if dispatch.startswith("mori_v2")
             else moriep._MoriEPDispatcherImplNormal
         )
-    )
-    dispatcher = cls.__new__(cls)
+        impl = impl_cls.__new__(impl_cls)
+        # mori_{normal,ll,v2}[_wire]; SGLang has no per-token fp8 wire (a KeyError here).
+        wire = (dispatch.split("_", 2)[2:] or ["bf16"])[0]
+        impl.dispatch_dtype = moriep.DispatchDtype[wire]
     dispatcher.expert_mask_gpu = mask.expert_mask_gpu
-    impl = impl_cls.__new__(impl_cls)
-    if a2a == "mori":
-        impl.dispatch_dtype = (
-            moriep.DispatchDtype.mxfp8
-            if dispatch.endswith("_mxfp8")
-            else moriep.DispatchDtype.fp8
-            if "_fp8" in dispatch
-            else moriep.DispatchDtype.bf16
-        )
-    slot = "_low_latency_dispatcher" if "_ll" in dispatch else "_normal_dispatcher"
-    setattr(dispatcher, slot, impl)
+    setattr(dispatcher, "_low_latency_dispatcher" if low_latency else "_normal_dispatcher", impl)
     return dispatcher
 
 

@@ -286,7 +286,9 @@ def _case(method: Method, a2a: str, dispatch: str, ep_size: int) -> Case:
         layer = method.build(
             config, slice_experts(held, rank * local, (rank + 1) * local), method.options
         )
-        layer.dispatcher = _dispatcher(a2a, dispatch, config)
+        # SGLang has no per-token fp8 wire: such layers get its fp8 wire's dispatcher, and the
+        # tests name the format at install.
+        layer.dispatcher = _dispatcher(a2a, dispatch.removesuffix("_token"), config)
         layers.append(layer)
         outputs.append(harness.sglang_dispatch_output(ours))
     forced = method.quant in ("mxfp8", "quark_w4a8_mxfp4")
