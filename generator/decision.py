@@ -21,7 +21,7 @@ from enum import Enum
 from types import MappingProxyType
 
 from generator.fragments import KERNEL_KEYWORDS, LINE_LENGTH, STEPS, TemplateProblem
-from generator.model import AITER_RELEASES, A2ABackend, Combination, DispatchFormat, QuantMethod
+from generator.model import A2ABackend, Combination, DispatchFormat, QuantMethod
 
 # A value a fragment substitutes: Python source, a tuple of it, or an enum (its `.value`).
 Value = str | tuple[str, ...] | Enum
@@ -58,9 +58,6 @@ class Decision:
     imports: tuple[Import, ...] = ()
     values: Mapping[str, Value] = field(default_factory=dict)
     device_checks: str = ""  # what its check fragments assert on the device (the checked line)
-    # A newer AITER than the combination's entries need, for what this record chose (one of
-    # model.AITER_RELEASES; "" when the entries' minimums hold): the feature table reads it.
-    min_aiter: str = ""
 
     def fragments(self, kind: str) -> tuple[str, ...]:
         return {"load": self.load, "call": self.call, "check": self.check}[kind]
@@ -107,12 +104,6 @@ class Plan:
         fragments = {kind: _fragments(self.records, kind, problems) for kind in STEPS}
         values = _values(self.records, problems)
         call, bound = _kernel_arguments(self.records, problems)
-        problems += [
-            f"the record {record.topic!r} needs AITER {record.min_aiter!r}, which is not one of "
-            f"{', '.join(AITER_RELEASES)}"
-            for record in self.records
-            if record.min_aiter and record.min_aiter not in AITER_RELEASES
-        ]
         if problems:
             raise TemplateProblem(f"{self.combination.slash_name}: " + "; ".join(problems))
         projections = {

@@ -3,8 +3,7 @@
 A projection of the matrix's support facts (the optional `sglang`, `min_aiter` and
 `support_source` keys of each backend, format and quant method): a combination is served by an
 SGLang release when its backend, format and quant method all are, and its runner needs the newest
-of their three minimum AITER releases and of any its plan's decision records add (`min_aiter` of
-a record: what one combination of entries needs that none of them needs alone). The file is
+of their three minimum AITER releases. The file is
 part of the generated tree, so the writer, `--check` and the pre-commit hook treat it like the
 modules.
 """
@@ -13,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from generator.decision import Decision
 from generator.model import (
     AITER_RELEASES,
     SGLANG_RELEASES,
@@ -41,9 +39,7 @@ def features_text(
         "",
         "Per generated combination: its module, the SGLang releases whose own AITER MoE path",
         "serves its a2a backend, dispatch format and quant method (all three), and the oldest",
-        "AITER release its runner works with (the newest of the three entries' minimums and of",
-        "what its plan adds: the mxfp8 wire passed straight to mxfp8 weights needs an AITER",
-        "that reads mxfp8 activations as they are, and is refused at load otherwise). The",
+        "AITER release its runner works with (the newest of the three entries' minimums). The",
         "SGLang column is per entry: a few combinations of served entries are still wrong or",
         "unreachable on SGLang's own path (a method whose apply reads topk_output, on a DeepEP or",
         "MORI format; no expert mask at EP > 1); docs/sglang.md lists them, and the installed",
@@ -58,7 +54,7 @@ def features_text(
         entries = (plan.a2a, plan.dispatch, plan.quant)
         lines.append(
             f"| `{plan.combination.slash_name}` | `{plan.module_name}` | "
-            f"{_releases(entries)} | {_min_aiter(entries, plan.records)} |"
+            f"{_releases(entries)} | {_min_aiter(entries)} |"
         )
     lines += ["", "## Not generated", ""]
     excluded = sorted(excluded, key=lambda pair: pair[0])
@@ -88,9 +84,7 @@ def _releases(entries: Sequence[_Entry]) -> str:
     return ", ".join(served) or "none"
 
 
-def _min_aiter(entries: Sequence[_Entry], records: Sequence[Decision]) -> str:
+def _min_aiter(entries: Sequence[_Entry]) -> str:
     if any(not entry.min_aiter for entry in entries):
         return _NOT_STATED
-    needed = [entry.min_aiter for entry in entries]
-    needed += [record.min_aiter for record in records if record.min_aiter]
-    return max(needed, key=AITER_RELEASES.index)
+    return max((entry.min_aiter for entry in entries), key=AITER_RELEASES.index)

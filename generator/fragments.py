@@ -37,7 +37,6 @@ STEPS: Mapping[str, Mapping[str, str]] = MappingProxyType(
                 "activation_layer": "activation",
                 "activation_swiglu": "activation",
                 "refuse_hidden_pad": "hidden padding",
-                "require_mxfp8_activations": "wire",
                 "bind_kernel": ALWAYS,
                 "weight_scales": "weights",
                 "biases": "weights",

@@ -282,22 +282,11 @@ def _wire_handling(fmt: DispatchFormat, handling: WireHandling, reason: str) -> 
         case _:
             assert_never(handling)
     passed = handling is WireHandling.PASS_THROUGH
-    what = f"{fmt.wire.value}, {handling.value}"
-    min_aiter = ""
-    load: tuple[str, ...] = ("wire_upscale",) if handling is WireHandling.UPSCALE else ()
-    if passed and fmt.wire is Wire.MXFP8_1X32:
-        # AITER quantizes per_1x32 input again and ignores a1_scale (moe_runtime.kernels.
-        # reads_mxfp8_activations): a kernel that does so is refused at load.
-        what += "; the kernel must read mxfp8 activations as they are (refused at load otherwise)"
-        load = ("require_mxfp8_activations",)
-        # No AITER release yet, nor main at e4048607a5 (docs/formats.md, the mxfp8 wire).
-        min_aiter = "after v0.1.20.post1"
     return Decision(
         "wire",
-        what,
+        f"{fmt.wire.value}, {handling.value}",
         reason,
-        load=load,
-        min_aiter=min_aiter,
+        load=("wire_upscale",) if handling is WireHandling.UPSCALE else (),
         call=call,
         check=(scale if quantized else "no_scale",),
         kernel_arguments=(KernelArgument("a1_scale", "hidden_states_scale"),) if passed else (),
@@ -741,19 +730,21 @@ def _fp4_weight_wire(quant: QuantMethod, fp8: bool) -> tuple[KernelQuant, WireHa
 
 
 def _mxfp8_wire(quant: QuantMethod) -> tuple[KernelQuant, WireHandling, str]:
-    """MX fp8 rows (e4m3 + e8m0 per 32): what AITER's per_1x32 kernels read for fp8 weights."""
-    if quant.kernel_quant is KernelQuant.PER_1X32 and quant.weight_kind is WeightKind.FP8:
-        # aiter/fused_moe.py e4048607a5:772-774 (fp8 per_1x32 weights: fp8 activations with e8m0
-        # scales per 32); SGLang 0.5.23 moe_runner/aiter.py:472-485 hands them straight over.
-        return (
-            quant.kernel_quant,
-            WireHandling.PASS_THROUGH,
-            "fp8 rows with e8m0 1x32 scales are what the mxfp8 kernel quantizes to",
-        )
+    """MX fp8 rows (e4m3 + e8m0 per 32): upscaled for every method. Even fp8 per_1x32 (mxfp8)
+    weights, whose kernels compute on exactly such rows, get bf16: AITER's mxfp8 path quantizes
+    `hidden_states` itself and ignores `a1_scale` (aiter/fused_moe.py e4048607a5:3074-3099, with
+    a bf16/fp16-only HIP quantizer, csrc/kernels/quant_kernels.cu:1881), in every release up to
+    v0.1.20.post1. SGLang 0.5.23 hands the rows over as they are (moe_runner/aiter.py:476-480)."""
     return quant.kernel_quant, WireHandling.UPSCALE, _mxfp8_upscale_reason(quant)
 
 
 def _mxfp8_upscale_reason(quant: QuantMethod) -> str:
+    if quant.kernel_quant is KernelQuant.PER_1X32 and quant.weight_kind is WeightKind.FP8:
+        # An e4m3 value times a power of two is a bf16 value: into bf16 the upscale loses nothing.
+        return (
+            "AITER's mxfp8 kernels quantize bf16 input to mxfp8 themselves and ignore a1_scale "
+            "(fused_moe.py e4048607a5:3074-3099)"
+        )
     if quant.weight_kind is WeightKind.FP4:
         # aiter/fused_moe.py e4048607a5:3058-3120: the a16w4 path casts its input to bf16
         # without a scale, the a4w4 and a8w4 paths quantize a bf16 input themselves.

@@ -94,22 +94,6 @@ def refuse_hidden_pad(weights: ExpertWeights) -> None:
         )
 
 
-def require_mxfp8_activations(kernel: FusedMoeKernel | None) -> None:
-    """For an mxfp8 wire passed straight to the kernel: the kernel (`kernel`, else the one
-    `moe_runtime.kernels` bound) must read fp8 activations with e8m0 1x32 scales as they are.
-    AITER's `fused_moe` quantizes per_1x32 input again from `hidden_states` and ignores `a1_scale`
-    (`kernels.reads_mxfp8_activations`), so this runner is refused for it here, at load, rather
-    than handing it rows it would misread at the first forward."""
-    raw = kernels.fused_moe if kernel is None else kernel
-    if not kernels.reads_mxfp8_activations(raw):
-        named = kernels.describe() if kernel is None else repr(kernel)
-        raise ConfigError(
-            "this runner passes the mxfp8 wire (fp8 rows, e8m0 scales per 32) to the kernel as "
-            f"it is, but the kernel ({named}) quantizes per_1x32 activations again and does not "
-            "read a1_scale; no AITER release up to v0.1.20.post1 reads them as they are"
-        )
-
-
 def pad_hidden(
     kernel: FusedMoeKernel, weights: ExpertWeights, config: MoeLayerConfig
 ) -> FusedMoeKernel:
@@ -201,8 +185,9 @@ class _OutputDropped:
 
 
 def bind_upscaler(name: upscale.UpscalerName, device: torch.device) -> upscale.Upscaler:
-    """The wire upscaler for activations on `device`: one Triton launch on a GPU where Triton
-    imports, moe_runtime.quant's torch code elsewhere (bit-identical; `kernels.describe()`)."""
+    """The wire upscaler for activations on `device`: one Triton launch on a GPU where the wire
+    has a Triton kernel (fp8 1x128, mxfp4) and Triton imports, moe_runtime.quant's torch code
+    otherwise (bit-identical; `kernels.describe()`)."""
     return upscale.bind(name, device)
 
 

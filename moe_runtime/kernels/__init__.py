@@ -6,15 +6,13 @@ error, never a silent fallback: the message says what is missing and how to choo
 `describe()` says which binding is active and why, which optional `fused_moe` keywords it takes
 (`KEYWORDS`, read once here: `moe_runtime.kernels.keywords`), which release's per_1x32 activation
 rounding it follows (`ROUNDING`, from AITER's version or the reference's option:
-`moe_runtime.kernels.rounding`), whether it reads mxfp8 activations as they are or quantizes them
-again (`reads_mxfp8_activations`), and which wire upscaler runners bind
+`moe_runtime.kernels.rounding`), and which wire upscaler runners bind
 (`moe_runtime.kernels.upscale`: Triton on GPUs where it imports, the torch code elsewhere).
 """
 
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -46,7 +44,6 @@ __all__ = [
     "fused_moe",
     "keywords_of",
     "prepare_weights",
-    "reads_mxfp8_activations",
 ]
 
 ENV_VAR = "MOE_RUNTIME_KERNEL"
@@ -71,8 +68,6 @@ class _Bound:
     prepare: aiter_binding.PrepareWeights
     keywords: KernelKeywords
     rounding: rounding.Mxfp4ActivationRule
-    # Whether fp8 activations with e8m0 1x32 scales (`a1_scale`) are read as they are.
-    reads_mxfp8_activations: bool
 
 
 def choose_binding(
@@ -122,7 +117,6 @@ def _bind(name: str, reason: str) -> _Bound:
             prepare=_unchanged,
             keywords=keywords.declared(reference.KEYWORDS, "declared by the reference"),
             rounding=reference.fused_moe.rounding,
-            reads_mxfp8_activations=True,
         )
     try:
         aiter = aiter_binding.load()
@@ -143,7 +137,6 @@ def _bind(name: str, reason: str) -> _Bound:
         prepare=aiter.prepare,
         keywords=aiter.keywords,
         rounding=aiter.rounding,
-        reads_mxfp8_activations=aiter_binding.READS_MXFP8_ACTIVATIONS,
     )
 
 
@@ -160,12 +153,10 @@ if not TYPE_CHECKING:
 
 def describe() -> str:
     """One line: the active binding and why it was chosen, the optional fused_moe keywords it
-    takes and lacks, its per_1x32 activation rounding rule, how it reads mxfp8 activations, then
-    the wire upscaler's binding."""
-    mxfp8 = "read as they are" if _BOUND.reads_mxfp8_activations else "re-quantized by the kernel"
+    takes and lacks, its per_1x32 activation rounding rule, then the wire upscaler's binding."""
     return (
         f"{_BOUND.description}; {KEYWORDS.describe()}; {ROUNDING.describe()}; "
-        f"mxfp8 activations {mxfp8}; wire upscale: {upscale.describe()}"
+        f"wire upscale: {upscale.describe()}"
     )
 
 
@@ -175,22 +166,6 @@ def keywords_of(kernel: FusedMoeKernel) -> KernelKeywords:
     if kernel is fused_moe:
         return KEYWORDS
     return keywords.of_signature(kernel, f"read from the signature of {kernel!r}")
-
-
-def reads_mxfp8_activations(kernel: FusedMoeKernel) -> bool:
-    """Whether `kernel` reads fp8 activations with e8m0 1x32 scales as they are (decided at load).
-
-    The bound kernel's fact was fixed when it was bound. An injected kernel is AITER's own
-    `fused_moe` when it is the function of the imported `aiter.fused_moe` (the SGLang integration
-    hands that over): AITER's fact (`aiter_binding.READS_MXFP8_ACTIVATIONS`). Any other injected
-    kernel is taken to read its arguments as it is given them, as the reference does.
-    """
-    if kernel is fused_moe:
-        return _BOUND.reads_mxfp8_activations
-    aiter_fused_moe = getattr(sys.modules.get("aiter.fused_moe"), "fused_moe", None)
-    if aiter_fused_moe is not None and kernel is aiter_fused_moe:
-        return aiter_binding.READS_MXFP8_ACTIVATIONS
-    return True
 
 
 def prepare_weights(

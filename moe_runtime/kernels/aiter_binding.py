@@ -37,11 +37,6 @@ _INT4_MIN, _INT4_MAX = -8, 7
 # fp8 weights with per_1x32 e8m0 scales (mxfp8): `fused_moe_` first picks fp8 activations for
 # them at v0.1.16.post1 (fused_moe.py:408-410); v0.1.16 treats every per_1x32 call as fp4.
 _MXFP8_WEIGHTS_SINCE: Release = (0, 1, 16, 1)
-# Whether AITER's fused_moe reads mxfp8 activations (fp8 + e8m0 per 32) as they are: it does not.
-# Pre-quantized fp8 input is recognised for per_1x128 alone (fused_moe.py e4048607a5:759-767);
-# per_1x32 input on fp8 or fp4 weights is quantized again from `hidden_states`
-# (fused_dynamic_mxfp8_quant_moe_sort, :3074-3099) and `a1_scale` is not read.
-READS_MXFP8_ACTIVATIONS = False
 
 PrepareWeights = Callable[[ExpertWeights, QuantType, ActivationType | None], ExpertWeights]
 _Transform = Callable[..., torch.Tensor]

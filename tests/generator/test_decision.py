@@ -107,14 +107,6 @@ def test_kernel_keywords_and_values_are_checked(matrix: Matrix) -> None:
         _replan(plan, *plan.records, twice)
 
 
-def test_a_records_aiter_minimum_must_be_a_known_release(matrix: Matrix) -> None:
-    plan = plan_combination(matrix, STANDARD)
-    with pytest.raises(TemplateProblem, match=r"'topic' needs AITER 'v0.2', which is not one of"):
-        _replan(plan, *plan.records, Decision("topic", "x", "y", min_aiter="v0.2"))
-    # Control: a listed release is accepted.
-    _replan(plan, *plan.records, Decision("topic", "x", "y", min_aiter="v0.1.19"))
-
-
 def test_a_template_reads_a_value_by_name(matrix: Matrix) -> None:
     plan = plan_combination(matrix, STANDARD)
     assert plan["combine_comment"] == "Ranks' outputs are summed by the all-reduce after the layer."

@@ -15,7 +15,9 @@ import torch
 
 import generated
 from moe_runtime import types as t
+from moe_runtime.quant import dequantize_mxfp8
 from moe_runtime.testing import emulate
+from moe_runtime.testing.dense import layer_activation
 from moe_runtime.testing.recording import RecordingKernel
 from moe_runtime.testing.weights import QUANT_METHODS, make_expert_weights
 from tests.runners.harness import INTERMEDIATE
@@ -35,8 +37,7 @@ def weights(quant: str) -> t.ExpertWeights:
 
 
 def build(key: tuple[str, str, str], layer_weights: t.ExpertWeights, **changes: object) -> object:
-    activation = "swiglu" if key[1] in ("mxfp4", "mxfp8", "quark_w4a8_mxfp4") else "silu"
-    layer = config(activation=activation, **changes)
+    layer = config(activation=layer_activation(key[1]), **changes)
     return generated.select(*key)(layer, layer_weights, kernel=RecordingKernel())
 
 
@@ -265,24 +266,32 @@ def test_a_class_of_the_right_name_without_the_fields_is_refused() -> None:
         runner(Partial(torch.zeros(1, HIDDEN)))  # type: ignore[operator]
 
 
-@pytest.mark.parametrize("dispatch", ["mori_normal_mxfp8", "mori_ll_mxfp8"])
-def test_mxfp8_wire_is_refused_for_a_kernel_that_quantizes_it_again(
+@pytest.mark.parametrize("dispatch", ["mori_normal_mxfp8", "mori_ll_mxfp8", "mori_v2_mxfp8"])
+def test_mxfp8_wire_reaches_aiters_mxfp8_kernel_upscaled(
     monkeypatch: pytest.MonkeyPatch, dispatch: str
 ) -> None:
-    """AITER's fused_moe quantizes per_1x32 input again and ignores a1_scale, so a runner that
-    passes the mxfp8 wire straight through is refused for it at load (the SGLang integration
-    injects AITER's own function: here a recording kernel standing as `aiter.fused_moe`'s)."""
+    """AITER's fused_moe quantizes per_1x32 input itself and ignores a1_scale, so mxfp8 weights
+    get the mxfp8 wire upscaled, as every other method does: AITER's own function (here a
+    recording kernel standing as `aiter.fused_moe`'s, as the SGLang integration injects it) is
+    taken at load and called with the exact bf16 rows and no a1_scale."""
     aiters = RecordingKernel()
     monkeypatch.setitem(sys.modules, "aiter.fused_moe", types.SimpleNamespace(fused_moe=aiters))
-    layer = config(activation="swiglu")
-    mxfp8 = weights("mxfp8")
-    with pytest.raises(t.ConfigError, match=r"passes the mxfp8 wire .* quantizes per_1x32"):
-        generated.select("mori", "mxfp8", dispatch)(layer, mxfp8, kernel=aiters)
-    # Controls: another kernel takes the same runner; AITER's takes the bf16-wire runner, which
-    # hands it bf16 rows to quantize.
-    generated.select("mori", "mxfp8", dispatch)(layer, mxfp8, kernel=RecordingKernel())
-    bf16_wire = dispatch.removesuffix("_mxfp8")
-    generated.select("mori", "mxfp8", bf16_wire)(layer, mxfp8, kernel=aiters)
+    batch = emulate.make_batch(5, HIDDEN, E, 2, ep_size=1, seed=1)
+    dispatch_output = emulate.dispatch(batch, dispatch).outputs[0]
+    runner = generated.select("mori", "mxfp8", dispatch)(
+        config(activation="swiglu"), weights("mxfp8"), kernel=aiters
+    )
+    runner(dispatch_output)
+    call = aiters.only_call()
+    wire, scales = dispatch_output.hidden_states, dispatch_output.hidden_states_scale
+    assert wire.dtype == torch.float8_e4m3fn
+    assert call.tensor("hidden_states").dtype == torch.bfloat16
+    assert call.get("a1_scale") is None
+    upscaled = dequantize_mxfp8(wire, scales, torch.float32)
+    assert torch.equal(call.tensor("hidden_states").float(), upscaled)
+    # Negative control: the rows of another scale are not these.
+    doubled = (scales.view(torch.uint8) + 1).view(torch.float8_e8m0fnu)
+    assert not torch.equal(call.tensor("hidden_states").float(), dequantize_mxfp8(wire, doubled))
 
 
 def _shuffled_scales(w: t.ExpertWeights, rows_pad: int = 0, cols_pad: int = 0) -> t.ExpertWeights:

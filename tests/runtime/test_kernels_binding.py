@@ -26,7 +26,7 @@ from moe_runtime.kernels import (
     choose_binding,
     releases,
 )
-from moe_runtime.testing.recording import RecordingKernel, value_difference
+from moe_runtime.testing.recording import value_difference
 from moe_runtime.types import ExpertWeights
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -170,8 +170,6 @@ AITER_0_1_7_ROUNDING = (
 )
 # Then how the kernel reads fp8 activations with e8m0 1x32 scales: the reference as they are,
 # AITER quantizes per_1x32 input again (fused_moe.py e4048607a5:3074-3099).
-REFERENCE_MXFP8 = "; mxfp8 activations read as they are"
-AITER_MXFP8 = "; mxfp8 activations re-quantized by the kernel"
 
 # case -> (MOE_RUNTIME_KERNEL or None for unset, pretended HIP version, fake aiter on the path,
 #          block any real aiter)
@@ -220,8 +218,8 @@ _BOUND = {
         "prepare_is_identity": False,
     },
 }
-_REFERENCE_TAIL = f"{REFERENCE_KEYWORDS}{REFERENCE_ROUNDING}{REFERENCE_MXFP8}{UPSCALE}"
-_AITER_TAIL = f"{AITER_0_1_7_KEYWORDS}{AITER_0_1_7_ROUNDING}{AITER_MXFP8}{UPSCALE}"
+_REFERENCE_TAIL = f"{REFERENCE_KEYWORDS}{REFERENCE_ROUNDING}{UPSCALE}"
+_AITER_TAIL = f"{AITER_0_1_7_KEYWORDS}{AITER_0_1_7_ROUNDING}{UPSCALE}"
 _FAKE_AITER_FROM = f"aiter 0.1.7.post2+fake from {FAKE_AITER / 'aiter'}"
 
 
@@ -587,17 +585,6 @@ def test_post_releases_order_after_their_release() -> None:
     assert releases.release_of("0.1.16.post6") < releases.release_of("0.1.17")  # type: ignore[operator]
     assert releases.tag((0, 1, 16, 1)) == "v0.1.16.post1"
     assert releases.tag((0, 1, 14, 0)) == "v0.1.14"
-
-
-def test_reads_mxfp8_activations_is_the_kernels_fact(fake_aiter: ModuleType) -> None:
-    """The reference reads mxfp8 activations as they are; AITER's own fused_moe, injected as
-    the SGLang integration injects it, quantizes them again; another injected kernel is taken
-    at its word."""
-    import aiter.fused_moe as fake_module
-
-    assert kernels.reads_mxfp8_activations(kernels.fused_moe) is (kernels.BINDING == "reference")
-    assert kernels.reads_mxfp8_activations(fake_module.fused_moe) is False
-    assert kernels.reads_mxfp8_activations(RecordingKernel()) is True
 
 
 def test_prepare_per_1x32_needs_scales(fake_aiter: ModuleType) -> None:

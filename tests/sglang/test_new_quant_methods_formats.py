@@ -12,7 +12,9 @@ each case is classified as test_moe_runner.py classifies the other methods (`ver
   installed output is the dense MoE;
 - apply raises: SGLang's quant method fails before MoeRunner.run, and install refuses the layer
   with the reason;
-- install refused: the generated runner refuses the kernel at load, with its message;
+- dense, wrong call: SGLang's call is one AITER computes wrongly (the reason names AITER's
+  file:line) though the fake's reference kernel computes it; the installed output is the dense
+  MoE, with the call AITER reads;
 - no SGLang wire: MORI's per-token fp8 wire exists in the matrix (vLLM's), not in SGLang's
   `DispatchDtype` (0.5.23 token_dispatcher/moriep.py:246-250): the layer installs with the format
   named, and the installed output is the dense MoE.
@@ -33,7 +35,6 @@ from sglang.srt.layers.moe.token_dispatcher import moriep
 
 import generated
 from moe_runtime.integrations import sglang as integration
-from moe_runtime.types import ConfigError
 from tests.runners.harness import dense_mismatch
 from tests.sglang import harness
 from tests.sglang.conftest import COUNTS
@@ -72,7 +73,7 @@ PER_1X32 = ("mxfp8", "quark_w4a8_mxfp4")  # the PER_1X32 weights (SGLang's `is_w
 
 @dataclasses.dataclass(frozen=True)
 class Verdict:
-    kind: str  # exact, dense, cpu blocked, apply raises, install refused, no sglang wire
+    kind: str  # exact, dense, dense wrong call, cpu blocked, apply raises, no sglang wire
     why: str  # SGLang 0.5.23's file:line (0.5.13's where it differs), or the refusal
     native: tuple[type[Exception], str] | None = None  # how SGLang's path raises, if it does
 
@@ -125,10 +126,11 @@ def verdict(method: Method, a2a: str, dispatch: str) -> Verdict:
         )
     if quant == "mxfp8" and wire == "mxfp8":
         return Verdict(
-            "install refused",
-            "the mxfp8 runner passes the mxfp8 wire to the kernel as it is, which no AITER up "
-            "to v0.1.20.post1 reads (moe_runtime/loadtime.py require_mxfp8_activations); "
-            "SGLang hands the same rows straight to per_1x32 (moe_runner/aiter.py:476-480)",
+            "dense, wrong call",
+            "SGLang hands the wire's fp8 rows and e8m0 scales straight to per_1x32 "
+            "(moe_runner/aiter.py:476-480), but AITER's mxfp8 path quantizes hidden_states itself "
+            "and ignores a1_scale (aiter/fused_moe.py e4048607a5:3074-3099, a bf16/fp16-only "
+            "quantizer); the installed runner hands it the rows upscaled",
         )
     if quant == "fp8_channel":
         return Verdict(
@@ -223,16 +225,21 @@ def test_new_quant_method_on_every_format(
             with pytest.raises(integration.SGLangIntegrationError, match="expert_mask_gpu"):
                 _install(layer, a2a, dispatch)
             assert integration.installed(layer) is None
-    elif found.kind == "install refused":
-        for (native, call), layer in zip(natives, case.layers, strict=True):
-            # SGLang's own path runs: the wire's fp8 rows and e8m0 scales, straight to per_1x32.
+    elif found.kind == "dense, wrong call":
+        # The fake AITER's reference kernel reads mxfp8 rows as they are, so SGLang's flaw shows
+        # in its call, not its output: fp8 rows and e8m0 scales, straight to per_1x32.
+        for native, call in natives:
             assert not isinstance(native, Exception), native
             assert call is not None and call["quant_type"] is harness.aiter.QuantType.per_1x32
             assert call["hidden_states"].dtype == torch.float8_e4m3fn
             assert call["a1_scale"].dtype == torch.float8_e8m0fnu
-            with pytest.raises(ConfigError, match=r"no AITER release up to v0\.1\.20\.post1"):
-                integration.install(layer)
-            assert integration.installed(layer) is None
+        _installed_is_dense(case, method, a2a, dispatch)
+        for layer, output in zip(case.layers, case.outputs, strict=True):
+            integration.install(layer)
+            layer.quant_method.apply(layer, output)
+            ours = harness.last_call()
+            assert ours["hidden_states"].dtype == torch.bfloat16 and ours["a1_scale"] is None
+            assert integration.uninstall(layer)
     elif found.kind == "exact":
         _exact(case, method, (a2a, method.quant, dispatch))
         if dispatch.startswith("mori_v2"):
