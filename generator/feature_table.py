@@ -3,9 +3,8 @@
 A projection of the matrix's support facts (the optional `sglang`, `min_aiter` and
 `support_source` keys of each backend, format and quant method): a combination is served by an
 SGLang release when its backend, format and quant method all are, and its runner needs the newest
-of their three minimum AITER releases. The file is
-part of the generated tree, so the writer, `--check` and the pre-commit hook treat it like the
-modules.
+of their three minimum AITER releases. The file is part of the generated tree, so the writer,
+`--check` and the pre-commit hook treat it like the modules.
 """
 
 from __future__ import annotations

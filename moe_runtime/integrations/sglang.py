@@ -591,11 +591,6 @@ def _per_row_scales(weights: ExpertWeights) -> ExpertWeights:
     return dataclasses.replace(weights, w13_scale=w13.unsqueeze(-1), w2_scale=w2.unsqueeze(-1))
 
 
-# gemm1_alpha of the one activation SGLang's mxfp8 AITER path runs, SwiGLU-OAI (0.5.23
-# fp8.py:3427-3432 raises NotImplementedError for any other).
-_MXFP8_SWIGLU_ALPHA: Final = 1.702
-
-
 def _read_fp8_mxfp8(layer: Any, method: Any, ctx: _Context) -> tuple[str, ExpertWeights]:
     """Fp8MoEMethod with `use_mxfp8` (0.5.23 fp8.py:1492-1501): fp8 weights with e8m0 1x32 scales
     (`w13_weight_scale_inv`), shuffled for AITER's a16w4 layout on gfx95 (fp8.py:2586-2608); its
@@ -617,11 +612,11 @@ def _read_fp8_mxfp8(layer: Any, method: Any, ctx: _Context) -> tuple[str, Expert
             "SGLang runs Fp8MoEMethod's mxfp8 weights on AITER only on gfx95 (fp8.py:2319-2325)"
         )
     config = method.moe_runner_config
-    if config.activation == "situ" or config.gemm1_alpha != _MXFP8_SWIGLU_ALPHA:
+    if config.activation == "situ" or config.gemm1_alpha != layer_options.SWIGLU_OAI_ALPHA:
         raise ctx.refuse(
             f"mxfp8 experts with activation {config.activation!r}, gemm1_alpha "
             f"{config.gemm1_alpha}: SGLang's AITER mxfp8 path runs SwiGLU-OAI (alpha "
-            f"{_MXFP8_SWIGLU_ALPHA}) only and raises for any other (fp8.py:3427-3432)"
+            f"{layer_options.SWIGLU_OAI_ALPHA}) only and raises for any other (fp8.py:3427-3432)"
         )
     quant_info = method.maybe_get_hip_aiter_quant_info(layer)
     if quant_info is None:

@@ -592,14 +592,20 @@ def _check_prequantized(
     """fp8 or fp4 hidden_states: the quant type that reads them, and the a1_scale they need."""
     qt, m, h = problem.quant_type, problem.tokens, problem.hidden
     is_fp4 = hidden_states.dtype == quant.FP4X2
-    # fp8 input with per_1x32 is an mxfp8 wire: AITER's fp8 per_1x32 weights read fp8
-    # activations with e8m0 scales per 32 (aiter/fused_moe.py e4048607a5:772-774).
-    mx = is_fp4 or problem.mxfp8
-    if mx != (qt == QuantType.per_1x32) or qt == QuantType.No:
+    if problem.mxfp8:
+        # fp8 (mxfp8) weights compute on mxfp8 rows, but AITER quantizes that path's input itself,
+        # from bf16/fp16 hidden_states, and ignores a1_scale (aiter/fused_moe.py
+        # e4048607a5:3074-3099): no pre-quantized input fits them, not even mxfp8 rows.
         raise ValueError(
             f"hidden_states of dtype {_dtype_name(hidden_states.dtype)} do not fit quant_type "
-            f"{qt.name}: fp8 input goes with per_Tensor/per_Token/per_1x128/per_128x128 or "
-            "per_1x32 with fp8 weights (mxfp8), float4_e2m1fn_x2 input with per_1x32"
+            "per_1x32 with fp8 (mxfp8) weights: AITER quantizes their input to mxfp8 itself, from "
+            "bf16/fp16 hidden_states, and does not read a1_scale"
+        )
+    if is_fp4 != (qt == QuantType.per_1x32) or qt == QuantType.No:
+        raise ValueError(
+            f"hidden_states of dtype {_dtype_name(hidden_states.dtype)} do not fit quant_type "
+            f"{qt.name}: fp8 input goes with per_Tensor/per_Token/per_1x128/per_128x128, "
+            "float4_e2m1fn_x2 input with per_1x32 on fp4 weights"
         )
     if a1_scale is None:
         raise ValueError(
@@ -636,6 +642,7 @@ def _activation_limits(
         1.0 if beta is None else float(beta),
         1.0 if linear_beta is None else float(linear_beta),
     )
+
 
 def _check_values(
     problem: _Problem,
@@ -748,9 +755,7 @@ def _stage1_input(
     qt = problem.quant_type
     valid = row_valid.unsqueeze(-1)
     if problem.prequantized:
-        if qt == QuantType.per_1x32 and problem.mxfp8:
-            x = quant.dequantize_mxfp8(hidden_states, _required(a1_scale).view(quant.E8M0))
-        elif qt == QuantType.per_1x32:
+        if qt == QuantType.per_1x32:
             x = quant.dequantize_mxfp4(hidden_states, _required(a1_scale).view(quant.E8M0))
         elif qt in (QuantType.per_1x128, QuantType.per_128x128):
             x = quant.dequantize_fp8_1x128(hidden_states, _required(a1_scale))

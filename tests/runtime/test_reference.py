@@ -43,9 +43,7 @@ KINDS = {
     "a16w4": (QuantType.per_1x32, 32),
     "mxfp8": (QuantType.per_1x32, 32),  # fp8 weights: mxfp8 activations with every activation
 }
-PREQUANTIZABLE = {
-    "per_tensor", "per_token_fp8", "per_1x128", "per_128x128", "a4w4", "a16w4", "mxfp8"
-}
+PREQUANTIZABLE = {"per_tensor", "per_token_fp8", "per_1x128", "per_128x128", "a4w4", "a16w4"}
 
 
 @dataclass(frozen=True)
@@ -690,22 +688,24 @@ def test_bf16_weights_meet_quantized_wires(device: str) -> None:
         assert not moe_close(-out.cpu(), expected, method)
 
 
-def test_an_mxfp8_wire_is_read_only_by_fp8_per_1x32_weights() -> None:
-    """fp8 rows with e8m0 scales per 32 fit fp8 weights under per_1x32 (mxfp8); fp4 weights'
-    per_1x32 kernels take no fp8 input, and fp32 scales are no e8m0 ones."""
+def test_an_mxfp8_wire_is_read_by_no_per_1x32_kernel() -> None:
+    """fp8 rows with e8m0 scales per 32 fit no per_1x32 kernel, not even fp8 (mxfp8) weights':
+    AITER quantizes that path's input itself and ignores a1_scale. The same rows upscaled to bf16
+    run on the fp8 weights."""
     g = torch.Generator().manual_seed(5)
     x = torch.randn(4, 64, generator=g)
-    q, s, _ = _prequantize("mxfp8", x)
+    q, s, x64 = _prequantize("mxfp8", x)
     w13, w2 = torch.randn(3, 128, 64, generator=g), torch.randn(3, 64, 64, generator=g)
     fp8_weights, _, _ = _quantized_weights("mxfp8", w13, w2, False)
     fp4_weights, _, _ = _quantized_weights("a4w4", w13, w2, False)
     call = {**_tiny(), "hidden_states": q, "a1_scale": s, "quant_type": QuantType.per_1x32,
             "activation": ActivationType.Swiglu}
-    assert bool(torch.isfinite(_run(fused_moe, {**call, **fp8_weights}).float()).all())
-    with pytest.raises(ValueError, match="do not fit quant_type per_1x32"):
-        _run(fused_moe, {**call, **fp4_weights})
-    with pytest.raises(TypeError, match="must be float8_e8m0fnu"):
-        _run(fused_moe, {**call, **fp8_weights, "a1_scale": s.float()})
+    for weights in (fp8_weights, fp4_weights):
+        with pytest.raises(ValueError, match="do not fit quant_type per_1x32"):
+            _run(fused_moe, {**call, **weights})
+    # Control: the rows upscaled, without a scale, run on the fp8 weights.
+    upscaled = {**call, **fp8_weights, "hidden_states": x64.bfloat16(), "a1_scale": None}
+    assert bool(torch.isfinite(_run(fused_moe, upscaled).float()).all())
 
 
 # ---------------------------------------------------------------------------------------------

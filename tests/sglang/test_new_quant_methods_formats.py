@@ -12,9 +12,6 @@ each case is classified as test_moe_runner.py classifies the other methods (`ver
   installed output is the dense MoE;
 - apply raises: SGLang's quant method fails before MoeRunner.run, and install refuses the layer
   with the reason;
-- dense, wrong call: SGLang's call is one AITER computes wrongly (the reason names AITER's
-  file:line) though the fake's reference kernel computes it; the installed output is the dense
-  MoE, with the call AITER reads;
 - no SGLang wire: MORI's per-token fp8 wire exists in the matrix (vLLM's), not in SGLang's
   `DispatchDtype` (0.5.23 token_dispatcher/moriep.py:246-250): the layer installs with the format
   named, and the installed output is the dense MoE.
@@ -73,7 +70,7 @@ PER_1X32 = ("mxfp8", "quark_w4a8_mxfp4")  # the PER_1X32 weights (SGLang's `is_w
 
 @dataclasses.dataclass(frozen=True)
 class Verdict:
-    kind: str  # exact, dense, dense wrong call, cpu blocked, apply raises, no sglang wire
+    kind: str  # exact, dense, cpu blocked, apply raises, no sglang wire
     why: str  # SGLang 0.5.23's file:line (0.5.13's where it differs), or the refusal
     native: tuple[type[Exception], str] | None = None  # how SGLang's path raises, if it does
 
@@ -120,17 +117,18 @@ def verdict(method: Method, a2a: str, dispatch: str) -> Verdict:
             "dense",
             "without the clamp SGLang hands the fp4 rows and their e8m0 scales as they are to "
             "the per_1x32 kernel of fp8 weights (moe_runner/aiter.py:481-507 upscales them only "
-            "under the clamp; :397-400 keeps PER_1X32), which has no fp4-activation path: the "
-            "reference kernel reads them as fp8 and fails",
-            (NotImplementedError, "Float4_e2m1fn_x2"),
+            "under the clamp; :397-400 keeps PER_1X32), whose input AITER quantizes to mxfp8 "
+            "itself from bf16 (aiter/fused_moe.py e4048607a5:3074-3099): the reference refuses it",
+            (ValueError, r"do not fit quant_type per_1x32 with fp8 \(mxfp8\) weights"),
         )
     if quant == "mxfp8" and wire == "mxfp8":
         return Verdict(
-            "dense, wrong call",
+            "dense",
             "SGLang hands the wire's fp8 rows and e8m0 scales straight to per_1x32 "
             "(moe_runner/aiter.py:476-480), but AITER's mxfp8 path quantizes hidden_states itself "
             "and ignores a1_scale (aiter/fused_moe.py e4048607a5:3074-3099, a bf16/fp16-only "
-            "quantizer); the installed runner hands it the rows upscaled",
+            "quantizer), so the reference kernel refuses them; the installed runner upscales",
+            (ValueError, "do not fit quant_type per_1x32"),
         )
     if quant == "fp8_channel":
         return Verdict(
@@ -225,21 +223,6 @@ def test_new_quant_method_on_every_format(
             with pytest.raises(integration.SGLangIntegrationError, match="expert_mask_gpu"):
                 _install(layer, a2a, dispatch)
             assert integration.installed(layer) is None
-    elif found.kind == "dense, wrong call":
-        # The fake AITER's reference kernel reads mxfp8 rows as they are, so SGLang's flaw shows
-        # in its call, not its output: fp8 rows and e8m0 scales, straight to per_1x32.
-        for native, call in natives:
-            assert not isinstance(native, Exception), native
-            assert call is not None and call["quant_type"] is harness.aiter.QuantType.per_1x32
-            assert call["hidden_states"].dtype == torch.float8_e4m3fn
-            assert call["a1_scale"].dtype == torch.float8_e8m0fnu
-        _installed_is_dense(case, method, a2a, dispatch)
-        for layer, output in zip(case.layers, case.outputs, strict=True):
-            integration.install(layer)
-            layer.quant_method.apply(layer, output)
-            ours = harness.last_call()
-            assert ours["hidden_states"].dtype == torch.bfloat16 and ours["a1_scale"] is None
-            assert integration.uninstall(layer)
     elif found.kind == "exact":
         _exact(case, method, (a2a, method.quant, dispatch))
         if dispatch.startswith("mori_v2"):
