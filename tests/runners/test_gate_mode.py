@@ -18,7 +18,15 @@ from moe_runtime.enums import GateMode
 from moe_runtime.testing import emulate
 from moe_runtime.testing.recording import RecordingKernel
 from moe_runtime.testing.weights import make_expert_weights
-from tests.runners.harness import DEVICES, EP_SIZES, HIDDEN, INTERMEDIATE, keys, run_combination
+from tests.runners.harness import (
+    DEVICES,
+    EP_SIZES,
+    HIDDEN,
+    INTERMEDIATE,
+    keys,
+    layer_activation,
+    run_combination,
+)
 
 # mxfp4 (gpt-oss: interleaved checkpoints) and quark_w4a4_mxfp4, on the standard format and on an
 # expert-parallel format of each family (DeepEP normal and low-latency, MORI normal).
@@ -66,8 +74,7 @@ def test_a_wrong_gate_mode_fails_the_comparison(key: tuple[str, str, str]) -> No
 
 
 def _config(quant: str) -> t.MoeLayerConfig:
-    activation = "swiglu" if quant in ("mxfp4", "mxfp8", "quark_w4a8_mxfp4") else "silu"
-    return t.MoeLayerConfig(8, 8, 0, 1, 2, HIDDEN, INTERMEDIATE, activation)
+    return t.MoeLayerConfig(8, 8, 0, 1, 2, HIDDEN, INTERMEDIATE, layer_activation(quant))
 
 
 @pytest.mark.parametrize("quant", SEPARATED_ONLY)
