@@ -37,7 +37,7 @@ import torch.distributed as dist
 
 from moe_runtime.distributed import combine, dispatch
 from moe_runtime.testing import emulate, ep_oracle
-from moe_runtime.testing.dense import layer_activation
+from moe_runtime.testing.dense import dense_mismatch, dissimilarity, layer_activation
 from moe_runtime.testing.weights import QUANT_METHODS, make_expert_weights
 from moe_runtime.types import ExpertWeights, MoeLayerConfig
 
@@ -49,18 +49,6 @@ PRESETS = {
     "mixtral-8x7b": (4096, 14336, 8, 2),
     "deepseek-v3": (7168, 2048, 256, 8),
 }
-# Relative error bound (sqrt of the tests' whole-output dissimilarity bound) per coarsest rounding
-# of the path (tests/runners/harness.py: bf16 1e-4, fp8 5e-3, fp4 8e-2).
-_BOUNDS = {"bf16": 1e-2, "fp8": 7.1e-2, "fp4": 2.9e-1}
-_FP8_METHODS = (
-    "fp8_block",
-    "fp8_channel",
-    "fp8_tensor",
-    "ct_w8a8_fp8",
-    "quark_int4fp8",
-    "quark_w8a8_fp8",
-    "mxfp8",
-)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,14 +170,6 @@ def _check(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Layer:
         parser.error("\n  ".join(problems))
     args.backend = backend
     return layer
-
-
-def _rounding(layer: Layer) -> str:
-    if layer.quant == "quark_w4a4_mxfp4" or layer.dispatch.endswith("_fp4"):
-        return "fp4"
-    if layer.quant in _FP8_METHODS or layer.dispatch.endswith(("_fp8", "_mxfp8", "_fp8_token")):
-        return "fp8"
-    return "bf16"
 
 
 def _local_weights(layer: Layer, rank: int, world: int, device: torch.device) -> ExpertWeights:
@@ -348,18 +328,19 @@ def _verdict(
     """Whether this rank is within the path's tolerance, and the row it prints."""
     error = (combined.double() - expected).abs()
     rms = float(expected.pow(2).mean().sqrt())
-    relative = float((combined.double() - expected).norm() / expected.norm().clamp(min=1e-30))
-    bound = _BOUNDS[_rounding(layer)]
-    ok = relative <= bound and bool(torch.isfinite(combined).all())
+    # The tests' comparer of a whole path with the dense MoE, by the path's coarsest rounding.
+    problem = dense_mismatch(combined, expected, layer.quant, layer.dispatch)
     total = [sum(p) * 1e3 for p in phases]
     d, c, k = (statistics.median(p[i] for p in phases) * 1e3 for i in range(3))
+    verdict = "ok" if problem is None else f"({problem}) FAIL"
     row = (
         f"rank {rank}/{world}: sent {rows.stop - rows.start} tokens, received {received} rows; "
-        f"max |err| {float(error.max()):.3e} (output rms {rms:.3e}), relative {relative:.2e} "
-        f"(bound {bound:g}) {'ok' if ok else 'FAIL'}; layer {statistics.median(total):.2f} ms "
-        f"median of {len(total)} (dispatch {d:.2f}, experts {c:.2f}, combine {k:.2f})"
+        f"max |err| {float(error.max()):.3e} (output rms {rms:.3e}), dissimilarity "
+        f"{dissimilarity(combined, expected):.2e} {verdict}; "
+        f"layer {statistics.median(total):.2f} ms median of {len(total)} "
+        f"(dispatch {d:.2f}, experts {c:.2f}, combine {k:.2f})"
     )
-    return ok, row
+    return problem is None, row
 
 
 def _worker(

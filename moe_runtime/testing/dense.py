@@ -149,13 +149,18 @@ def dense_layer(
 
 @dataclass(frozen=True, slots=True)
 class Tolerance:
-    """Bounds for one quant method (see `TOLERANCES` for why each one is what it is)."""
+    """Bounds of one comparison: per element, over the whole output, and per row. A kernel call is
+    bounded by its quant method (`TOLERANCES`), a whole runner path by its coarsest activation
+    rounding (`PATH_TOLERANCES`); `mismatch` applies either."""
 
     atol: float
     rtol: float
     max_outside: float  # largest fraction of elements outside atol + rtol * |expected|
     max_dissimilarity: float  # bound on 1 - 2*sum(xy)/sum(x^2 + y^2) over the compared rows
     max_row_dissimilarity: float  # the same, per row, maximum over rows
+    # Each row's energy is floored at this fraction of the mean row energy, so rows that are
+    # (near) zero in both do not blow up the per-row check.
+    row_energy_floor: float = 1e-4
 
 
 # The spec's checks are rtol = atol = 1e-2 with at most 5% of elements outside, and a similarity
@@ -204,20 +209,25 @@ def _select_rows(t: torch.Tensor, rows: int | slice | torch.Tensor | None) -> to
     return t[rows]
 
 
-def moe_mismatch(
+def dissimilarity(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """1 - 2*sum(xy)/sum(x^2 + y^2) over the whole tensors, in float64: 0 when equal, 1 against
+    zeros, 2 against the negation (0 when both are zero)."""
+    a, e = actual.double().cpu(), expected.double().cpu()
+    energy = (a * a + e * e).sum()
+    return float(((a - e) ** 2).sum() / energy) if float(energy) > 0 else 0.0
+
+
+def mismatch(
     actual: torch.Tensor,
     expected: torch.Tensor,
-    quant_method: str,
+    tol: Tolerance,
     *,
     rows: int | slice | torch.Tensor | None = None,
 ) -> str | None:
-    """Why `actual` is not close to `expected` under `quant_method`'s bounds, or None if it is.
+    """Why the 2-D output `actual` is not close to `expected` within `tol`, or None if it is.
 
     `rows` restricts the comparison: an int n (the first n rows), a slice, a bool mask or indices.
     """
-    if quant_method not in TOLERANCES:
-        raise ValueError(f"unknown quant method {quant_method!r}; known: {', '.join(TOLERANCES)}")
-    tol = TOLERANCES[quant_method]
     if actual.shape != expected.shape:
         return f"shape {tuple(actual.shape)} != expected {tuple(expected.shape)}"
     if actual.dim() != 2:
@@ -235,13 +245,11 @@ def moe_mismatch(
             f"{fraction:.1%} of elements outside atol={tol.atol}, rtol={tol.rtol} "
             f"(bound {tol.max_outside:.0%})"
         )
-    energy = (a * a + e * e).sum()
-    dissim = float(((a - e) ** 2).sum() / energy) if float(energy) > 0 else 0.0
-    if dissim > tol.max_dissimilarity:
-        return f"dissimilarity {dissim:.3g} > {tol.max_dissimilarity:g}"
-    # Per row, with a floor on the energy so rows that are (near) zero in both do not blow up.
+    whole = dissimilarity(a, e)
+    if whole > tol.max_dissimilarity:
+        return f"dissimilarity {whole:.3g} > {tol.max_dissimilarity:g}"
     row_energy = (a * a + e * e).sum(dim=-1)
-    floor = 1e-4 * float(row_energy.mean())
+    floor = tol.row_energy_floor * float(row_energy.mean())
     row_dissim = ((a - e) ** 2).sum(dim=-1) / row_energy.clamp(min=max(floor, 1e-30))
     worst = int(row_dissim.argmax())
     if float(row_dissim[worst]) > tol.max_row_dissimilarity:
@@ -250,6 +258,20 @@ def moe_mismatch(
             f"{tol.max_row_dissimilarity:g}"
         )
     return None
+
+
+def moe_mismatch(
+    actual: torch.Tensor,
+    expected: torch.Tensor,
+    quant_method: str,
+    *,
+    rows: int | slice | torch.Tensor | None = None,
+) -> str | None:
+    """Why one kernel call's output is not close to `expected` under `quant_method`'s bounds, or
+    None if it is."""
+    if quant_method not in TOLERANCES:
+        raise ValueError(f"unknown quant method {quant_method!r}; known: {', '.join(TOLERANCES)}")
+    return mismatch(actual, expected, TOLERANCES[quant_method], rows=rows)
 
 
 def moe_close(
@@ -277,14 +299,22 @@ def assert_moe_close(
 
 
 # A whole runner path (dispatch, runner, combine) against the float64 dense MoE, as the runner
-# tests, the SGLang tests and the demo compare it (`moe_close` above bounds one kernel call per
-# quant method): bounds on the dissimilarity 1 - 2*sum(xy)/sum(x^2+y^2), over the whole output
-# and per row, by the coarsest rounding of the activations on the path (the method's own
-# quantization, or a quantized wire). Measured on the runner tests' shapes (H=256, I=128, K=3, E=8):
-# bf16 paths ~3e-6 (rows 4e-6), fp8 ~1.3e-3 (rows 2.7e-3), fp4 ~2.7e-2 (rows 4.5e-2); each bound is
-# about 3x the worst seen. Negative controls (a zeroed or dropped rank, a leaked garbage row) give
-# whole-output dissimilarities above 0.1 and row dissimilarities near 1.
-DISSIMILARITY_BOUNDS = {"bf16": (1e-4, 2e-4), "fp8": (5e-3, 1e-2), "fp4": (8e-2, 1.5e-1)}
+# tests, the SGLang tests, the demo and `ep_run` compare it (`TOLERANCES` above bound one kernel
+# call per quant method): bounds on the dissimilarity over the whole output and per row (no
+# element-wise bound, no row-energy floor), by the coarsest rounding of the activations on the
+# path (the method's own quantization, or a quantized wire). Measured on the runner tests' shapes
+# (H=256, I=128, K=3, E=8): bf16 paths ~3e-6 (rows 4e-6), fp8 ~1.3e-3 (rows 2.7e-3), fp4 ~2.7e-2
+# (rows 4.5e-2); each bound is about 3x the worst seen. Negative controls (a zeroed or dropped
+# rank, a leaked garbage row) give whole-output dissimilarities above 0.1 and row dissimilarities
+# near 1.
+PATH_TOLERANCES = {
+    rounding: Tolerance(0.0, 0.0, 1.0, whole, row, row_energy_floor=0.0)
+    for rounding, (whole, row) in {
+        "bf16": (1e-4, 2e-4),
+        "fp8": (5e-3, 1e-2),
+        "fp4": (8e-2, 1.5e-1),
+    }.items()
+}
 FP8_ACTIVATION_METHODS = (
     "fp8_block", "fp8_channel", "fp8_tensor", "ct_w8a8_fp8", "quark_int4fp8", "quark_w8a8_fp8",
     "mxfp8",
@@ -303,17 +333,5 @@ def activation_rounding(quant: str, dispatch: str) -> str:
 def dense_mismatch(
     actual: torch.Tensor, expected: torch.Tensor, quant: str, dispatch: str
 ) -> str | None:
-    """Why `actual` is not the dense result within the path's rounding, or None if it is."""
-    a, e = actual.double().cpu(), expected.double().cpu()
-    if a.shape != e.shape:
-        return f"shape {tuple(a.shape)} != {tuple(e.shape)}"
-    if not bool(torch.isfinite(a).all()):
-        return "NaN or inf in the output"
-    whole_bound, row_bound = DISSIMILARITY_BOUNDS[activation_rounding(quant, dispatch)]
-    whole = float(((a - e) ** 2).sum() / (a * a + e * e).sum())
-    rows = ((a - e) ** 2).sum(dim=1) / (a * a + e * e).sum(dim=1).clamp(min=1e-30)
-    if whole > whole_bound or float(rows.max()) > row_bound:
-        return (
-            f"dissimilarity {whole:.2e} (bound {whole_bound:g}), worst row {float(rows.max()):.2e}"
-        )
-    return None
+    """Why a runner path's output is not the dense result within the path's rounding, or None."""
+    return mismatch(actual, expected, PATH_TOLERANCES[activation_rounding(quant, dispatch)])
