@@ -172,7 +172,10 @@ class DeepEPLLDispatchOutput(NamedTuple):
     expected_m: int
 
 
-class MoriEPNormalDispatchOutput(NamedTuple):
+class _MoriDispatchFields(NamedTuple):
+    """The fields of MORI's normal and low-latency dispatch outputs (SGLang's two classes of the
+    same fields): each is its own subclass of this, so a runner of one format refuses the other."""
+
     hidden_states: torch.Tensor
     hidden_states_scale: torch.Tensor | None
     topk_ids: torch.Tensor
@@ -184,16 +187,12 @@ class MoriEPNormalDispatchOutput(NamedTuple):
     recv_cap: int
 
 
-class MoriEPLLDispatchOutput(NamedTuple):
-    hidden_states: torch.Tensor
-    hidden_states_scale: torch.Tensor | None
-    topk_ids: torch.Tensor
-    topk_weights: torch.Tensor
-    num_recv_tokens_per_expert: torch.Tensor
-    origin_topk_ids: torch.Tensor
-    origin_topk_weights: torch.Tensor
-    out_dtype: torch.dtype
-    recv_cap: int
+class MoriEPNormalDispatchOutput(_MoriDispatchFields):
+    __slots__ = ()
+
+
+class MoriEPLLDispatchOutput(_MoriDispatchFields):
+    __slots__ = ()
 
 
 class MoriEPV2DispatchOutput(NamedTuple):
@@ -223,28 +222,29 @@ class StandardCombineInput(NamedTuple):
     hidden_states: torch.Tensor
 
 
-class DeepEPNormalCombineInput(NamedTuple):
+class _RoutedCombineFields(NamedTuple):
+    """The fields of every combine input but the standard one: the expert output and the routing
+    the dispatcher's combine weighs it by (one subclass per format, as SGLang has)."""
+
     hidden_states: torch.Tensor
     topk_ids: torch.Tensor
     topk_weights: torch.Tensor
 
 
-class DeepEPLLCombineInput(NamedTuple):
-    hidden_states: torch.Tensor
-    topk_ids: torch.Tensor
-    topk_weights: torch.Tensor
+class DeepEPNormalCombineInput(_RoutedCombineFields):
+    __slots__ = ()
 
 
-class MoriEPNormalCombineInput(NamedTuple):
-    hidden_states: torch.Tensor
-    topk_ids: torch.Tensor
-    topk_weights: torch.Tensor
+class DeepEPLLCombineInput(_RoutedCombineFields):
+    __slots__ = ()
 
 
-class MoriEPLLCombineInput(NamedTuple):
-    hidden_states: torch.Tensor
-    topk_ids: torch.Tensor
-    topk_weights: torch.Tensor
+class MoriEPNormalCombineInput(_RoutedCombineFields):
+    __slots__ = ()
+
+
+class MoriEPLLCombineInput(_RoutedCombineFields):
+    __slots__ = ()
 
 
 DispatchOutput = (
