@@ -17,6 +17,7 @@ from typing import assert_never
 from generator.decision import Decision, Import, KernelArgument, Plan
 from generator.fragments import ALWAYS, NAMES
 from generator.model import (
+    COMBINE_INPUTS,
     ActivationRule,
     Combination,
     DispatchFormat,
@@ -181,26 +182,20 @@ def _mask(fmt: DispatchFormat) -> Decision:
 
 
 def _mask_kind(fmt: DispatchFormat) -> tuple[MaskKind, str]:
+    """Keyed on the sink, not the id space: the loader refuses local ids without a sink, so
+    every format without one hands the kernel global ids (whatever id space it converts from)."""
     match fmt.sink:
         case Sink.LOCAL:
             return MaskKind.SINK, "ids are local with a sink id L: mask [L+1], the sink off"
-        case Sink.NONE:
-            pass
-        case _:
-            assert_never(fmt.sink)
-    match fmt.id_space:
-        case IdSpace.GLOBAL if fmt.row_count is RowCount.SHAPE:
+        case Sink.NONE if fmt.row_count is RowCount.SHAPE:
             return (
                 MaskKind.STANDARD,
                 "global ids: mask [E] with this rank's slice on; none at ep_size 1; built once",
             )
-        case IdSpace.GLOBAL:
+        case Sink.NONE:
             return MaskKind.GLOBAL, "global ids: mask [E] with this rank's slice on, built once"
-        case IdSpace.LOCAL_WITH_MINUS_ONE | IdSpace.SLAB_INDEX:
-            # The loader refuses these id spaces without a sink.
-            return MaskKind.SINK, "local ids need a sink"
         case _:
-            assert_never(fmt.id_space)
+            assert_never(fmt.sink)
 
 
 def _ids(fmt: DispatchFormat) -> Decision:
@@ -625,26 +620,33 @@ def _layout(fmt: DispatchFormat, wire: WireHandling) -> Decision:
     )
 
 
+# What each combine input carries besides the expert output, and why: a fact of the combine that
+# reads it, whichever dispatch format feeds it. DeepEP normal's ids are the unpacked locals.
+_MORI_ROUTING = ("dispatch_output.origin_topk_ids", "dispatch_output.origin_topk_weights")
+_MORI_WHY = "MORI's combine sums each token's rows unweighted, routed by the sender's ids."
+_COMBINE_ROUTING: dict[str, tuple[tuple[str, ...], str]] = {
+    "StandardCombineInput": ((), "Ranks' outputs are summed by the all-reduce after the layer."),
+    "DeepEPNormalCombineInput": (
+        ("topk_ids", "topk_weights"),
+        "DeepEP's combine sums each token's rows unweighted; it needs the original ids.",
+    ),
+    "DeepEPLLCombineInput": (
+        ("dispatch_output.topk_ids", "dispatch_output.topk_weights"),
+        "The low-latency combine weights each slot with the sender's ids and weights.",
+    ),
+    "MoriEPNormalCombineInput": (_MORI_ROUTING, _MORI_WHY),
+    "MoriEPLLCombineInput": (_MORI_ROUTING, _MORI_WHY),
+}
+if set(_COMBINE_ROUTING) != set(COMBINE_INPUTS):
+    raise RuntimeError(
+        "generator/plan.py: _COMBINE_ROUTING must name every combine input of generator/model.py "
+        f"(COMBINE_INPUTS), got {sorted(_COMBINE_ROUTING)} for {sorted(COMBINE_INPUTS)}"
+    )
+
+
 def _combine(fmt: DispatchFormat) -> Decision:
     """What the combine input carries besides the expert output, and why."""
-    match fmt.id_space:
-        case IdSpace.GLOBAL if fmt.row_count is RowCount.TOTAL_RECV:
-            routing: tuple[str, ...] = (
-                "dispatch_output.origin_topk_ids",
-                "dispatch_output.origin_topk_weights",
-            )
-            why = "MORI's combine sums each token's rows unweighted, routed by the sender's ids."
-        case IdSpace.GLOBAL:
-            routing = ()
-            why = "Ranks' outputs are summed by the all-reduce after the layer."
-        case IdSpace.LOCAL_WITH_MINUS_ONE:
-            routing = ("topk_ids", "topk_weights")
-            why = "DeepEP's combine sums each token's rows unweighted; it needs the original ids."
-        case IdSpace.SLAB_INDEX:
-            routing = ("dispatch_output.topk_ids", "dispatch_output.topk_weights")
-            why = "The low-latency combine weights each slot with the sender's ids and weights."
-        case _:
-            assert_never(fmt.id_space)
+    routing, why = _COMBINE_ROUTING[fmt.combine_input]
     return Decision(
         "combine input",
         fmt.combine_input,
