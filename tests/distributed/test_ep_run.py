@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from benchmarks import ep_layers
 from moe_runtime import ep_run
 from moe_runtime.testing import emulate, ep_oracle
 from moe_runtime.testing.dense import dense_layer
@@ -44,6 +45,10 @@ def test_launcher_runs_a_layer_on_every_rank(capfd: pytest.CaptureFixture[str]) 
     rows = [line for line in out.splitlines() if line.startswith("rank ")]
     assert [row.split(":")[0] for row in rows] == ["rank 0/2", "rank 1/2"]
     assert all(" ok; layer " in row and "sent 8 tokens" in row for row in rows), rows
+    # benchmarks/ep_layers.py reads these rows: its pattern must find every field in them.
+    parsed = [ep_layers.ROW.search(row) for row in rows]
+    assert all(match is not None and float(match.group(3)) < 1e-2 for match in parsed), rows
+    assert ep_layers.ROW.search(rows[0].replace("dissimilarity", "error")) is None
 
 
 def test_launcher_survives_forking_a_threaded_parent(capfd: pytest.CaptureFixture[str]) -> None:
