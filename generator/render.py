@@ -160,32 +160,49 @@ def _runner_templates(plan: Plan) -> tuple[str, ...]:
 
 
 class _Digests:
-    """Input hashes for headers: the matrix is hashed once, each template set once."""
+    """Input hashes for headers, each template set hashed once.
+
+    A runner module's hash covers what it is rendered from: its combination, the names and
+    descriptions of its three matrix entries, its plan's records (every matrix fact the code
+    follows is in one) and its templates, so adding or changing another entry of the matrix
+    leaves its header as it is. The package's `__init__.py` depends on the whole matrix: its hash
+    covers the matrix bytes. Both cover the generator version and the matrix path."""
 
     def __init__(self, inputs: Inputs) -> None:
-        self.base = hashlib.sha256()
-        self.base.update(f"generator {__version__}\n".encode())
-        self.base.update(f"matrix {inputs.matrix_path}\n".encode())
-        self.base.update(inputs.matrix_bytes)
+        self.base = _head(inputs)
+        self.matrix = _head(inputs)
+        self.matrix.update(inputs.matrix_bytes)  # once, however many files
         self.templates: dict[str, bytes] = {}
-        self.sets: dict[tuple[str, ...], str] = {}
 
-    def of(self, templates: Iterable[str]) -> str:
-        names = tuple(sorted(set(templates)))
-        if names not in self.sets:
-            digest = self.base.copy()
-            for name in names:
-                if name not in self.templates:
-                    self.templates[name] = (TEMPLATES_DIR / name).read_bytes()
-                digest.update(f"\ntemplate {name}\n".encode())
-                digest.update(self.templates[name])
-            self.sets[names] = digest.hexdigest()
-        return self.sets[names]
+    def of_runner(self, plan: Plan) -> str:
+        digest = self.base.copy()
+        entries = (plan.a2a, plan.dispatch, plan.quant)
+        facts = (
+            plan.combination.slash_name,
+            *(f"{entry.name}: {entry.description}" for entry in entries),
+            *(repr(record) for record in plan.records),
+        )
+        digest.update("\n".join(facts).encode())
+        return self._with_templates(digest, _runner_templates(plan))
+
+    def of_init(self) -> str:
+        return self._with_templates(self.matrix.copy(), (INIT_TEMPLATE,))
+
+    def _with_templates(self, digest: hashlib._Hash, templates: Iterable[str]) -> str:
+        for name in sorted(set(templates)):
+            if name not in self.templates:
+                self.templates[name] = (TEMPLATES_DIR / name).read_bytes()
+            digest.update(f"\ntemplate {name}\n".encode())
+            digest.update(self.templates[name])
+        return digest.hexdigest()
 
 
-def inputs_digest(inputs: Inputs, templates: Iterable[str]) -> str:
-    """sha256 over the matrix, each template used (name and bytes) and the generator version."""
-    return _Digests(inputs).of(templates)
+def _head(inputs: Inputs) -> hashlib._Hash:
+    """A hash of what every header covers: the generator version and the matrix path."""
+    digest = hashlib.sha256()
+    digest.update(f"generator {__version__}\n".encode())
+    digest.update(f"matrix {inputs.matrix_path}\n".encode())
+    return digest
 
 
 def header(inputs: Inputs, what: str, digest: str) -> str:
@@ -200,7 +217,7 @@ def render_runner(env: jinja2.Environment, plan: Plan, inputs: Inputs, digests: 
     context = {
         "plan": plan,
         "names": NAMES,
-        "header": header(inputs, what, digests.of(_runner_templates(plan))),
+        "header": header(inputs, what, digests.of_runner(plan)),
     }
     return _render(env, RUNNER_TEMPLATE, context)
 
@@ -214,7 +231,7 @@ def render_init(
 ) -> str:
     what = "dispatch table of every combination"
     context = {
-        "header": header(inputs, what, digests.of((INIT_TEMPLATE,))),
+        "header": header(inputs, what, digests.of_init()),
         "matrix_path": inputs.matrix_path,
         "runners": sorted((plan.combination.key, plan.module_name) for plan in plans),
         "excluded": sorted((c.key, e.reason) for c, e in excluded),

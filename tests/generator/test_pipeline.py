@@ -60,3 +60,42 @@ def test_check_names_a_stale_schema_and_exits_1(
     err = capsys.readouterr().err
     assert f"{schema} is out of date: it is generated from generator/model.py" in err
     assert f"python -m generator --matrix {MATRIX}" in err
+
+
+def _headers(matrix: Path, text: str) -> dict[str, str]:
+    """Each rendered file's `# inputs sha256:` line, for `matrix` holding `text`."""
+    matrix.write_text(text, encoding="utf-8")
+    rendered = generate(load(matrix), matrix.parent / "gen", Mode.DRY_RUN)
+    assert isinstance(rendered, Rendered)
+    return {
+        name: next(line for line in body.splitlines() if line.startswith("# inputs sha256: "))
+        for name, body in rendered.files.items()
+        if name.endswith(".py")
+    }
+
+
+def test_a_new_matrix_entry_leaves_the_other_modules_headers_as_they_are(tmp_path: Path) -> None:
+    """A runner's hash covers what it is rendered from, not the whole matrix: adding a format
+    (and listing it under a backend) changes only the dispatch table's header among the files
+    that were there; changing a fact a module follows changes that module's header."""
+    base = (REPO / "tests" / "generator" / "base_matrix.yaml").read_text(encoding="utf-8")
+    matrix = tmp_path / "matrix.yaml"
+    before = _headers(matrix, base)
+    copied = base[base.index("  deepep_normal:\n") : base.index("  deepep_ll:\n")]
+    added = base.replace(
+        "formats: [deepep_normal, deepep_ll]", "formats: [deepep_normal, deepep_ll, deepep_copy]"
+    ).replace("  deepep_ll:\n", copied.replace("deepep_normal:", "deepep_copy:") + "  deepep_ll:\n")
+    after = _headers(matrix, added)
+    new = sorted(set(after) - set(before))
+    assert new == ["deepep__fp8_block__deepep_copy.py", "deepep__unquant__deepep_copy.py"]
+    changed = sorted(name for name in before if before[name] != after[name])
+    assert changed == ["__init__.py"]
+    # Control: a fact deepep_normal's modules follow (here their description) changes them.
+    described = base.replace("Local ids with -1.", "Local ids, -1 elsewhere.")
+    again = _headers(matrix, described)
+    changed = sorted(name for name in before if before[name] != again[name])
+    assert changed == [
+        "__init__.py",
+        "deepep__fp8_block__deepep_normal.py",
+        "deepep__unquant__deepep_normal.py",
+    ]
