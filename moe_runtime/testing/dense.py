@@ -307,13 +307,14 @@ def assert_moe_close(
 # (rows 4.5e-2); each bound is about 3x the worst seen. Negative controls (a zeroed or dropped
 # rank, a leaked garbage row) give whole-output dissimilarities above 0.1 and row dissimilarities
 # near 1.
+def _path_tolerance(whole: float, row: float) -> Tolerance:
+    return Tolerance(0.0, 0.0, 1.0, whole, row, row_energy_floor=0.0)
+
+
 PATH_TOLERANCES = {
-    rounding: Tolerance(0.0, 0.0, 1.0, whole, row, row_energy_floor=0.0)
-    for rounding, (whole, row) in {
-        "bf16": (1e-4, 2e-4),
-        "fp8": (5e-3, 1e-2),
-        "fp4": (8e-2, 1.5e-1),
-    }.items()
+    "bf16": _path_tolerance(1e-4, 2e-4),
+    "fp8": _path_tolerance(5e-3, 1e-2),
+    "fp4": _path_tolerance(8e-2, 1.5e-1),
 }
 FP8_ACTIVATION_METHODS = (
     "fp8_block", "fp8_channel", "fp8_tensor", "ct_w8a8_fp8", "quark_int4fp8", "quark_w8a8_fp8",

@@ -168,8 +168,6 @@ REFERENCE_ROUNDING = (
 AITER_0_1_7_ROUNDING = (
     "; per_1x32 activation rounding: AITER v0.1.7.post2 rule (Swiglu bf16, others mxfp4, gfx950)"
 )
-# Then how the kernel reads fp8 activations with e8m0 1x32 scales: the reference as they are,
-# AITER quantizes per_1x32 input again (fused_moe.py e4048607a5:3074-3099).
 
 # case -> (MOE_RUNTIME_KERNEL or None for unset, pretended HIP version, fake aiter on the path,
 #          block any real aiter)
