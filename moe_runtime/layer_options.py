@@ -12,50 +12,50 @@ SGLang's `MoeRunnerConfig` carries `activation`, `is_gated`, `gemm1_alpha`, `gem
   gemm1_clamp_limit` when set; unset, SGLang passes neither and AITER reads 1.0, and the config
   field stays None so that the runner passes neither either.
 
-Pure and read once, at load: the integration calls `activation_fields` when it builds the config.
+Pure and read once, at load: the integration builds a `RunnerActivation` from the runner config
+and takes its `config_fields()` when it builds the `MoeLayerConfig`.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 SWIGLU_OAI_ALPHA = 1.702
 SWIGLU_OAI_BETA = 1.0
 
 
-def swiglu_oai_limit(
-    activation: str,
-    is_gated: bool,
-    alpha: float | None,
-    beta: float | None,
-    clamp_limit: float | None,
-    *,
-    gfx95: bool,
-) -> float | None:
-    """The clamp limit when the layer is SwiGLU-OAI that AITER runs as `Swiglu`, else None."""
-    if not gfx95 or activation != "silu" or not is_gated:
-        return None
-    if alpha != SWIGLU_OAI_ALPHA or beta not in (None, SWIGLU_OAI_BETA):
-        return None
-    return None if clamp_limit is None else float(clamp_limit)
+@dataclass(frozen=True, slots=True)
+class RunnerActivation:
+    """The activation fields of a layer's `MoeRunnerConfig`, and whether the GPU is gfx95 (the
+    SwiGLU-OAI special case is gfx95's only)."""
 
+    activation: str
+    is_gated: bool
+    alpha: float | None  # gemm1_alpha
+    beta: float | None  # gemm1_beta
+    clamp_limit: float | None  # gemm1_clamp_limit
+    gfx95: bool
 
-def activation_fields(
-    activation: str,
-    is_gated: bool,
-    alpha: float | None,
-    beta: float | None,
-    clamp_limit: float | None,
-    *,
-    gfx95: bool,
-) -> dict[str, str | float]:
-    """The `MoeLayerConfig` fields (`activation` and its parameters) SGLang 0.5.23's AITER path
-    implies for a layer."""
-    limit = swiglu_oai_limit(activation, is_gated, alpha, beta, clamp_limit, gfx95=gfx95)
-    if limit is not None:
-        return {"activation": "swiglu", "swiglu_limit": limit}
-    if activation == "situ":
-        return {
-            "activation": "situ",
-            **({} if alpha is None else {"situ_beta": float(alpha)}),
-            **({} if clamp_limit is None else {"situ_linear_beta": float(clamp_limit)}),
-        }
-    return {"activation": activation}
+    def swiglu_oai_limit(self) -> float | None:
+        """The clamp limit when the layer is SwiGLU-OAI that AITER runs as `Swiglu`, else None."""
+        if not self.gfx95 or self.activation != "silu" or not self.is_gated:
+            return None
+        if self.alpha != SWIGLU_OAI_ALPHA or self.beta not in (None, SWIGLU_OAI_BETA):
+            return None
+        return None if self.clamp_limit is None else float(self.clamp_limit)
+
+    def config_fields(self) -> dict[str, str | float]:
+        """The `MoeLayerConfig` fields (`activation` and its parameters) SGLang 0.5.23's AITER
+        path implies for the layer."""
+        limit = self.swiglu_oai_limit()
+        if limit is not None:
+            return {"activation": "swiglu", "swiglu_limit": limit}
+        if self.activation == "situ":
+            # Unset, a parameter stays out, so that the runner passes AITER neither (as SGLang).
+            fields: dict[str, str | float] = {"activation": "situ"}
+            if self.alpha is not None:
+                fields["situ_beta"] = float(self.alpha)
+            if self.clamp_limit is not None:
+                fields["situ_linear_beta"] = float(self.clamp_limit)
+            return fields
+        return {"activation": self.activation}

@@ -273,14 +273,14 @@ def activation_options(runner_config: Any) -> dict[str, Any]:
     from the `MoeRunnerConfig` (`moe_runtime.layer_options`); 0.5.13 passes the activation."""
     if sglang_release() == "0.5.13":
         return {"activation": runner_config.activation}
-    return layer_options.activation_fields(
+    return layer_options.RunnerActivation(
         runner_config.activation,
         bool(runner_config.is_gated),
         runner_config.gemm1_alpha,
         runner_config.gemm1_beta,
         runner_config.gemm1_clamp_limit,
         gfx95=_gfx95(),
-    )
+    ).config_fields()
 
 
 def _gfx95() -> bool:

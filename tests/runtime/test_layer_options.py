@@ -11,7 +11,7 @@ import pytest
 import generated
 from moe_runtime import types as t
 from moe_runtime.kernels.reference import ReferenceFusedMoe
-from moe_runtime.layer_options import activation_fields, swiglu_oai_limit
+from moe_runtime.layer_options import RunnerActivation
 from moe_runtime.testing import emulate
 from moe_runtime.testing.dense import dense_layer, moe_close
 from moe_runtime.testing.weights import make_expert_weights
@@ -21,9 +21,11 @@ OAI: dict[str, Any] = {"activation": "silu", "is_gated": True, "alpha": 1.702, "
 
 
 def _limit(**changes: Any) -> float | None:
-    args = {**OAI, **changes}
-    return swiglu_oai_limit(args.pop("activation"), args.pop("is_gated"), args.pop("alpha"),
-                            args.pop("beta"), args.pop("clamp_limit"), gfx95=args.pop("gfx95"))
+    return RunnerActivation(**{**OAI, **changes}).swiglu_oai_limit()
+
+
+def activation_fields(*args: Any, gfx95: bool) -> dict[str, str | float]:
+    return RunnerActivation(*args, gfx95=gfx95).config_fields()
 
 
 def test_swiglu_oai_is_detected() -> None:
