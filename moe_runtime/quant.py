@@ -8,12 +8,13 @@ wires. Those two are branch-free straight-line tensor code with no host synchron
 run inside a captured CUDA graph; everything else here validates its inputs and may branch.
 
 Scale conventions: a quantized value `q` with scale `s` stands for `q * s`. A dynamic fp8 scale is
-`amax / qmax` (a zero amax gives scale 1); an mxfp4 scale is a power of two whose exponent is
-rounded up so that `amax / scale <= 6`.
+`amax / qmax` (a zero amax gives scale 1); an MX (mxfp4, mxfp8) scale is a power of two picked from
+the group's amax by an `MxScale` rule, by default the smallest one with `amax / scale <= qmax`.
 """
 
 from __future__ import annotations
 
+import enum
 import math
 
 import torch
@@ -31,6 +32,23 @@ INT4_MAX = 7.0
 FP4_MAX = 6.0
 # Fitting an E2M1 nibble into an e4m3 byte (see `dequantize_mxfp4`) divides its value by 2**6.
 _E2M1_IN_E4M3_FACTOR = 64.0
+
+
+class MxScale(enum.Enum):
+    """How an MX quantizer picks a group's scale `2**e` from the group's amax: AITER's quantizers
+    changed rule between releases (`moe_runtime.kernels.rounding` says which release uses which).
+    """
+
+    # The smallest e with amax / 2**e <= qmax, so nothing saturates: AITER's `RoundUp`
+    # (`ceil_pow2(amax / max_pos)`, csrc/include/mx_quant_utils.h, v0.1.16 onwards).
+    ROUND_UP = "round-up"
+    # amax rounded to a power of two (up from 1.5 times one), over the largest power of two
+    # <= qmax: `f32_to_e8m0_scale(absMax) * 1/floor_pow2(MAX)` (csrc/kernels/quant_kernels.cu
+    # and csrc/include/fp4_quant_utils.h up to v0.1.15.post3).
+    NEAREST = "nearest"
+    # fp8 only, e = 0: the values cast as they are, with unit e8m0 scales (`hidden_states.to(fp8)`
+    # and `torch.ones` scales, aiter/fused_moe.py v0.1.9 to v0.1.14.post1).
+    UNIT = "unit"
 
 
 def fp8_max(dtype: torch.dtype) -> float:
@@ -168,30 +186,38 @@ def _e2m1_round(magnitude: torch.Tensor) -> torch.Tensor:
     return (torch.round(magnitude / step) * step).clamp(max=FP4_MAX)
 
 
-def _mx_exponent(groups: torch.Tensor, qmax: float) -> torch.Tensor:
-    """Per group of the last dim, the smallest integer `e` with `amax / 2**e <= qmax` (0 for a
-    zero group), clamped to e8m0's range, as `[..., G, 1]` ints.
+def _mx_exponent(groups: torch.Tensor, qmax: float, rule: MxScale) -> torch.Tensor:
+    """Per group of the last dim, the exponent `e` of the scale `rule` picks (0 for a zero
+    group), clamped to e8m0's range, as `[..., G, 1]` ints. Exact (no log2 rounding).
 
-    qmax = q * 2**b and amax = m * 2**p with q, m in [0.5, 1): m * 2**(p-e) <= q * 2**b holds for
-    e = p-b when m <= q, else e = p-b+1. Exact (no log2 rounding)."""
+    qmax = q * 2**b and amax = m * 2**p with q, m in [0.5, 1). ROUND_UP: m * 2**(p-e) <= q * 2**b
+    holds for e = p-b when m <= q, else e = p-b+1. NEAREST: amax rounds to 2**p from m >= 0.75
+    (1.5 * 2**(p-1)), else to 2**(p-1); the largest power of two <= qmax is 2**(b-1)."""
     amax = groups.abs().amax(dim=-1, keepdim=True)
     q_mantissa, q_exponent = math.frexp(qmax)
     mantissa, exponent = torch.frexp(amax)
-    e = exponent - q_exponent + (mantissa > q_mantissa).to(exponent.dtype)
+    if rule is MxScale.UNIT:
+        return torch.zeros_like(exponent)
+    up = mantissa > q_mantissa if rule is MxScale.ROUND_UP else mantissa >= 0.75
+    e = exponent - q_exponent + up.to(exponent.dtype)
     return torch.where(amax > 0, e, torch.zeros_like(e)).clamp(-127, 127)
 
 
-def quantize_mxfp4(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_mxfp4(
+    x: torch.Tensor, rule: MxScale = MxScale.ROUND_UP
+) -> tuple[torch.Tensor, torch.Tensor]:
     """MX fp4: returns (packed `float4_e2m1fn_x2 [..., K/2]`, scales `float8_e8m0fnu [..., K/32]`).
 
-    Each 32 consecutive elements of the last dim share a power-of-two scale `2**e`, with `e` the
-    smallest integer such that `amax / 2**e <= 6` (zero groups get `e = 0`). Elements round to
-    nearest-even on the E2M1 grid; byte `i` holds element `2i` in its low nibble and `2i+1` in its
-    high nibble (bit 3 of a nibble is the sign; zero is stored as +0).
+    Each 32 consecutive elements of the last dim share a power-of-two scale `2**e` that `rule`
+    picks (by default the smallest with `amax / 2**e <= 6`; zero groups get `e = 0`). Elements
+    round to nearest-even on the E2M1 grid; byte `i` holds element `2i` in its low nibble and
+    `2i+1` in its high nibble (bit 3 of a nibble is the sign; zero is stored as +0).
     """
     _require_groups(x, MXFP4_GROUP, "mxfp4 quantization")
+    if rule is MxScale.UNIT:
+        raise ValueError("mxfp4 has no unit-scale rule: only AITER's fp8 casts used one")
     groups = torch.unflatten(x.float(), -1, (-1, MXFP4_GROUP))
-    e = _mx_exponent(groups, 6.0)
+    e = _mx_exponent(groups, FP4_MAX, rule)
     scaled = groups / torch.pow(2.0, e.float())
     magnitude = _e2m1_round(scaled.abs())
     # Code of an E2M1 magnitude: 2 * value up to 2 (0, .5, 1, 1.5, 2 -> 0..4), then one more per
@@ -230,16 +256,18 @@ def dequantize_mxfp4(
     return (values * factor.unsqueeze(-1)).flatten(-2).to(out_dtype)
 
 
-def quantize_mxfp8(x: torch.Tensor, dtype: torch.dtype = FP8) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_mxfp8(
+    x: torch.Tensor, dtype: torch.dtype = FP8, rule: MxScale = MxScale.ROUND_UP
+) -> tuple[torch.Tensor, torch.Tensor]:
     """MX fp8: returns (`dtype [..., K]`, scales `float8_e8m0fnu [..., K/32]`).
 
-    Each 32 consecutive elements of the last dim share a power-of-two scale `2**e`, with `e` the
-    smallest integer such that `amax / 2**e <= qmax` (448 for e4m3fn; zero groups get `e = 0`), so
-    nothing saturates; elements are then cast as `quantize_fp8_static` does.
+    Each 32 consecutive elements of the last dim share a power-of-two scale `2**e` that `rule`
+    picks: by default the smallest with `amax / 2**e <= qmax` (448 for e4m3fn; zero groups get
+    `e = 0`), so nothing saturates. Elements are then cast as `quantize_fp8_static` does.
     """
     _require_groups(x, MXFP4_GROUP, "mxfp8 quantization")
     groups = torch.unflatten(x.float(), -1, (-1, MXFP4_GROUP))
-    e = _mx_exponent(groups, fp8_max(dtype))
+    e = _mx_exponent(groups, fp8_max(dtype), rule)
     q = quantize_fp8_static(groups, torch.pow(2.0, e.float()), dtype).flatten(-2)
     return q, (e.squeeze(-1) + 127).to(torch.uint8).view(E8M0)
 

@@ -162,6 +162,61 @@ def test_mxfp4_scale_exponent_rounds_up(device: str, amax: float, byte: int) -> 
     assert scale.view(torch.uint8).item() == byte
 
 
+# amax -> the e8m0 byte of AITER's older rule, NEAREST, derived by hand from its HIP quantizer
+# (`f32_to_e8m0_scale(absMax) * 0.25`: amax to the power of two below it, or above it from 1.5
+# times that power; then / 4), the default rule's byte, and amax as NEAREST stores it.
+MXFP4_NEAREST = [
+    (1.5, 126, 125, 1.5),  # 1.5 -> 2, / 4 = 2**-1 (code 3); round-up: 1.5 / 2**-2 = 6 fits
+    (3.0, 127, 126, 3.0),  # 3 -> 4 -> 2**0; round-up 3 / 2**-1 = 6
+    (0.1875, 123, 122, 0.1875),  # 1.5 * 2**-3 -> 2**-2, / 4 = 2**-4; round-up: / 2**-5 = 6
+    (1.4, 125, 125, 1.5),  # 1.4 -> 1 -> 2**-2: 5.6 rounds to 6; round-up: the same
+    (1.6, 126, 126, 1.5),  # 1.6 -> 2 -> 2**-1: 3.2 rounds to 3; round-up: 6.4 > 6, the same
+    (6.0, 128, 127, 6.0),  # 6 = 1.5 * 4 -> 8 -> 2**1; round-up 6 / 2**0 = 6
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(("amax", "nearest", "round_up", "stored"), MXFP4_NEAREST)
+def test_mxfp4_nearest_scale_is_aiter_up_to_v0_1_15(
+    device: str, amax: float, nearest: int, round_up: int, stored: float
+) -> None:
+    x = torch.zeros(1, 32, device=device)
+    x[0, 0] = amax
+    packed, scale = quant.quantize_mxfp4(x, quant.MxScale.NEAREST)
+    assert scale.view(torch.uint8).item() == nearest
+    assert quant.dequantize_mxfp4(packed, scale)[0, 0].item() == stored
+    assert quant.quantize_mxfp4(x)[1].view(torch.uint8).item() == round_up
+    with pytest.raises(ValueError, match="no unit-scale rule"):
+        quant.quantize_mxfp4(x, quant.MxScale.UNIT)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_mxfp8_older_scales_by_hand(device: str) -> None:
+    """AITER's other mxfp8 scales: NEAREST (v0.1.15, `f32_to_e8m0_scale(absMax) / 256`) and UNIT
+    (v0.1.9 to v0.1.14, `x.to(fp8)` with unit scales), by hand, for groups with amax 1.6 (nearest
+    2 -> 2**-7; round-up 1.6 * 2**8 = 409.6 <= 448 -> 2**-8), 1.8 (2 -> 2**-7; round-up 460.8 >
+    448 -> 2**-7 too), 1.4 (1 -> 2**-8; round-up 2**-8) and 2**-10 (both 2**-18; UNIT leaves it
+    a subnormal e4m3)."""
+    rows = [1.6, 1.8, 1.4, 2**-10]
+    x = torch.zeros(1, 32 * len(rows), device=device)
+    for group, amax in enumerate(rows):
+        x[0, 32 * group] = amax
+    bytes_of = {
+        rule: quant.quantize_mxfp8(x, rule=rule)[1].view(torch.uint8).cpu().tolist()[0]
+        for rule in quant.MxScale
+    }
+    assert bytes_of[quant.MxScale.NEAREST] == [120, 120, 119, 109]
+    assert bytes_of[quant.MxScale.ROUND_UP] == [119, 120, 119, 109]
+    assert bytes_of[quant.MxScale.UNIT] == [127] * 4
+    q, scale = quant.quantize_mxfp8(x, rule=quant.MxScale.UNIT)
+    # Unit scales keep the values as e4m3 casts them: 1.6 -> 1.625 (spacing 1/8 in [1, 2)), and
+    # 2**-10 a subnormal (spacing 2**-9): ties to even, 0. Scaled, both keep three mantissa bits.
+    back = quant.dequantize_mxfp8(q, scale)[0]
+    assert back[0].item() == 1.625 and back[96].item() == 0.0
+    scaled = quant.dequantize_mxfp8(*quant.quantize_mxfp8(x))[0]
+    assert scaled[0].item() == 1.625 and scaled[96].item() == 2**-10
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_mxfp4_dequantize_every_byte(device: str) -> None:
     # All 256 bytes at scale 2**0, then the same at scale 2**3 (e8m0 byte 130).
