@@ -71,6 +71,8 @@ class _Problem:
     stage2: Rounding | None
     interleaved: bool  # gate_mode INTERLEAVE: w1's gate and up rows alternate
     mxfp8: bool  # per_1x32 with fp8 weights: mxfp8 activations in both stages, whatever the act
+    # How the stages' mxfp4 or mxfp8 rounding scales each group (a call never mixes the two).
+    mx_scale: quant.MxScale
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,17 +316,22 @@ def _check_call(
         raise ValueError(
             "Situv2 runs on AITER's a16w4 kernels only: it needs per_1x32 and fp4 weights"
         )
-    # AITER (v0.1.16.post1 onwards) quantizes both stages' activations to mxfp8 for fp8 per_1x32
-    # weights, whatever the activation (fused_moe.py v0.1.20.post1:728-730, 3028-3039); for fp4
-    # weights the release's rule decides by activation, gate mode and M (kernels.rounding).
+    # AITER (v0.1.16.post1 onwards) quantizes both stages' activations to mxfp8, with its RoundUp
+    # scale, for fp8 per_1x32 weights, whatever the activation (fused_moe.py v0.1.20.post1:728-730,
+    # 3028-3039); for fp4 weights the release's rule decides the roundings by activation, gate
+    # mode and M, and their scale (kernels.rounding). Stage 2 rounds wherever stage 1 does, so
+    # its rounding names the call's scale; a call that rounds to neither never reads it.
     mxfp8 = per_1x32 and w1.dtype in quant.FP8_DTYPES
     stage1, stage2 = (
         (Rounding.MXFP8, Rounding.MXFP8)
         if mxfp8
         else rounding.stages(act, mode, tokens) if per_1x32 else (None, None)
     )
+    scaled = not mxfp8 and stage2 in (Rounding.MXFP4, Rounding.MXFP8)
+    mx_scale = rounding.scale(stage2) if scaled and stage2 else quant.MxScale.ROUND_UP
     problem = _Problem(tokens, top_k, hidden, inter, experts, g1u1, out_dtype, act, qt,
-                       prequantized, stage1, stage2, mode == GateMode.INTERLEAVE, mxfp8)
+                       prequantized, stage1, stage2, mode == GateMode.INTERLEAVE, mxfp8,
+                       mx_scale)  # fmt: skip
     _check_mask_and_rows(problem, expert_mask, num_local_tokens)
     _check_biases(problem, w1, bias1, bias2)
     _check_weight_quant(problem, "w1", w1, w1_scale)
@@ -802,9 +809,9 @@ def _quantize_dequantize(
         q, scale = quant.quantize_fp8_1x128(x, _ACTIVATION_FP8)
         return quant.dequantize_fp8_1x128(q, scale)
     if rounding is Rounding.MXFP8:
-        q, e8m0 = quant.quantize_mxfp8(x, _ACTIVATION_FP8)
+        q, e8m0 = quant.quantize_mxfp8(x, _ACTIVATION_FP8, problem.mx_scale)
         return quant.dequantize_mxfp8(q, e8m0)
-    packed, e8m0 = quant.quantize_mxfp4(x)
+    packed, e8m0 = quant.quantize_mxfp4(x, problem.mx_scale)
     return quant.dequantize_mxfp4(packed, e8m0)
 
 

@@ -18,19 +18,42 @@ row of the call) and the GPU, by rules that changed between releases (ROCm/aiter
   for Swiglu alone (fused_moe_2stages, v0.1.20.post1 :3098-3106) and rounds to mxfp4 otherwise;
 - Situv2 (v0.1.19, fused_moe.py:619-631; v0.1.20.post1 :732-744): bf16 in both stages.
 
-Not modelled: AITER's env overrides of the two bounds, gfx1250 (always mxfp4) and tuned configs
-with `ksplit > 1` on shuffled weights (bf16 stage-1 input whatever the rule). Which rule applies
-is decided once, when `moe_runtime.kernels` binds the kernel (`for_version`); the reference
-kernel takes it as a constructor option (default: the newest, `NEWEST`).
+How a stage rounds to mxfp4 or mxfp8, the scale of each group of 32 (`quant.MxScale`), changed
+too:
+
+- mxfp4, up to v0.1.15.post3: NEAREST. `fused_dynamic_mxfp4_quant_moe_sort` and the per_1x32
+  HIP quantizer take `f32_to_e8m0_scale(absMax) * 0.25` (csrc/kernels/quant_kernels.cu, the
+  `fp4_scale` lambda at v0.1.14:87-97; csrc/include/fp4_quant_utils.h:24-33 at v0.1.15);
+- mxfp8, v0.1.9 to v0.1.14.post1: UNIT. `fused_moe_` casts the activations with
+  `hidden_states.to(dtypes.fp8)` and unit e8m0 scales (v0.1.9 fused_moe.py:900-903, v0.1.14
+  :1499-1505), and Swiglu's stage-2 input with `a2.to(dtypes.fp8)` (v0.1.9 :1000);
+- mxfp8, v0.1.15: NEAREST, through `fused_dynamic_mxfp8_quant_moe_sort` (fused_moe.py:1599,
+  :1723), whose kernel divides by `floor_pow2(448)` (quant_kernels.cu:1713-1730);
+- both from v0.1.16: ROUND_UP, `fp_f32_to_e8m0_scale<kDefaultMxScaleRoundMode>` with
+  `kDefaultMxScaleRoundMode = RoundUp` (csrc/include/mx_quant_utils.h:50, :130-143; the kernels at
+  quant_kernels.cu v0.1.20.post1:117, :1855). It multiplies amax by a rounded `1 / max_pos`; for
+  a bf16 or fp16 amax (what the stages quantize) that product never falls on the other side of a
+  power of two from the exact quotient (for 6, 448 and 240), so the rule is exactly "the
+  smallest e with amax / 2**e <= max_pos".
+
+Not modelled: AITER's env overrides of the two bounds, gfx1250 (always mxfp4), tuned configs with
+`ksplit > 1` on shuffled weights (bf16 stage-1 input whatever the rule) or whose kernels quantize
+inside (`fuse_quant`, v0.1.13 onwards), and v0.1.14's stage-2 input of Silu on INTERLEAVE rows
+without a clamp, which its Triton `fused_quant_fp8_sort` scales by yet another rule (amax rounded
+up from 1.75 times a power of two: fused_mxfp4_quant.py:732-739). Which rule applies is decided
+once, when `moe_runtime.kernels` binds the kernel (`for_version`); the reference kernel takes it
+as a constructor option (default: the newest, `NEWEST`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from dataclasses import dataclass
 
 from moe_runtime.enums import ActivationType, GateMode
 from moe_runtime.kernels.releases import release_of
+from moe_runtime.quant import MxScale
 
 
 class Rounding(enum.Enum):
@@ -48,7 +71,19 @@ class Mxfp4ActivationRule:
     release: str  # the ROCm/aiter tag that introduced it
     swiglu_bound: int  # rows from which Swiglu stops keeping bf16 (0: it always keeps bf16)
     gate_mode_aware: bool  # v0.1.14's split between SEPARATED and INTERLEAVE rows
+    mxfp4_scale: MxScale  # how a stage rounding to mxfp4 picks each group's scale
+    mxfp8_scale: MxScale | None  # the same for mxfp8; None where no stage rounds to it
     arch: str = "gfx950"
+
+    def __post_init__(self) -> None:
+        # A rule that can choose mxfp8 (a Swiglu bound) says how it scales, and only then.
+        if (self.swiglu_bound > 0) != (self.mxfp8_scale is not None):
+            raise ValueError(
+                f"{self.release}: mxfp8_scale is set exactly when swiglu_bound > 0, got "
+                f"{self.swiglu_bound} and {self.mxfp8_scale}"
+            )
+        if self.mxfp4_scale is MxScale.UNIT:
+            raise ValueError(f"{self.release}: mxfp4 has no unit-scale rule")
 
     def stages(
         self, activation: ActivationType, gate_mode: GateMode, rows: int
@@ -71,6 +106,16 @@ class Mxfp4ActivationRule:
             return fp8_or_bf16, second
         return Rounding.MXFP4, Rounding.MXFP4
 
+    def scale(self, stage: Rounding) -> MxScale:
+        """How this release's rounding of a stage to `stage` (MXFP4 or MXFP8) scales each group."""
+        if stage is Rounding.BF16:
+            raise ValueError("a stage kept in bf16 is not scaled")
+        if stage is Rounding.MXFP4:
+            return self.mxfp4_scale
+        if self.mxfp8_scale is None:
+            raise ValueError(f"AITER {self.release} rounds no stage to mxfp8")
+        return self.mxfp8_scale
+
     def describe(self) -> str:
         """`per_1x32 activation rounding: AITER <release> rule (<what it does>, <arch>)`."""
         if self.swiglu_bound == 0:
@@ -82,18 +127,27 @@ class Mxfp4ActivationRule:
                 f"Swiglu separated bf16 below {self.swiglu_bound} rows else mxfp4; interleave "
                 f"bf16 below {self.swiglu_bound} rows else mxfp8; others mxfp4"
             )
-        return f"per_1x32 activation rounding: AITER {self.release} rule ({what}, {self.arch})"
+        scales = f"mxfp4 scale {self.mxfp4_scale.value}"
+        if self.mxfp8_scale is not None:
+            scales += f", mxfp8 scale {self.mxfp8_scale.value}"
+        return (
+            f"per_1x32 activation rounding: AITER {self.release} rule ({what}; {scales}, "
+            f"{self.arch})"
+        )
 
 
 # Oldest first: `for_version` takes the last one at or below the installed release.
+_NEAREST, _ROUND_UP, _UNIT = MxScale.NEAREST, MxScale.ROUND_UP, MxScale.UNIT
 RULES = (
-    Mxfp4ActivationRule("v0.1.7.post2", 0, False),
-    Mxfp4ActivationRule("v0.1.9", 512, False),
-    Mxfp4ActivationRule("v0.1.13", 256, False),
-    Mxfp4ActivationRule("v0.1.14", 256, True),
+    Mxfp4ActivationRule("v0.1.7.post2", 0, False, _NEAREST, None),
+    Mxfp4ActivationRule("v0.1.9", 512, False, _NEAREST, _UNIT),
+    Mxfp4ActivationRule("v0.1.13", 256, False, _NEAREST, _UNIT),
+    Mxfp4ActivationRule("v0.1.14", 256, True, _NEAREST, _UNIT),
+    Mxfp4ActivationRule("v0.1.15", 256, True, _NEAREST, _NEAREST),
+    Mxfp4ActivationRule("v0.1.16", 256, True, _ROUND_UP, _ROUND_UP),
 )
 NEWEST = RULES[-1]
-_RELEASES = ((0, 1, 7, 0), (0, 1, 9, 0), (0, 1, 13, 0), (0, 1, 14, 0))
+_RELEASES = ((0, 1, 7, 0), (0, 1, 9, 0), (0, 1, 13, 0), (0, 1, 14, 0), (0, 1, 15, 0), (0, 1, 16, 0))
 
 
 def for_version(version: str, arch: str = "gfx950") -> Mxfp4ActivationRule:
@@ -107,4 +161,4 @@ def for_version(version: str, arch: str = "gfx950") -> Mxfp4ActivationRule:
         for candidate, since in zip(RULES, _RELEASES, strict=True):
             if release >= since:
                 rule = candidate
-    return Mxfp4ActivationRule(rule.release, rule.swiglu_bound, rule.gate_mode_aware, arch)
+    return dataclasses.replace(rule, arch=arch)

@@ -162,11 +162,13 @@ AITER_0_1_7_KEYWORDS = (
 # Then the per_1x32 activation rounding rule (moe_runtime.kernels.rounding): the reference's default
 # (the newest), and the fake AITER's, from its version 0.1.7.post2 and its gfx950 fp8.
 REFERENCE_ROUNDING = (
-    "; per_1x32 activation rounding: AITER v0.1.14 rule (Swiglu separated bf16 below 256 rows "
-    "else mxfp4; interleave bf16 below 256 rows else mxfp8; others mxfp4, gfx950)"
+    "; per_1x32 activation rounding: AITER v0.1.16 rule (Swiglu separated bf16 below 256 rows "
+    "else mxfp4; interleave bf16 below 256 rows else mxfp8; others mxfp4; mxfp4 scale round-up, "
+    "mxfp8 scale round-up, gfx950)"
 )
 AITER_0_1_7_ROUNDING = (
-    "; per_1x32 activation rounding: AITER v0.1.7.post2 rule (Swiglu bf16, others mxfp4, gfx950)"
+    "; per_1x32 activation rounding: AITER v0.1.7.post2 rule (Swiglu bf16, others mxfp4; mxfp4 "
+    "scale nearest, gfx950)"
 )
 
 # case -> (MOE_RUNTIME_KERNEL or None for unset, pretended HIP version, fake aiter on the path,

@@ -66,7 +66,7 @@ class Case:
     limit: float
     prequantized: bool
     interleaved: bool = False  # gate_mode "interleave": w13's gate and up rows alternate
-    rule: str = "v0.1.14"  # the per_1x32 activation rounding the kernel follows (AITER release)
+    rule: str = "v0.1.16"  # the per_1x32 activation rounding the kernel follows (AITER release)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -101,7 +101,40 @@ def _qdq(kind: str, v: torch.Tensor, static: torch.Tensor | None) -> torch.Tenso
         return quant.dequantize_mxfp4(p, e).double()
     if kind in ("a8w4", "mxfp8"):  # an independent float64 restatement, not quant.quantize_mxfp8
         return _mxfp8(v)
+    if kind == "a4w4_nearest":
+        return _mx_nearest(v, 6.0, _e2m1)
+    if kind == "a8w4_nearest":
+        return _mx_nearest(v, 448.0, _e4m3)
+    if kind == "a8w4_unit":  # AITER v0.1.9 to v0.1.14: `x.to(fp8)`, unit scales
+        return _e4m3(v.double())
     return v  # "no" and "a16w4" keep their activations
+
+
+def _mx_nearest(v: torch.Tensor, qmax: float, elements: Any) -> torch.Tensor:
+    """MX in float64 with AITER's scale up to v0.1.15: per 32 elements, amax rounded to the
+    power of two below it (above it from 1.5 times that power), over the largest power of two
+    <= qmax; elements rounded by `elements`."""
+    groups = v.double().reshape(*v.shape[:-1], -1, 32)
+    amax = groups.abs().amax(dim=-1, keepdim=True)
+    below = torch.floor(torch.log2(torch.where(amax > 0, amax, torch.ones_like(amax))))
+    e = below + (amax >= 1.5 * 2.0**below).double() - math.floor(math.log2(qmax))
+    e = torch.where(amax > 0, e, torch.zeros_like(e))
+    return (elements(groups / 2.0**e) * 2.0**e).reshape(v.shape)
+
+
+def _e4m3(v: torch.Tensor) -> torch.Tensor:
+    return v.clamp(-448, 448).to(torch.float8_e4m3fn).double()
+
+
+_E2M1_GRID = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0], dtype=torch.float64)
+
+
+def _e2m1(v: torch.Tensor) -> torch.Tensor:
+    """The nearest E2M1 value, ties to the even code (the grid's even indices), saturating."""
+    distance = (v.abs().clamp(max=6.0).unsqueeze(-1) - _E2M1_GRID).abs()
+    odd = torch.arange(8) % 2
+    code = (distance + odd * 1e-9).argmin(dim=-1)
+    return _E2M1_GRID[code] * torch.sign(v)
 
 
 def _mxfp8(v: torch.Tensor) -> torch.Tensor:
@@ -114,12 +147,32 @@ def _mxfp8(v: torch.Tensor) -> torch.Tensor:
     return (scaled.to(torch.float8_e4m3fn).double() * 2.0**e).reshape(v.shape)
 
 
+# The suffix of the `_qdq` kinds of an older AITER release's mxfp4 and mxfp8 scale, restated from
+# its quantizers (the tags are cited in moe_runtime/kernels/rounding.py): mxfp4 rounded amax to
+# the nearest power of two up to v0.1.15; mxfp8 cast with unit scales up to v0.1.14, then did
+# as mxfp4 in v0.1.15. From v0.1.16 both take the smallest scale that fits (no suffix).
+_OLDER_SCALES = {
+    "v0.1.7.post2": ("_nearest", ""),
+    "v0.1.14": ("_nearest", "_unit"),
+    "v0.1.15": ("_nearest", "_nearest"),
+}
+
+
 def _stage_kinds(case: Case) -> tuple[str, str]:
-    """The rounding of each stage's input, as `_qdq` kinds. per_1x32 follows AITER's rule by
-    release, restated here from aiter/fused_moe.py (v0.1.20.post1:724-752 and :3098-3106 for
-    v0.1.14 onwards; v0.1.7.post2:220-221): gfx950, M = every row of the call."""
+    """The rounding of each stage's input, as `_qdq` kinds: per_1x32 by the release's stage rule
+    and with its MX scale."""
     if case.kind not in ("a4w4", "a16w4"):
         return case.kind, case.kind
+    fp4, fp8 = _OLDER_SCALES.get(case.rule, ("", ""))
+    suffix = {"a4w4": fp4, "a8w4": fp8}
+    first, second = _stage_rule(case)
+    return first + suffix.get(first, ""), second + suffix.get(second, "")
+
+
+def _stage_rule(case: Case) -> tuple[str, str]:
+    """per_1x32 on fp4 weights follows AITER's rule by release, restated here from
+    aiter/fused_moe.py (v0.1.20.post1:724-752 and :3098-3106 for v0.1.14 onwards;
+    v0.1.7.post2:220-221): gfx950, M = every row of the call."""
     swiglu = case.activation == "swiglu"
     if case.rule == "v0.1.7.post2":
         return ("a16w4", "a16w4") if swiglu else ("a4w4", "a4w4")
