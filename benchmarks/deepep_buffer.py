@@ -139,6 +139,13 @@ def _whole(run: Any, rows: slice, mine: torch.Tensor) -> torch.Tensor:
     return whole
 
 
+def _every(mode: str) -> list[tuple[tuple[str, str, str], bool]]:
+    """Every generated runner of `deepep` in `mode`'s formats, fp8 where the wire is."""
+    formats = {"ll": ("deepep_ll", "deepep_ll_fp8"), "normal": ("deepep_normal",)}[mode]
+    found = [key for key in generated.RUNNERS if key[0] == "deepep" and key[2] in formats]
+    return [(key, key[2].endswith("_fp8")) for key in sorted(found)]
+
+
 def _same_signatures() -> bool:
     """Whether the fake DeepEP buffer's methods take exactly the real ones' parameters."""
     import deep_ep
@@ -160,10 +167,15 @@ def _same_signatures() -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mode", choices=sorted(KEYS), required=True, help="DeepEP mode")
+    parser.add_argument(
+        "--all",
+        action="store_true",
+        help="every generated DeepEP runner of the mode (default: one bf16 and one fp8 one)",
+    )
     args = parser.parse_args(argv)
     same = _same_signatures()
     rank, world = _group()
-    keys = KEYS[args.mode]
+    keys = _every(args.mode) if args.all else KEYS[args.mode]
     # One buffer for every combination: NVSHMEM starts once per process.
     buffer = _buffer(args.mode, world, _run(args.mode, keys[0][0], world).configs[rank].num_experts)
     # Every combination runs (a list, not all()'s short circuit): each row is reported.
