@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 
 from moe_runtime.quant import (
+    FP8,
+    FP8_GROUP,
     quantize_fp8_1x128,
     quantize_fp8_per_row,
     quantize_mxfp4,
@@ -77,6 +79,25 @@ COMBINE_INPUT_TYPES: dict[str, type] = {
         for name in MORI_WIRES
     },
 }
+
+
+def deepep_ll_fp8_wire(hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """What a DeepEP sender puts on the low-latency fp8 wire: per 128 elements of a row, the amax
+    (at least 1e-4), the values times `448 / amax` cast to e4m3fn, and the fp32 scale `amax` times
+    the fp32 `1 / 448` (DeepEP v1.2.1 csrc/kernels/internode_ll.cu:118-141, `kFP8Margin` and
+    `calculate_fp8_scales` in utils.cuh:450-476). Bit for bit what a built v1.2.1 sends
+    (benchmarks/RESULTS.md); `quant.quantize_fp8_1x128`'s exact `amax / 448` is an ulp away in
+    about half the scales, and its quotient moves a few values in ten thousand by one fp8 step.
+
+    Returns (fp8 `[..., H]`, fp32 scales `[..., H/128]`), the scales row-major (DeepEP hands them
+    over column-major: the dispatchers lay them out)."""
+    groups = torch.unflatten(hidden.float(), -1, (-1, FP8_GROUP))
+    amax = groups.abs().amax(dim=-1, keepdim=True).clamp(min=1e-4)
+    # Tensor by tensor, not by a Python float: correctly rounded on every device (see
+    # quant._dynamic_scale), as the kernel's fp32 division and product are.
+    values = (groups * (torch.full_like(amax, 448.0) / amax)).to(FP8).flatten(-2)
+    scale = amax * torch.full_like(amax, 1.0 / 448.0)
+    return values, scale.squeeze(-1)
 
 
 def mori_wire(hidden: torch.Tensor, wire: str) -> tuple[torch.Tensor, torch.Tensor | None]:

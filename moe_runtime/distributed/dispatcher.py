@@ -31,13 +31,13 @@ from moe_runtime.formats import (
     FORMATS,
     MORI_WIRES,
     STANDARD,
+    deepep_ll_fp8_wire,
     mori_wire,
 )
 from moe_runtime.quant import (
     E8M0,
     FP4X2,
     FP8,
-    quantize_fp8_1x128,
 )
 from moe_runtime.types import (
     DeepEPLLDispatchOutput,
@@ -371,7 +371,7 @@ def _deepep_ll(call: _Call) -> tuple[DispatchOutput, DispatchHandle]:
     assert plan.experts is not None
     fp8_wire = call.format == DEEPEP_LL_FP8
     if fp8_wire:
-        wire_hidden, wire_scale = quantize_fp8_1x128(hidden)
+        wire_hidden, wire_scale = deepep_ll_fp8_wire(hidden)
         parts = [_bytes(wire_hidden), wire_scale]
     else:
         parts = [hidden]

@@ -25,6 +25,7 @@ from moe_runtime import stale
 from moe_runtime.formats import (
     COMBINE_INPUT_TYPES,
     MORI_WIRES,
+    deepep_ll_fp8_wire,
     mori_wire,
 )
 from moe_runtime.formats import DEEPEP_LL as DEEPEP_LL
@@ -47,7 +48,6 @@ from moe_runtime.formats import MORI_V2_FP4 as MORI_V2_FP4
 from moe_runtime.formats import MORI_V2_FP8 as MORI_V2_FP8
 from moe_runtime.formats import MORI_V2_MXFP8 as MORI_V2_MXFP8
 from moe_runtime.formats import STANDARD as STANDARD
-from moe_runtime.quant import quantize_fp8_1x128
 from moe_runtime.types import (
     CombineInput,
     DeepEPLLCombineInput,
@@ -323,7 +323,7 @@ def _dispatch_deepep_ll(batch: GlobalBatch, format: str, capacity: int) -> Dispa
     device = batch.hidden_states.device
     fp8_wire = format == DEEPEP_LL_FP8
     if fp8_wire:
-        wire, wire_scale = quantize_fp8_1x128(batch.hidden_states)
+        wire, wire_scale = deepep_ll_fp8_wire(batch.hidden_states)
     ids = batch.topk_ids.long()
     token_of_pair = torch.arange(batch.num_tokens, device=device).unsqueeze(1).expand_as(ids)
     outputs: list[DispatchOutput] = []

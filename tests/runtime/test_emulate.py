@@ -18,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from moe_runtime import types as t
+from moe_runtime.formats import deepep_ll_fp8_wire
 from moe_runtime.quant import (
     quantize_fp8_1x128,
     quantize_fp8_per_row,
@@ -42,6 +43,8 @@ def factor(expert: torch.Tensor) -> torch.Tensor:
 
 
 def wire_of(format: str) -> str:
+    if format == emulate.DEEPEP_LL_FP8:
+        return "deepep_fp8"  # DeepEP's own cast (moe_runtime.formats.deepep_ll_fp8_wire)
     for suffix in ("mxfp8", "fp8_token", "fp8", "fp4"):
         if format.endswith(f"_{suffix}"):
             return suffix
@@ -79,6 +82,8 @@ def decode(hidden: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
 
 def wire_roundtrip(batch: emulate.GlobalBatch, wire: str) -> torch.Tensor:
     """The value of every token after the sender put it on the wire."""
+    if wire == "deepep_fp8":
+        return decode(*deepep_ll_fp8_wire(batch.hidden_states))
     if wire == "fp8":
         return decode(*quantize_fp8_1x128(batch.hidden_states))
     if wire == "fp4":
