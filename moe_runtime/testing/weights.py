@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -52,6 +53,10 @@ QUANT_METHODS = (
 # activations and the stage-1 outputs they give with these weights (larger values saturate).
 _STATIC_INPUT_SCALE = 8.0 / 448.0
 _BIAS_STD = 0.1
+# ExpertWeights' tensor fields, and those with a leading expert dimension (all but the static
+# input scales, one per layer).
+_TENSORS = tuple(f.name for f in dataclasses.fields(ExpertWeights) if "Tensor" in str(f.type))
+_PER_EXPERT = tuple(name for name in _TENSORS if name not in ("a13_scale", "a2_scale"))
 
 
 def _quantize_fp8_per_expert(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -213,25 +218,31 @@ def make_expert_weights(
     if quant_method in ("ct_w8a8_fp8", "quark_w8a8_fp8", "quark_w4a8_mxfp4"):
         a13_scale = torch.tensor([_STATIC_INPUT_SCALE])
         a2_scale = torch.tensor([_STATIC_INPUT_SCALE])
-    separated = ExpertWeights(
-        w13_weight=w13_weight.to(device),
-        w2_weight=w2_weight.to(device),
-        w13_scale=_to(w13_scale, device),
-        w2_scale=_to(w2_scale, device),
-        a13_scale=_to(a13_scale, device),
-        a2_scale=_to(a2_scale, device),
-        b13=_to(b13, device),
-        b2=_to(b2, device),
+    drawn = ExpertWeights(
+        w13_weight=w13_weight,
+        w2_weight=w2_weight,
+        w13_scale=w13_scale,
+        w2_scale=w2_scale,
+        a13_scale=a13_scale,
+        a2_scale=a2_scale,
+        b13=b13,
+        b2=b2,
         hidden_pad=hidden_pad,
         intermediate_pad=intermediate_pad,
     )
+    separated = _mapped(drawn, _TENSORS, lambda t: t.to(device))
     if gate_mode == GateMode.INTERLEAVE:
         return gate_up.interleaved(separated)
     return separated
 
 
-def _to(t: torch.Tensor | None, device: torch.device | str) -> torch.Tensor | None:
-    return None if t is None else t.to(device)
+def _mapped(
+    weights: ExpertWeights, names: tuple[str, ...], fn: Callable[[torch.Tensor], torch.Tensor]
+) -> ExpertWeights:
+    """`weights` with `fn` applied to each of its tensors named in `names` (None stays None)."""
+    tensors: dict[str, torch.Tensor | None] = {name: getattr(weights, name) for name in names}
+    mapped: dict[str, Any] = {name: None if t is None else fn(t) for name, t in tensors.items()}
+    return dataclasses.replace(weights, **mapped)
 
 
 def slice_experts(weights: ExpertWeights, start: int, stop: int) -> ExpertWeights:
@@ -242,18 +253,7 @@ def slice_experts(weights: ExpertWeights, start: int, stop: int) -> ExpertWeight
             f"expert slice [{start}, {stop}) must be non-empty and lie within [0, {total})"
         )
 
-    def rows(t: torch.Tensor | None) -> torch.Tensor | None:
-        return None if t is None else t[start:stop]
-
-    return dataclasses.replace(
-        weights,
-        w13_weight=weights.w13_weight[start:stop],
-        w2_weight=weights.w2_weight[start:stop],
-        w13_scale=rows(weights.w13_scale),
-        w2_scale=rows(weights.w2_scale),
-        b13=rows(weights.b13),
-        b2=rows(weights.b2),
-    )
+    return _mapped(weights, _PER_EXPERT, lambda t: t[start:stop])
 
 
 def dequantized_weights(
