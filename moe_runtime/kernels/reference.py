@@ -27,6 +27,7 @@ Two modes, chosen at construction:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -101,6 +102,15 @@ class _Pairs:
             valid=pair_valid.reshape(-1, 1),
             flat_valid=pair_valid.reshape(-1),
         )
+
+
+class _StageWeights(NamedTuple):
+    """One stage's expert weights as the call passes them: w1, w1_scale, bias1 or w2, w2_scale,
+    bias2."""
+
+    weight: torch.Tensor
+    scale: torch.Tensor | None
+    bias: torch.Tensor | None
 
 
 def _logical_width(t: torch.Tensor) -> int:
@@ -179,10 +189,12 @@ class ReferenceFusedMoe:
         x = _stage1_input(problem, hidden_states, a1_scale, row_valid)
         pairs = _Pairs.of(problem, topk_weight, local, pair_valid, device)
         limits = _activation_limits(swiglu_limit, beta, linear_beta)
-        a = self._stage1(problem, pairs, x, w1, w1_scale, bias1, doweight_stage1, limits)
+        a = self._stage1(
+            problem, pairs, x, _StageWeights(w1, w1_scale, bias1), doweight_stage1, limits
+        )
         # Rounding point 2: the stage-2 kernel reads it quantized per quant type.
         a = _stage2_input(problem, a, a2_scale)
-        out = self._stage2(problem, pairs, a, w2, w2_scale, bias2, doweight_stage1)
+        out = self._stage2(problem, pairs, a, _StageWeights(w2, w2_scale, bias2), doweight_stage1)
         return out if output is None else _written_into(output, out)
 
     def _stage1(
@@ -190,22 +202,19 @@ class ReferenceFusedMoe:
         problem: _Problem,
         pairs: _Pairs,
         x: torch.Tensor,
-        w1: torch.Tensor,
-        w1_scale: torch.Tensor | None,
-        bias1: torch.Tensor | None,
+        stage: _StageWeights,
         doweight_stage1: bool,
         limits: tuple[float, float, float],
     ) -> torch.Tensor:
         """h = x @ W1[e].T per pair, then weighting, bias, activation; fp32 [P, I] rounded once.
         `limits`: the Swiglu/Situv2 clamp, then Situv2's beta and linear_beta."""
         h = self._expert_gemm(
-            problem, x, pairs.token, pairs.expert, pairs.flat_valid, w1, w1_scale,
-            rows_are_tokens=True,
+            problem, x, pairs.token, pairs.expert, pairs.flat_valid, stage, rows_are_tokens=True
         )
         if doweight_stage1:
             h = h * pairs.weights
-        if bias1 is not None:
-            h = h + bias1.float()[pairs.expert]
+        if stage.bias is not None:
+            h = h + stage.bias.float()[pairs.expert]
         a = _activate(problem, h, limits)
         # Pairs that are not computed must not move a per-tensor amax: zero them.
         a = torch.where(pairs.valid, a, torch.zeros_like(a))
@@ -217,18 +226,16 @@ class ReferenceFusedMoe:
         problem: _Problem,
         pairs: _Pairs,
         a: torch.Tensor,
-        w2: torch.Tensor,
-        w2_scale: torch.Tensor | None,
-        bias2: torch.Tensor | None,
+        stage: _StageWeights,
         doweight_stage1: bool,
     ) -> torch.Tensor:
         """y = a @ W2[e].T per pair, bias, weighting; pairs summed per token in fp32, cast once."""
         y = self._expert_gemm(
             problem, a, torch.arange(a.shape[0], device=a.device), pairs.expert,
-            pairs.flat_valid, w2, w2_scale, rows_are_tokens=False,
+            pairs.flat_valid, stage, rows_are_tokens=False,
         )
-        if bias2 is not None:
-            y = y + bias2.float()[pairs.expert]
+        if stage.bias is not None:
+            y = y + stage.bias.float()[pairs.expert]
         if not doweight_stage1:
             y = y * pairs.weights
         y = torch.where(pairs.valid, y, torch.zeros_like(y))
@@ -242,21 +249,21 @@ class ReferenceFusedMoe:
         row_of_pair: torch.Tensor,
         expert_of_pair: torch.Tensor,
         pair_valid: torch.Tensor,
-        weight: torch.Tensor,
-        scale: torch.Tensor | None,
+        stage: _StageWeights,
         *,
         rows_are_tokens: bool,
     ) -> torch.Tensor:
-        """`rows[row_of_pair[p]] @ W[expert_of_pair[p]].T` for every valid pair p, fp32 [P, N].
+        """`rows[row_of_pair[p]] @ W[expert_of_pair[p]].T` for every valid pair p, fp32 [P, N]
+        (W the stage's weight, dequantized by its scale).
 
         Invalid pairs are 0. Default mode gathers each expert's pairs (data-dependent shapes);
         graph-safe mode multiplies every row by every expert and selects per pair.
         """
         pairs = row_of_pair.shape[0]
-        n_out = int(weight.shape[1])
+        n_out = int(stage.weight.shape[1])
         out = torch.zeros(pairs, n_out, dtype=torch.float32, device=rows.device)
         for e in range(problem.experts):
-            w = _dequantize_expert(problem, weight, scale, e)
+            w = _dequantize_expert(problem, stage.weight, stage.scale, e)
             if self.graph_safe:
                 per_pair = rows @ w.T
                 if rows_are_tokens:
