@@ -124,17 +124,11 @@ class RouterWeightOnInputKernel:
     def __init__(self, kernel: FusedMoeKernel) -> None:
         self._kernel = cast(Callable[..., torch.Tensor], kernel)
 
-    def __call__(
-        self,
-        hidden_states: torch.Tensor,
-        w1: torch.Tensor,
-        w2: torch.Tensor,
-        topk_weight: torch.Tensor,
-        *args: Any,
-        **kwargs: Any,
-    ) -> torch.Tensor:
+    def __call__(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        # Runners pass fused_moe's first five arguments by position (types.FusedMoeKernel).
+        w1, w2, topk_weight, *rest = args
         scaled = hidden_states * topk_weight.to(hidden_states.dtype)
-        return self._kernel(scaled, w1, w2, torch.ones_like(topk_weight), *args, **kwargs)
+        return self._kernel(scaled, w1, w2, torch.ones_like(topk_weight), *rest, **kwargs)
 
 
 class HiddenPaddedKernel:
