@@ -183,15 +183,13 @@ class ReferenceFusedMoe:
         )
         if not self.graph_safe:
             _check_values(problem, topk_ids, expert_mask, num_local_tokens)
-        device = hidden_states.device
-        row_valid = _row_valid(problem, num_local_tokens, device)
+        row_valid = _row_valid(problem, num_local_tokens, hidden_states.device)
         local, pair_valid = _route(problem, topk_ids, expert_mask, row_valid)
         x = _stage1_input(problem, hidden_states, a1_scale, row_valid)
-        pairs = _Pairs.of(problem, topk_weight, local, pair_valid, device)
+        pairs = _Pairs.of(problem, topk_weight, local, pair_valid, hidden_states.device)
+        stage1 = _StageWeights(w1, w1_scale, bias1)
         limits = _activation_limits(swiglu_limit, beta, linear_beta)
-        a = self._stage1(
-            problem, pairs, x, _StageWeights(w1, w1_scale, bias1), doweight_stage1, limits
-        )
+        a = self._stage1(problem, pairs, x, stage1, doweight_stage1, limits)
         # Rounding point 2: the stage-2 kernel reads it quantized per quant type.
         a = _stage2_input(problem, a, a2_scale)
         out = self._stage2(problem, pairs, a, _StageWeights(w2, w2_scale, bias2), doweight_stage1)
