@@ -38,7 +38,7 @@ import torch.distributed as dist
 from moe_runtime.distributed import combine, dispatch
 from moe_runtime.testing import emulate, ep_oracle
 from moe_runtime.testing.dense import dense_mismatch, dissimilarity, layer_activation
-from moe_runtime.testing.weights import QUANT_METHODS, make_expert_weights
+from moe_runtime.testing.weights import QUANT_METHODS, concat_experts, make_expert_weights
 from moe_runtime.types import ExpertWeights, MoeLayerConfig
 
 A2A_BACKENDS = ("none", "deepep", "mooncake", "nixl", "mori")
@@ -176,31 +176,18 @@ def _local_weights(layer: Layer, rank: int, world: int, device: torch.device) ->
     """This rank's experts, each drawn from its own seed, so that expert e is the same model
     whatever the number of ranks."""
     local = layer.experts // world
-    per_expert = [
-        make_expert_weights(
-            layer.quant,
-            1,
-            layer.hidden,
-            layer.intermediate,
-            seed=layer.seed * 100_003 + e,
-            device=device,
-        )
-        for e in range(rank * local, (rank + 1) * local)
-    ]
-
-    def cat(name: str) -> torch.Tensor | None:
-        parts = [getattr(w, name) for w in per_expert]
-        return None if parts[0] is None else torch.cat(parts)
-
-    first = per_expert[0]
-    return dataclasses.replace(
-        first,
-        w13_weight=torch.cat([w.w13_weight for w in per_expert]),
-        w2_weight=torch.cat([w.w2_weight for w in per_expert]),
-        w13_scale=cat("w13_scale"),
-        w2_scale=cat("w2_scale"),
-        b13=cat("b13"),
-        b2=cat("b2"),
+    return concat_experts(
+        [
+            make_expert_weights(
+                layer.quant,
+                1,
+                layer.hidden,
+                layer.intermediate,
+                seed=layer.seed * 100_003 + e,
+                device=device,
+            )
+            for e in range(rank * local, (rank + 1) * local)
+        ]
     )
 
 

@@ -27,7 +27,7 @@ Values are drawn with std `1/sqrt(fan_in)`, so unit-scale activations give O(1) 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -254,6 +254,16 @@ def slice_experts(weights: ExpertWeights, start: int, stop: int) -> ExpertWeight
         )
 
     return _mapped(weights, _PER_EXPERT, lambda t: t[start:stop])
+
+
+def concat_experts(parts: Sequence[ExpertWeights]) -> ExpertWeights:
+    """The experts of `parts`, in order, as one `ExpertWeights` (slice_experts' inverse); the
+    static input scales, pads and layout options are the first part's."""
+    per_expert: dict[str, Any] = {}
+    for name in _PER_EXPERT:
+        tensors = [getattr(part, name) for part in parts]
+        per_expert[name] = None if tensors[0] is None else torch.cat(tensors)
+    return dataclasses.replace(parts[0], **per_expert)
 
 
 def dequantized_weights(

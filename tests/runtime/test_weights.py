@@ -11,6 +11,7 @@ from moe_runtime.enums import GateMode
 from moe_runtime.testing.dense import dense_moe_float64
 from moe_runtime.testing.weights import (
     QUANT_METHODS,
+    concat_experts,
     dequantized_weights,
     make_expert_weights,
     slice_experts,
@@ -144,6 +145,24 @@ def test_slice_experts(method: str, device: str) -> None:
     assert part.a13_scale is w.a13_scale and part.a2_scale is w.a2_scale
     with pytest.raises(ValueError, match=r"expert slice \[3, 5\) must be non-empty and lie within"):
         slice_experts(w, 3, 5)
+
+
+@pytest.mark.parametrize("method", ["fp8_block", "ct_w8a8_fp8", "mxfp4"])
+def test_concat_experts_undoes_slice_experts(method: str) -> None:
+    w = make_expert_weights(method, 4, HIDDEN, INTER, seed=3)
+    parts = [slice_experts(w, 0, 1), slice_experts(w, 1, 3), slice_experts(w, 3, 4)]
+    swapped = concat_experts([parts[1], parts[0], parts[2]])
+    whole = concat_experts(parts)
+    assert whole.num_local_experts == 4
+    for field in ("w13_weight", "w2_weight", "w13_scale", "w2_scale", "b13", "b2"):
+        full, joined, control = getattr(w, field), getattr(whole, field), getattr(swapped, field)
+        if full is None:
+            assert joined is None
+            continue
+        assert torch.equal(joined.view(torch.uint8), full.view(torch.uint8))
+        # Negative control: the same experts in another order are not the same weights.
+        assert not torch.equal(control.view(torch.uint8), full.view(torch.uint8))
+    assert whole.a13_scale is w.a13_scale and whole.a2_scale is w.a2_scale
 
 
 def test_errors() -> None:
