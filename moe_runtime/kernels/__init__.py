@@ -21,6 +21,7 @@ import torch
 
 from moe_runtime import enums
 from moe_runtime.kernels import aiter_binding, keywords, rounding, upscale
+from moe_runtime.kernels.binding import KernelBinding
 from moe_runtime.kernels.keywords import KernelKeywords, accepts_keyword
 from moe_runtime.types import ExpertWeights, FusedMoeKernel
 
@@ -62,12 +63,7 @@ class KernelBindingError(RuntimeError):
 class _Bound:
     name: str
     description: str
-    fused_moe: FusedMoeKernel
-    quant_type: type[enums.QuantType]
-    activation_type: type[enums.ActivationType]
-    prepare: aiter_binding.PrepareWeights
-    keywords: KernelKeywords
-    rounding: rounding.Mxfp4ActivationRule
+    kernel: KernelBinding
 
 
 def choose_binding(
@@ -108,9 +104,7 @@ def _bind(name: str, reason: str) -> _Bound:
     if name == "reference":
         from moe_runtime.kernels import reference
 
-        return _Bound(
-            name=name,
-            description=f"reference: {reason}",
+        bound = KernelBinding(
             fused_moe=reference.fused_moe,
             quant_type=enums.QuantType,
             activation_type=enums.ActivationType,
@@ -118,6 +112,7 @@ def _bind(name: str, reason: str) -> _Bound:
             keywords=keywords.declared(reference.KEYWORDS, "declared by the reference"),
             rounding=reference.fused_moe.rounding,
         )
+        return _Bound(name, f"reference: {reason}", bound)
     try:
         aiter = aiter_binding.load()
     # Importing AITER off ROCm fails in many ways (ImportError, RuntimeError from rocminfo,
@@ -128,27 +123,18 @@ def _bind(name: str, reason: str) -> _Bound:
             f"{error}. {_INSTALL_HINT}. To run the PyTorch reference kernel instead, set "
             f"{ENV_VAR}=reference."
         ) from error
-    return _Bound(
-        name=name,
-        description=f"aiter {aiter.version} from {aiter.origin}: {reason}",
-        fused_moe=aiter.fused_moe,
-        quant_type=aiter.quant_type,
-        activation_type=aiter.activation_type,
-        prepare=aiter.prepare,
-        keywords=aiter.keywords,
-        rounding=aiter.rounding,
-    )
+    return _Bound(name, f"aiter {aiter.version} from {aiter.origin}: {reason}", aiter)
 
 
 _BOUND = _bind(*choose_binding(os.environ, torch.version.hip, torch.__version__))
 
 BINDING: str = _BOUND.name
-fused_moe: FusedMoeKernel = _BOUND.fused_moe
-KEYWORDS: KernelKeywords = _BOUND.keywords
-ROUNDING: rounding.Mxfp4ActivationRule = _BOUND.rounding
+fused_moe: FusedMoeKernel = _BOUND.kernel.fused_moe
+KEYWORDS: KernelKeywords = _BOUND.kernel.keywords
+ROUNDING: rounding.Mxfp4ActivationRule = _BOUND.kernel.rounding
 if not TYPE_CHECKING:
-    QuantType = _BOUND.quant_type
-    ActivationType = _BOUND.activation_type
+    QuantType = _BOUND.kernel.quant_type
+    ActivationType = _BOUND.kernel.activation_type
 
 
 def describe() -> str:
@@ -186,4 +172,4 @@ def prepare_weights(
             "weight layout differs between Swiglu (a16w4 kernels) and other activations (a4w4); "
             "pass the layer's activation (ActivationType.Swiglu for mxfp4)"
         )
-    return _BOUND.prepare(weights, quant_type, activation)
+    return _BOUND.kernel.prepare(weights, quant_type, activation)

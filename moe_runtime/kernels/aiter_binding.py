@@ -23,6 +23,7 @@ import torch
 from moe_runtime import gate_up
 from moe_runtime.enums import ActivationType, GateMode, QuantType
 from moe_runtime.kernels import keywords, rounding
+from moe_runtime.kernels.binding import KernelBinding
 from moe_runtime.kernels.releases import Release, release_of, tag
 from moe_runtime.types import ExpertWeights, FusedMoeKernel
 
@@ -38,22 +39,16 @@ _INT4_MIN, _INT4_MAX = -8, 7
 # them at v0.1.16.post1 (fused_moe.py:408-410); v0.1.16 treats every per_1x32 call as fp4.
 _MXFP8_WEIGHTS_SINCE: Release = (0, 1, 16, 1)
 
-PrepareWeights = Callable[[ExpertWeights, QuantType, ActivationType | None], ExpertWeights]
 _Transform = Callable[..., torch.Tensor]
 
 
 @dataclass(frozen=True, slots=True)
-class AiterBinding:
-    """Everything `moe_runtime.kernels` takes from an imported AITER."""
+class AiterBinding(KernelBinding):
+    """Everything `moe_runtime.kernels` takes from an imported AITER: the binding, and the
+    release and path it came from (for `describe()`)."""
 
-    fused_moe: FusedMoeKernel
-    quant_type: type[QuantType]
-    activation_type: type[ActivationType]
     version: str
     origin: str
-    prepare: PrepareWeights
-    keywords: keywords.KernelKeywords
-    rounding: rounding.Mxfp4ActivationRule
 
 
 @dataclass(frozen=True, slots=True)
