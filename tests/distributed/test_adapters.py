@@ -247,21 +247,15 @@ def test_raw_outputs_that_break_the_layout_are_refused() -> None:
     with pytest.raises(AdapterError, match="int64 recv_topk_idx"):
         deepep.normal_dispatch_output((x, ids.int(), weights, [0], None, None))
     with pytest.raises(AdapterError, match="int32 counts"):
-        deepep.ll_dispatch_output(
-            (x.view(1, 2, 128), torch.tensor([1]), None, None, None),
-            topk_ids=ids,
-            topk_weights=weights,
-            num_experts=2,
-            ep_size=2,
+        low_latency = deepep.DeepEPLowLatency(
+            None, num_experts=2, ep_size=2, max_tokens_per_rank=2, use_fp8=False
+        )
+        low_latency.dispatch_output(
+            (x.view(1, 2, 128), torch.tensor([1]), None, None, None), ids, weights
         )
     with pytest.raises(AdapterError, match="int32 \\[1\\] total_recv"):
-        mori.dispatch_output(
-            (x, weights, None, ids.int(), torch.tensor([2])),
-            topk_ids=ids.int(),
-            topk_weights=weights,
-            out_dtype=torch.bfloat16,
-            recv_cap=0,
-            low_latency=False,
+        MoriDispatcher(None, wire="bf16", low_latency=False).dispatch_output(
+            (x, weights, None, ids.int(), torch.tensor([2])), ids.int(), weights, torch.bfloat16
         )
 
 

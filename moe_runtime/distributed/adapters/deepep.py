@@ -140,50 +140,6 @@ def unpack_ue8m0(packed: torch.Tensor) -> torch.Tensor:
     return as_bytes.view(E8M0).float().reshape(*packed.shape[:-1], -1)
 
 
-def ll_dispatch_output(
-    raw: tuple[Any, ...],
-    *,
-    topk_ids: torch.Tensor,
-    topk_weights: torch.Tensor,
-    num_experts: int,
-    ep_size: int,
-    source: str = "Buffer.low_latency_dispatch",
-) -> tuple[DeepEPLLDispatchOutput, Any]:
-    """The low-latency 5-tuple (DeepEP, Mooncake EP and NIXL EP return the same) as the
-    project's output, and the combine handle. `topk_ids`/`topk_weights` are this rank's own
-    routing (sender side), which the low-latency combine needs back."""
-    if not isinstance(raw, tuple) or len(raw) != 5:
-        raise AdapterError(f"{source} returns (recv_x, packed_recv_count, handle, event, hook)")
-    recv_x, count, handle, _event, _hook = raw
-    scale: torch.Tensor | None = None
-    if isinstance(recv_x, tuple):
-        recv_x, scale = recv_x
-        assert scale is not None
-        if scale.dtype == torch.int32:  # use_ue8m0: four UE8M0 scales per int32
-            scale = unpack_ue8m0(scale)
-        if scale.dtype != torch.float32 or scale.shape[:2] != recv_x.shape[:2]:
-            raise AdapterError(
-                f"expected scales [L, C, H/128] fp32 (or int32 UE8M0), got {scale.dtype} "
-                f"{tuple(scale.shape)} for activations {tuple(recv_x.shape)}"
-            )
-    if recv_x.dim() != 3 or count.dtype != torch.int32 or count.shape != recv_x.shape[:1]:
-        raise AdapterError(
-            f"expected slabs [L, C, H] and int32 counts [L], got {tuple(recv_x.shape)} and "
-            f"{count.dtype} {tuple(count.shape)}"
-        )
-    sent, top_k = topk_ids.shape
-    output = DeepEPLLDispatchOutput(
-        hidden_states=recv_x,
-        hidden_states_scale=scale,
-        topk_ids=topk_ids.long(),
-        topk_weights=topk_weights,
-        masked_m=count,
-        # SGLang's DeepEP dispatcher: (T_r * group_size * K + E) // E.
-        expected_m=(sent * ep_size * top_k + num_experts) // num_experts,
-    )
-    return output, handle
-
-
 @dataclass(eq=False, repr=False)
 class LowLatencyAdapter:
     """What the low-latency adapters share (DeepEP, NIXL and Mooncake EP carry one layout): the
@@ -198,17 +154,45 @@ class LowLatencyAdapter:
     # The buffer's dispatch call, as errors name it.
     source: ClassVar[str]
 
-    def _dispatch_output(
+    def dispatch_output(
         self, raw: tuple[Any, ...], topk_ids: torch.Tensor, topk_weights: torch.Tensor
     ) -> tuple[DeepEPLLDispatchOutput, Any]:
-        return ll_dispatch_output(
-            raw,
-            topk_ids=topk_ids,
+        """The low-latency 5-tuple (DeepEP, Mooncake EP and NIXL EP return the same) as the
+        project's output, and the combine handle. `topk_ids`/`topk_weights` are this rank's own
+        routing (sender side), which the low-latency combine needs back."""
+        if not isinstance(raw, tuple) or len(raw) != 5:
+            raise AdapterError(
+                f"{self.source} returns (recv_x, packed_recv_count, handle, event, hook)"
+            )
+        recv_x, count, handle, _event, _hook = raw
+        scale: torch.Tensor | None = None
+        if isinstance(recv_x, tuple):
+            recv_x, scale = recv_x
+            assert scale is not None
+            if scale.dtype == torch.int32:  # use_ue8m0: four UE8M0 scales per int32
+                scale = unpack_ue8m0(scale)
+            if scale.dtype != torch.float32 or scale.shape[:2] != recv_x.shape[:2]:
+                raise AdapterError(
+                    f"expected scales [L, C, H/128] fp32 (or int32 UE8M0), got {scale.dtype} "
+                    f"{tuple(scale.shape)} for activations {tuple(recv_x.shape)}"
+                )
+        if recv_x.dim() != 3 or count.dtype != torch.int32 or count.shape != recv_x.shape[:1]:
+            raise AdapterError(
+                f"expected slabs [L, C, H] and int32 counts [L], got {tuple(recv_x.shape)} and "
+                f"{count.dtype} {tuple(count.shape)}"
+            )
+        sent, top_k = topk_ids.shape
+        experts = self.num_experts
+        output = DeepEPLLDispatchOutput(
+            hidden_states=recv_x,
+            hidden_states_scale=scale,
+            topk_ids=topk_ids.long(),
             topk_weights=topk_weights,
-            num_experts=self.num_experts,
-            ep_size=self.ep_size,
-            source=self.source,
+            masked_m=count,
+            # SGLang's DeepEP dispatcher: (T_r * group_size * K + E) // E.
+            expected_m=(sent * self.ep_size * top_k + experts) // experts,
         )
+        return output, handle
 
 
 @dataclass(eq=False, repr=False, kw_only=True)
@@ -236,7 +220,7 @@ class DeepEPLowLatency(LowLatencyAdapter):
             round_scale=self.round_scale,
             use_ue8m0=self.use_ue8m0,
         )
-        return self._dispatch_output(raw, topk_ids, topk_weights)
+        return self.dispatch_output(raw, topk_ids, topk_weights)
 
     def combine(self, combine_input: DeepEPLLCombineInput, handle: Any) -> torch.Tensor:
         """The sender's `[T, H]`: DeepEP weights each slot by the sender's ids and weights."""

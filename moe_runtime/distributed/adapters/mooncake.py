@@ -51,7 +51,7 @@ class MooncakeLowLatency(LowLatencyAdapter):
             self.timeout_us,
             use_fp8=self.use_fp8,
         )
-        return self._dispatch_output(raw, topk_ids, topk_weights)
+        return self.dispatch_output(raw, topk_ids, topk_weights)
 
     def combine(self, combine_input: DeepEPLLCombineInput, handle: Any) -> torch.Tensor:
         combined, _event, _hook = self.buffer.combine(

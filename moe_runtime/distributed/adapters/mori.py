@@ -16,6 +16,7 @@ rank's tokens. Whether normal or low latency is the op's `kernel_type`, fixed at
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -35,55 +36,29 @@ from moe_runtime.types import (
     MoriEPNormalDispatchOutput,
 )
 
-# fp8: 1x128 fp32 scales; fp4: mxfp4; mxfp8: fp8 with e8m0 scales per 32 (SGLang 0.5.23's
-# mxfp8 dispatch dtype); fp8_token: fp8 with one fp32 scale per row (vLLM's per_Token wire).
-WIRES = ("bf16", "fp8", "fp4", "mxfp8", "fp8_token")
+_Sender = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
+
+
+def _unquantized(hidden_states: torch.Tensor) -> tuple[torch.Tensor, None]:
+    return hidden_states, None
+
+
+# What the sender puts on each wire. fp8: 1x128 fp32 scales; fp4: mxfp4; mxfp8: fp8 with e8m0
+# scales per 32 (SGLang 0.5.23's mxfp8 dispatch dtype); fp8_token: fp8 with one fp32 scale per
+# row (vLLM's per_Token wire).
+_SENDERS: Mapping[str, _Sender] = {
+    "bf16": _unquantized,
+    "fp8": quantize_fp8_1x128,
+    "fp4": quantize_mxfp4,
+    "mxfp8": quantize_mxfp8,
+    "fp8_token": quantize_fp8_per_row,
+}
+WIRES = tuple(_SENDERS)
 
 
 def open_op(config: Any) -> Any:
     """A `mori.ops.EpDispatchCombineOp(config)` (imports mori)."""
     return require("mori.ops").EpDispatchCombineOp(config)
-
-
-def dispatch_output(
-    raw: tuple[Any, ...],
-    *,
-    topk_ids: torch.Tensor,
-    topk_weights: torch.Tensor,
-    out_dtype: torch.dtype,
-    recv_cap: int,
-    low_latency: bool,
-) -> MoriEPNormalDispatchOutput | MoriEPLLDispatchOutput:
-    """`dispatch`'s tuple as the project's output; `topk_ids`/`topk_weights` are this rank's own
-    routing (MORI's combine takes it back), `out_dtype` the activations' dtype before the wire."""
-    if not isinstance(raw, tuple) or len(raw) not in (5, 6):
-        raise AdapterError(
-            "EpDispatchCombineOp.dispatch returns (out, out_weights, out_scales, out_indices, "
-            "total_recv), plus routing with return_routing=True"
-        )
-    out, out_weights, out_scales, out_indices, total_recv = raw[:5]
-    if (
-        out_indices.dtype != torch.int32
-        or total_recv.dtype != torch.int32
-        or (tuple(total_recv.shape) != (1,))
-    ):
-        raise AdapterError(
-            f"expected int32 out_indices and an int32 [1] total_recv, got {out_indices.dtype} "
-            f"and {total_recv.dtype} {tuple(total_recv.shape)}"
-        )
-    output_type = MoriEPLLDispatchOutput if low_latency else MoriEPNormalDispatchOutput
-    return output_type(
-        hidden_states=out,
-        hidden_states_scale=out_scales,
-        topk_ids=out_indices,
-        topk_weights=out_weights,
-        # Despite its name, MORI's total_recv: an int32 device tensor of shape [1].
-        num_recv_tokens_per_expert=total_recv,
-        origin_topk_ids=topk_ids,
-        origin_topk_weights=topk_weights,
-        out_dtype=out_dtype,
-        recv_cap=recv_cap,
-    )
 
 
 class MoriDispatcher:
@@ -94,32 +69,56 @@ class MoriDispatcher:
         if wire not in WIRES:
             raise ValueError(f"wire must be one of {', '.join(WIRES)}, got {wire!r}")
         self.op, self.wire, self.low_latency, self.recv_cap = op, wire, low_latency, recv_cap
+        self._send = _SENDERS[wire]
 
     def dispatch(
         self, hidden_states: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor
     ) -> tuple[MoriEPNormalDispatchOutput | MoriEPLLDispatchOutput, int]:
         """The dispatch output, and the handle for `combine` (this rank's token count)."""
-        scales: torch.Tensor | None = None
-        wire_input = hidden_states
-        if self.wire == "fp8":
-            wire_input, scales = quantize_fp8_1x128(hidden_states)
-        elif self.wire == "fp4":
-            wire_input, scales = quantize_mxfp4(hidden_states)
-        elif self.wire == "mxfp8":
-            wire_input, scales = quantize_mxfp8(hidden_states)
-        elif self.wire == "fp8_token":
-            wire_input, scales = quantize_fp8_per_row(hidden_states)
+        wire_input, scales = self._send(hidden_states)
         indices = topk_ids.to(torch.int32)
         raw = self.op.dispatch(wire_input, topk_weights, scales, indices)
-        output = dispatch_output(
-            raw,
-            topk_ids=indices,
-            topk_weights=topk_weights,
-            out_dtype=hidden_states.dtype,
-            recv_cap=self.recv_cap,
-            low_latency=self.low_latency,
-        )
+        output = self.dispatch_output(raw, indices, topk_weights, hidden_states.dtype)
         return output, int(hidden_states.shape[0])
+
+    def dispatch_output(
+        self,
+        raw: tuple[Any, ...],
+        topk_ids: torch.Tensor,
+        topk_weights: torch.Tensor,
+        out_dtype: torch.dtype,
+    ) -> MoriEPNormalDispatchOutput | MoriEPLLDispatchOutput:
+        """`dispatch`'s tuple as the project's output; `topk_ids`/`topk_weights` are this rank's own
+        routing (MORI's combine takes it back), `out_dtype` the activations' dtype before the
+        wire."""
+        if not isinstance(raw, tuple) or len(raw) not in (5, 6):
+            raise AdapterError(
+                "EpDispatchCombineOp.dispatch returns (out, out_weights, out_scales, out_indices, "
+                "total_recv), plus routing with return_routing=True"
+            )
+        out, out_weights, out_scales, out_indices, total_recv = raw[:5]
+        if (
+            out_indices.dtype != torch.int32
+            or total_recv.dtype != torch.int32
+            or (tuple(total_recv.shape) != (1,))
+        ):
+            raise AdapterError(
+                f"expected int32 out_indices and an int32 [1] total_recv, got {out_indices.dtype} "
+                f"and {total_recv.dtype} {tuple(total_recv.shape)}"
+            )
+        output_type = MoriEPLLDispatchOutput if self.low_latency else MoriEPNormalDispatchOutput
+        return output_type(
+            hidden_states=out,
+            hidden_states_scale=out_scales,
+            topk_ids=out_indices,
+            topk_weights=out_weights,
+            # Despite its name, MORI's total_recv: an int32 device tensor of shape [1].
+            num_recv_tokens_per_expert=total_recv,
+            origin_topk_ids=topk_ids,
+            origin_topk_weights=topk_weights,
+            out_dtype=out_dtype,
+            recv_cap=self.recv_cap,
+        )
 
     def combine(
         self, combine_input: MoriEPNormalCombineInput | MoriEPLLCombineInput, num_tokens: int
