@@ -8,6 +8,8 @@ read them from here.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+
 import torch
 
 from moe_runtime.quant import (
@@ -100,16 +102,31 @@ def deepep_ll_fp8_wire(hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     return values, scale.squeeze(-1)
 
 
-def mori_wire(hidden: torch.Tensor, wire: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """What a sender puts on a MORI wire: its rows quantized per row group, or as they are."""
-    if wire == "fp8":
-        return quantize_fp8_1x128(hidden)
-    if wire == "fp4":
-        return quantize_mxfp4(hidden)
-    if wire == "mxfp8":
-        # AITER's per_1x32 quant with scale_type e8m0 (SGLang 0.5.23 moriep.py:794-814).
-        return quantize_mxfp8(hidden)
-    if wire == "fp8_token":
-        # AITER's per_Token quant (vLLM mori_prepare_finalize.py 1dbff2c76f:102-119).
-        return quantize_fp8_per_row(hidden)
+WireSender = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
+
+
+def _as_it_is(hidden: torch.Tensor) -> tuple[torch.Tensor, None]:
     return hidden, None
+
+
+# What a sender puts on each MORI wire: its rows quantized per row group, or as they are.
+MORI_SENDERS: Mapping[str, WireSender] = {
+    "bf16": _as_it_is,
+    "fp8": quantize_fp8_1x128,
+    "fp4": quantize_mxfp4,
+    # AITER's per_1x32 quant with scale_type e8m0 (SGLang 0.5.23 moriep.py:794-814).
+    "mxfp8": quantize_mxfp8,
+    # AITER's per_Token quant (vLLM mori_prepare_finalize.py 1dbff2c76f:102-119).
+    "fp8_token": quantize_fp8_per_row,
+}
+
+
+def mori_wire(hidden: torch.Tensor, wire: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """What a sender puts on the MORI wire `wire` (a key of `MORI_SENDERS`)."""
+    return MORI_SENDERS[wire](hidden)
+
+
+def deepep_ll_expected_m(sent: int, ep_size: int, top_k: int, num_experts: int) -> int:
+    """`expected_m` of a low-latency dispatch output, as SGLang's DeepEP dispatcher computes it
+    from the tokens this rank sent: `(T_r * group_size * K + E) // E`."""
+    return (sent * ep_size * top_k + num_experts) // num_experts

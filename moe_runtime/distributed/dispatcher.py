@@ -31,6 +31,7 @@ from moe_runtime.formats import (
     FORMATS,
     MORI_WIRES,
     STANDARD,
+    deepep_ll_expected_m,
     deepep_ll_fp8_wire,
     mori_wire,
 )
@@ -388,8 +389,7 @@ def _deepep_ll(call: _Call) -> tuple[DispatchOutput, DispatchHandle]:
         topk_ids=call.ids.long(),
         topk_weights=call.weights,
         masked_m=counts.to(torch.int32),
-        # SGLang's DeepEP dispatcher: (T_r * group_size * K + E) // E.
-        expected_m=(sent * call.world * top_k + call.num_experts) // call.num_experts,
+        expected_m=deepep_ll_expected_m(sent, call.world, top_k, call.num_experts),
     )
     return output, _handle(
         call, send_k=plan.ks, recv_experts=experts, recv_slots=slots, topk_ids=call.ids.long()

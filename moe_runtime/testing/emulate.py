@@ -25,6 +25,7 @@ from moe_runtime import stale
 from moe_runtime.formats import (
     COMBINE_INPUT_TYPES,
     MORI_WIRES,
+    deepep_ll_expected_m,
     deepep_ll_fp8_wire,
     mori_wire,
 )
@@ -351,9 +352,9 @@ def _dispatch_deepep_ll(batch: GlobalBatch, format: str, capacity: int) -> Dispa
                 topk_ids=ids[sent],
                 topk_weights=batch.topk_weights[sent],
                 masked_m=counts[rank * local_count : (rank + 1) * local_count].to(torch.int32),
-                # SGLang's DeepEP dispatcher: (T_r * group_size * K + E) // E.
-                expected_m=(sent_count * batch.ep_size * batch.top_k + batch.num_experts)
-                // batch.num_experts,
+                expected_m=deepep_ll_expected_m(
+                    sent_count, batch.ep_size, batch.top_k, batch.num_experts
+                ),
             )
         )
     return Dispatched(format, tuple(outputs), batch.num_tokens, hidden_size, _slots=slots)

@@ -38,6 +38,7 @@ from typing import Any, ClassVar
 import torch
 
 from moe_runtime.distributed.adapters._optional import require
+from moe_runtime.formats import deepep_ll_expected_m
 from moe_runtime.quant import E8M0
 from moe_runtime.types import (
     DeepEPLLCombineInput,
@@ -182,15 +183,13 @@ class LowLatencyAdapter:
                 f"{count.dtype} {tuple(count.shape)}"
             )
         sent, top_k = topk_ids.shape
-        experts = self.num_experts
         output = DeepEPLLDispatchOutput(
             hidden_states=recv_x,
             hidden_states_scale=scale,
             topk_ids=topk_ids.long(),
             topk_weights=topk_weights,
             masked_m=count,
-            # SGLang's DeepEP dispatcher: (T_r * group_size * K + E) // E.
-            expected_m=(sent * self.ep_size * top_k + experts) // experts,
+            expected_m=deepep_ll_expected_m(sent, self.ep_size, top_k, self.num_experts),
         )
         return output, handle
 

@@ -16,19 +16,13 @@ rank's tokens. Whether normal or low latency is the op's `kernel_type`, fixed at
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 
 from moe_runtime.distributed.adapters._optional import require
 from moe_runtime.distributed.adapters.deepep import AdapterError
-from moe_runtime.quant import (
-    quantize_fp8_1x128,
-    quantize_fp8_per_row,
-    quantize_mxfp4,
-    quantize_mxfp8,
-)
+from moe_runtime.formats import MORI_SENDERS
 from moe_runtime.types import (
     MoriEPLLCombineInput,
     MoriEPLLDispatchOutput,
@@ -36,24 +30,7 @@ from moe_runtime.types import (
     MoriEPNormalDispatchOutput,
 )
 
-_Sender = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
-
-
-def _unquantized(hidden_states: torch.Tensor) -> tuple[torch.Tensor, None]:
-    return hidden_states, None
-
-
-# What the sender puts on each wire. fp8: 1x128 fp32 scales; fp4: mxfp4; mxfp8: fp8 with e8m0
-# scales per 32 (SGLang 0.5.23's mxfp8 dispatch dtype); fp8_token: fp8 with one fp32 scale per
-# row (vLLM's per_Token wire).
-_SENDERS: Mapping[str, _Sender] = {
-    "bf16": _unquantized,
-    "fp8": quantize_fp8_1x128,
-    "fp4": quantize_mxfp4,
-    "mxfp8": quantize_mxfp8,
-    "fp8_token": quantize_fp8_per_row,
-}
-WIRES = tuple(_SENDERS)
+WIRES = tuple(MORI_SENDERS)
 
 
 def open_op(config: Any) -> Any:
@@ -69,7 +46,7 @@ class MoriDispatcher:
         if wire not in WIRES:
             raise ValueError(f"wire must be one of {', '.join(WIRES)}, got {wire!r}")
         self.op, self.wire, self.low_latency, self.recv_cap = op, wire, low_latency, recv_cap
-        self._send = _SENDERS[wire]
+        self._send = MORI_SENDERS[wire]
 
     def dispatch(
         self, hidden_states: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor
