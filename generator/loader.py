@@ -39,6 +39,7 @@ from generator.model import (
     matrix_keys,
     required_key_names,
 )
+from generator.naming import NAME
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -63,9 +64,9 @@ _KIND = {
 }
 _TRUE, _FALSE = ("true", "True", "TRUE"), ("false", "False", "FALSE")
 
-# Names become module names `{a2a}__{quant}__{dispatch}`: no `__` inside, no `_` at either end.
+# Names become module names `{a2a}__{quant}__{dispatch}` (generator.naming).
 # Always matched with fullmatch: `$` alone would accept a name ending in a newline.
-NAME_PATTERN = r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$"
+NAME_PATTERN = f"^{NAME}$"
 _NAME = re.compile(NAME_PATTERN)
 # A real matrix is a few kB; past this it is not a matrix (or /dev/zero), and reading stops.
 MAX_MATRIX_BYTES = 32 * 1024 * 1024

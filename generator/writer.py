@@ -39,6 +39,8 @@ from pathlib import Path, PurePosixPath
 from types import FrameType
 from typing import Literal
 
+from generator.naming import MODULE
+
 # Split so that the generator's own sources never look generated to tools that scan for it.
 GENERATED_MARKER = "@" + "generated"
 MANIFEST_NAME = "manifest.sha256"
@@ -49,9 +51,8 @@ _HEADER_BYTES = 4096
 _HEADER_START = f"# {GENERATED_MARKER} by `python -m generator --matrix "
 _HEADER_END = "`; do not edit, regenerate."
 _HEADER = re.compile(re.escape(_HEADER_START) + r"[^\n]+" + re.escape(_HEADER_END))
-_NAME = r"[a-z][a-z0-9]*(?:_[a-z0-9]+)*"
 # `{a2a}__{quant}__{dispatch}.py`, the only modules a matrix can produce.
-_MODULE = re.compile(rf"{_NAME}__{_NAME}__{_NAME}\.py")
+_MODULE = re.compile(rf"{MODULE}\.py")
 _MANIFEST_ENTRY = re.compile(r"([0-9a-f]{64})  (\S+)")
 _CACHE_DIR = "__pycache__"
 
