@@ -52,7 +52,7 @@ import enum
 from dataclasses import dataclass
 
 from moe_runtime.enums import ActivationType, GateMode
-from moe_runtime.kernels.releases import release_of
+from moe_runtime.kernels.releases import Release, release_of
 from moe_runtime.quant import MxScale
 
 
@@ -147,7 +147,17 @@ RULES = (
     Mxfp4ActivationRule("v0.1.16", 256, True, _ROUND_UP, _ROUND_UP),
 )
 NEWEST = RULES[-1]
-_RELEASES = ((0, 1, 7, 0), (0, 1, 9, 0), (0, 1, 13, 0), (0, 1, 14, 0), (0, 1, 15, 0), (0, 1, 16, 0))
+
+
+def _introduced(rule: Mxfp4ActivationRule) -> Release:
+    release = release_of(rule.release)
+    if release is None:
+        raise ValueError(f"{rule.release!r} is not an AITER tag (v<major>.<minor>.<patch>)")
+    return release
+
+
+# The release each rule came with, read from its tag (written once, in RULES).
+_RELEASES = tuple(_introduced(rule) for rule in RULES)
 
 
 def for_version(version: str, arch: str = "gfx950") -> Mxfp4ActivationRule:
