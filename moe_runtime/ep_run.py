@@ -36,9 +36,15 @@ import torch
 import torch.distributed as dist
 
 from moe_runtime.distributed import combine, dispatch
+from moe_runtime.formats import wire_group
 from moe_runtime.testing import emulate, ep_oracle
 from moe_runtime.testing.dense import dense_mismatch, dissimilarity, layer_activation
-from moe_runtime.testing.weights import QUANT_METHODS, concat_experts, make_expert_weights
+from moe_runtime.testing.weights import (
+    QUANT_METHODS,
+    concat_experts,
+    make_expert_weights,
+    weight_group,
+)
 from moe_runtime.types import ExpertWeights, MoeLayerConfig
 
 A2A_BACKENDS = ("none", "deepep", "mooncake", "nixl", "mori")
@@ -144,13 +150,11 @@ def _check(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Layer:
         problems.append(f"--top-k must be in [1, experts = {layer.experts}], got {layer.top_k}")
     if layer.tokens < 1 or args.iters < 1 or args.warmup < 0:
         problems.append("--tokens and --iters must be >= 1, --warmup >= 0")
-    for needed, group, sizes in (
-        (layer.dispatch.endswith("_fp8"), 128, {"H": layer.hidden}),
-        (layer.dispatch.endswith("_fp4"), 32, {"H": layer.hidden}),
-        (layer.quant == "fp8_block", 128, {"H": layer.hidden, "I": layer.intermediate}),
-        ("mxfp4" in layer.quant, 32, {"H": layer.hidden, "I": layer.intermediate}),
+    for group, sizes in (
+        (wire_group(layer.dispatch), {"H": layer.hidden}),
+        (weight_group(layer.quant), {"H": layer.hidden, "I": layer.intermediate}),
     ):
-        bad = [f"{name}={size}" for name, size in sizes.items() if needed and size % group]
+        bad = [f"{name}={size}" for name, size in sizes.items() if group and size % group]
         if bad:
             problems.append(
                 f"{layer.quant} over {layer.dispatch} needs multiples of {group}: {', '.join(bad)}"

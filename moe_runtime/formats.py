@@ -20,6 +20,9 @@ from moe_runtime.quant import (
     quantize_mxfp4,
     quantize_mxfp8,
 )
+from moe_runtime.quant import (
+    MXFP4_GROUP as MX_GROUP,
+)
 from moe_runtime.types import (
     DeepEPLLCombineInput,
     DeepEPNormalCombineInput,
@@ -119,6 +122,18 @@ MORI_SENDERS: Mapping[str, WireSender] = {
     # AITER's per_Token quant (vLLM mori_prepare_finalize.py 1dbff2c76f:102-119).
     "fp8_token": quantize_fp8_per_row,
 }
+
+
+# Columns one scale of each MORI wire covers (0: one scale per row, or none).
+_WIRE_GROUPS = {"bf16": 0, "fp8": FP8_GROUP, "fp4": MX_GROUP, "mxfp8": MX_GROUP, "fp8_token": 0}
+
+
+def wire_group(format: str) -> int:
+    """Columns one scale covers on the wire of dispatch format `format`, which H must be a
+    multiple of (0: no such constraint)."""
+    if format == DEEPEP_LL_FP8:
+        return FP8_GROUP
+    return _WIRE_GROUPS[MORI_WIRES[format]] if format in MORI_WIRES else 0
 
 
 def mori_wire(hidden: torch.Tensor, wire: str) -> tuple[torch.Tensor, torch.Tensor | None]:

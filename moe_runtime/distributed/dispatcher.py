@@ -34,11 +34,7 @@ from moe_runtime.formats import (
     deepep_ll_expected_m,
     deepep_ll_fp8_wire,
     mori_wire,
-)
-from moe_runtime.quant import (
-    E8M0,
-    FP4X2,
-    FP8,
+    wire_group,
 )
 from moe_runtime.types import (
     DeepEPLLDispatchOutput,
@@ -190,8 +186,7 @@ def _local_problems(
         problems.append(f"hidden_states has {hidden.shape[0]} rows, topk_ids {ids.shape[0]}")
     if ids.numel() and int(ids.max()) >= num_experts:
         problems.append(f"topk_ids must be < num_experts ({num_experts})")
-    group = {"fp8": 128, "fp4": 32, "mxfp8": 32}.get(MORI_WIRES.get(format, ""), 0)
-    group = 128 if format == DEEPEP_LL_FP8 else group
+    group = wire_group(format)
     if group and hidden.shape[1] % group:
         problems.append(f"{format} quantizes per {group} columns; H = {hidden.shape[1]} is not")
     return problems
@@ -373,7 +368,7 @@ def _deepep_ll(call: _Call) -> tuple[DispatchOutput, DispatchHandle]:
     fp8_wire = call.format == DEEPEP_LL_FP8
     if fp8_wire:
         wire_hidden, wire_scale = deepep_ll_fp8_wire(hidden)
-        parts = [_bytes(wire_hidden), wire_scale]
+        parts = [stale.as_bytes(wire_hidden), wire_scale]
     else:
         parts = [hidden]
     # Each pair carries its row and its expert, made local on arrival.
@@ -454,15 +449,15 @@ def _mori(call: _Call) -> tuple[DispatchOutput, DispatchHandle]:
     wire_kind = MORI_WIRES[call.format]
     wire_hidden, wire_scale = mori_wire(hidden, wire_kind)
     # Quantized wires travel as bytes: CPU indexing and gloo lack fp8/fp4/e8m0 kernels.
-    parts = [_bytes(wire_hidden)] + ([] if wire_scale is None else [_bytes(wire_scale)])
+    parts = [stale.as_bytes(part) for part in (wire_hidden, wire_scale) if part is not None]
     received = _exchange_rows(call, [*parts, ids, weights])
     total_recv = sum(call.recv_rows)
     stale_hidden, stale_scale = poison.mori_buffers(
         wire_kind, capacity, wire_hidden, wire_scale, hidden.device
     )
-    _bytes(stale_hidden)[:total_recv] = received[0]
+    stale.as_bytes(stale_hidden)[:total_recv] = received[0]
     if stale_scale is not None:
-        _bytes(stale_scale)[:total_recv] = received[1]
+        stale.as_bytes(stale_scale)[:total_recv] = received[1]
     stale_ids, stale_weights = poison.mori_routing(
         rank, capacity, ids.shape[1], call.num_experts, hidden.device
     )
@@ -498,7 +493,3 @@ def _returned(
     return max(0, min(column[source], readable - start))
 
 
-def _bytes(x: torch.Tensor) -> torch.Tensor:
-    if x.dtype in (FP8, FP4X2, E8M0):
-        return x.view(torch.uint8)
-    return x

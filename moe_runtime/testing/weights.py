@@ -102,14 +102,6 @@ def _check_method(quant_method: str) -> None:
         )
 
 
-def _check_divisible(quant_method: str, group: int, sizes: dict[str, int]) -> None:
-    bad = [f"{name} = {size}" for name, size in sizes.items() if size % group]
-    if bad:
-        raise ValueError(
-            f"{quant_method} needs padded sizes that are multiples of {group}: {', '.join(bad)}"
-        )
-
-
 @dataclasses.dataclass(frozen=True)
 class _Sizes:
     """A layer's expert count, sizes and pads: `padded` is (H, I) of the module docstring."""
@@ -173,10 +165,30 @@ def _check_sizes(quant_method: str, sizes: _Sizes) -> None:
             f"{intermediate_pad}"
         )
     h, i = sizes.padded
-    if quant_method == "fp8_block":
-        _check_divisible(quant_method, quant.FP8_GROUP, {"H": h, "I": i})
-    if quant_method in ("mxfp4", "quark_w4a4_mxfp4", "mxfp8", "quark_w4a8_mxfp4"):
-        _check_divisible(quant_method, quant.MXFP4_GROUP, {"H": h, "I": i})
+    group = weight_group(quant_method)
+    bad = [f"{name} = {size}" for name, size in (("H", h), ("I", i)) if group and size % group]
+    if bad:
+        raise ValueError(
+            f"{quant_method} needs padded sizes that are multiples of {group}: {', '.join(bad)}"
+        )
+
+
+# Columns one weight scale covers, for the methods whose scales are per group: fp8 blocks of
+# 128, MX groups of 32.
+_WEIGHT_GROUPS = {
+    "fp8_block": quant.FP8_GROUP,
+    "mxfp4": quant.MXFP4_GROUP,
+    "quark_w4a4_mxfp4": quant.MXFP4_GROUP,
+    "mxfp8": quant.MXFP4_GROUP,
+    "quark_w4a8_mxfp4": quant.MXFP4_GROUP,
+}
+
+
+def weight_group(quant_method: str) -> int:
+    """Columns one weight scale of `quant_method` covers, which the padded H and I must be
+    multiples of (0: no such constraint)."""
+    _check_method(quant_method)
+    return _WEIGHT_GROUPS.get(quant_method, 0)
 
 
 def _stored(quant_method: str, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
