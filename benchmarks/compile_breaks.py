@@ -28,6 +28,7 @@ import generated
 from benchmarks.cases import missing_sglang_path
 from benchmarks.common import QUICK_SHAPE, Key, Workload, add_common_arguments, key_name, run_of
 from benchmarks.report import command_note, emit_for, machine_description, markdown_table
+from moe_runtime.formats import MORI_V2_FORMATS
 from moe_runtime.kernels.reference import ReferenceFusedMoe
 from moe_runtime.testing.dynamic import DynamicRunner, known_wrong
 from moe_runtime.testing.recording import PARAMETERS, output_dtype
@@ -166,7 +167,7 @@ def check(workload: Workload, key: Key, tokens: int, backend: str) -> Row:
     weights = workload.weights(quant)
     # MORI EPv2 runners write into combine's buffer through `output` (the plan's expert-output
     # record); every other runner gets the plain wrapper.
-    kernel = CustomOpOutputKernel() if dispatch_format.startswith("mori_v2") else CustomOpKernel()
+    kernel = CustomOpOutputKernel() if dispatch_format in MORI_V2_FORMATS else CustomOpKernel()
     runner = generated.select(*key)(config, weights, kernel=kernel)
 
     def call_generated(dispatch_output: Any) -> Any:

@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 import torch
 
 from moe_runtime import loadtime
+from moe_runtime.formats import MORI_LL_FORMATS, MORI_V2_FORMATS
 from moe_runtime.kernels import upscale
 from moe_runtime.testing import emulate
 from moe_runtime.testing.recording import KernelCall
@@ -70,18 +71,6 @@ _WIRE_UPSCALERS: Mapping[str, upscale.UpscalerName] = {
     emulate.MORI_NORMAL_FP8_TOKEN: "dequantize_fp8_per_row",
     emulate.MORI_LL_FP8_TOKEN: "dequantize_fp8_per_row",
 }
-_MORI_V2 = frozenset(
-    {emulate.MORI_V2, emulate.MORI_V2_FP8, emulate.MORI_V2_FP4, emulate.MORI_V2_MXFP8}
-)
-_MORI_LL = frozenset(
-    {
-        emulate.MORI_LL,
-        emulate.MORI_LL_FP8,
-        emulate.MORI_LL_FP4,
-        emulate.MORI_LL_MXFP8,
-        emulate.MORI_LL_FP8_TOKEN,
-    }
-)
 
 
 def build(
@@ -108,7 +97,7 @@ def build(
         torch.float16,
     )
     per_call = {"num_local_tokens", "dtype"} if dispatch_format.startswith("mori") else set()
-    if dispatch_format in _MORI_V2:
+    if dispatch_format in MORI_V2_FORMATS:
         per_call.add("output")
     if quantized_wire and not upscale:
         per_call.add("a1_scale")
@@ -127,9 +116,10 @@ def build(
         return deepep_ll_fp8_upscale(bound, slabs)
     if dispatch_format == emulate.DEEPEP_LL_FP8:
         return deepep_ll_fp8(bound, slabs)
-    if dispatch_format in _MORI_V2:
+    if dispatch_format in MORI_V2_FORMATS:
         return mori_v2(bound, dispatch_format, upscale)
-    combine = MoriEPLLCombineInput if dispatch_format in _MORI_LL else MoriEPNormalCombineInput
+    low_latency = dispatch_format in MORI_LL_FORMATS
+    combine = MoriEPLLCombineInput if low_latency else MoriEPNormalCombineInput
     if not quantized_wire:
         return mori_bf16(bound, combine)
     if not upscale:

@@ -114,6 +114,7 @@ from typing import Any, Final
 import generated
 from moe_runtime import layer_options, types
 from moe_runtime.enums import GateMode
+from moe_runtime.formats import MORI_LL_FORMATS, MORI_WIRES
 from moe_runtime.types import ExpertWeights, FusedMoeKernel, MoeLayerConfig
 
 __all__ = [
@@ -375,11 +376,11 @@ def _classes(dispatch: str) -> tuple[Any, Any]:
         from sglang.srt.layers.moe.token_dispatcher import standard
 
         return standard.StandardDispatchOutput, standard.StandardCombineInput
-    if dispatch.startswith("mori_"):
+    if dispatch in MORI_WIRES:
         from sglang.srt.layers.moe.token_dispatcher import moriep
 
         # EPv2's output is 0.5.23's MoriEPNormalDispatchOutput, with `expert_output`.
-        if dispatch.startswith("mori_ll"):
+        if dispatch in MORI_LL_FORMATS:
             return moriep.MoriEPLLDispatchOutput, moriep.MoriEPLLCombineInput
         return moriep.MoriEPNormalDispatchOutput, moriep.MoriEPNormalCombineInput
     from sglang.srt.layers.moe.token_dispatcher import deepep
@@ -465,9 +466,8 @@ def install_on_runner(
         runner = generated.select(*key)(config, weights, kernel=kernel)
         output_cls, combine_cls = _classes(fmt)
         if release == "0.5.13" and a2a == "mori":
-            ours = (
-                types.MoriEPLLDispatchOutput if "_ll" in fmt else types.MoriEPNormalDispatchOutput
-            )
+            low_latency = fmt in MORI_LL_FORMATS
+            ours = types.MoriEPLLDispatchOutput if low_latency else types.MoriEPNormalDispatchOutput
             by_class[output_cls] = _MoriRecvCap(runner, combine_cls, ours, recv_cap)
         else:
             by_class[output_cls] = _Single(runner, combine_cls)

@@ -24,6 +24,7 @@ from moe_runtime import stale
 # reachable as `emulate.X`, the spelling tests and benchmarks use next to `emulate.dispatch`.
 from moe_runtime.formats import (
     COMBINE_INPUT_TYPES,
+    DEEPEP_LL_FORMATS,
     MORI_WIRES,
     deepep_ll_expected_m,
     deepep_ll_fp8_wire,
@@ -203,7 +204,7 @@ def dispatch(
         return _dispatch_standard(batch)
     if format == DEEPEP_NORMAL:
         return _dispatch_deepep_normal(batch)
-    if format in (DEEPEP_LL, DEEPEP_LL_FP8):
+    if format in DEEPEP_LL_FORMATS:
         return _dispatch_deepep_ll(batch, format, max_tokens_per_rank * batch.ep_size)
     return _dispatch_mori(batch, format, max_tokens_per_rank * batch.ep_size, recv_cap)
 
@@ -224,7 +225,7 @@ def combine(dispatched: Dispatched, combine_inputs: Sequence[CombineInput]) -> t
             )
     if dispatched.format == STANDARD:
         return _combine_standard(dispatched, combine_inputs)
-    if dispatched.format in (DEEPEP_LL, DEEPEP_LL_FP8):
+    if dispatched.format in DEEPEP_LL_FORMATS:
         return _combine_deepep_ll(dispatched, combine_inputs)
     return _combine_rows(dispatched, combine_inputs)
 

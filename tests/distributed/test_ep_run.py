@@ -107,13 +107,31 @@ def test_launcher_fails_when_a_rank_is_wrong(
         # The mxfp8 wire and mxfp8 weights group by 32: once only the suffix `_fp8` and the name
         # `mxfp4` were checked here, and these sizes failed inside the ranks.
         (
-            ["--a2a", "mori", "--quant", "unquant", "--dispatch", "mori_normal_mxfp8"]
-            + ["--hidden", "80"],
+            [
+                "--a2a",
+                "mori",
+                "--quant",
+                "unquant",
+                "--dispatch",
+                "mori_normal_mxfp8",
+                "--hidden",
+                "80",
+            ],
             "unquant over mori_normal_mxfp8 needs multiples of 32: H=80",
         ),
         (
-            ["--a2a", "mori", "--quant", "mxfp8", "--dispatch", "mori_normal"]
-            + ["--hidden", "256", "--intermediate", "40"],
+            [
+                "--a2a",
+                "mori",
+                "--quant",
+                "mxfp8",
+                "--dispatch",
+                "mori_normal",
+                "--hidden",
+                "256",
+                "--intermediate",
+                "40",
+            ],
             "mxfp8 over mori_normal needs multiples of 32: I=40",
         ),
         (

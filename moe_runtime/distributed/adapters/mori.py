@@ -47,6 +47,7 @@ class MoriDispatcher:
             raise ValueError(f"wire must be one of {', '.join(WIRES)}, got {wire!r}")
         self.op, self.wire, self.low_latency, self.recv_cap = op, wire, low_latency, recv_cap
         self._send = MORI_SENDERS[wire]
+        self._output_type = MoriEPLLDispatchOutput if low_latency else MoriEPNormalDispatchOutput
 
     def dispatch(
         self, hidden_states: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor
@@ -83,8 +84,7 @@ class MoriDispatcher:
                 f"expected int32 out_indices and an int32 [1] total_recv, got {out_indices.dtype} "
                 f"and {total_recv.dtype} {tuple(total_recv.shape)}"
             )
-        output_type = MoriEPLLDispatchOutput if self.low_latency else MoriEPNormalDispatchOutput
-        return output_type(
+        return self._output_type(
             hidden_states=out,
             hidden_states_scale=out_scales,
             topk_ids=out_indices,
