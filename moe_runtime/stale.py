@@ -47,6 +47,17 @@ def generator() -> torch.Generator:
     return torch.Generator().manual_seed(_SEED)
 
 
+def mori_routing(
+    generator: torch.Generator, capacity: int, top_k: int, num_experts: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One rank's stale MORI routing, the next draw of `generator` (CPU): int32 global ids and
+    fp32 weights `[capacity, top_k]`, valid-looking (ids in range, weights positive) so that a
+    runner which ignores total_recv computes those rows instead of failing on them."""
+    shape = (capacity, top_k)
+    ids = torch.randint(0, num_experts, shape, generator=generator, dtype=torch.int32)
+    return ids, torch.rand(shape, generator=generator)
+
+
 def bf16(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """Values of magnitude in [512, 1536) with random signs."""
     draws = generator()

@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 
 from moe_runtime import stale
+from moe_runtime.checks import recv_cap_rows
 from moe_runtime.distributed import poison, wire
 from moe_runtime.formats import (
     DEEPEP_LL_FORMATS,
@@ -488,7 +489,7 @@ def _returned(
     """Rows of `source`'s block on MORI rank `dest` that its combine reads."""
     column = [row[_FIXED + dest] for row in table]
     total = sum(column)
-    readable = min(total, recv_cap) if 0 < recv_cap < capacity else total
+    readable = min(total, recv_cap_rows(recv_cap, capacity))
     start = sum(column[:source])
     return max(0, min(column[source], readable - start))
 

@@ -75,12 +75,9 @@ def _mori_routing(
     rank: int, capacity: int, top_k: int, num_experts: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
     generator = stale.generator()
-    shape = (capacity, top_k)
     for _ in range(rank):
-        torch.randint(0, num_experts, shape, generator=generator, dtype=torch.int32)
-        torch.rand(shape, generator=generator)
-    ids = torch.randint(0, num_experts, shape, generator=generator, dtype=torch.int32)
-    weights = torch.rand(shape, generator=generator)
+        stale.mori_routing(generator, capacity, top_k, num_experts)
+    ids, weights = stale.mori_routing(generator, capacity, top_k, num_experts)
     return ids.to(device), weights.to(device)
 
 

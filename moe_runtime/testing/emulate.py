@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from moe_runtime import stale
+from moe_runtime.checks import recv_cap_rows
 
 # The format names are the runtime's (moe_runtime.formats); the `X as X` imports keep them
 # reachable as `emulate.X`, the spelling tests and benchmarks use next to `emulate.dispatch`.
@@ -377,12 +378,8 @@ def _dispatch_mori(batch: GlobalBatch, format: str, capacity: int, recv_cap: int
         stale.as_bytes(hidden)[:total_recv] = stale.as_bytes(wire_hidden)[tokens]
         if scale is not None and wire_scale is not None:
             stale.as_bytes(scale)[:total_recv] = stale.as_bytes(wire_scale)[tokens]
-        # Stale routing looks real (valid global ids, positive weights) so that a runner which
-        # ignores total_recv computes those rows instead of failing on them.
-        ids = torch.randint(
-            0, batch.num_experts, (capacity, batch.top_k), generator=generator, dtype=torch.int32
-        ).to(device)
-        weights = torch.rand((capacity, batch.top_k), generator=generator).to(device)
+        ids, weights = stale.mori_routing(generator, capacity, batch.top_k, batch.num_experts)
+        ids, weights = ids.to(device), weights.to(device)
         ids[:total_recv] = batch.topk_ids[tokens]  # the full routing, ids < 0 included verbatim
         weights[:total_recv] = batch.topk_weights[tokens]
         sent = batch.tokens_slice(rank)
@@ -401,8 +398,7 @@ def _dispatch_mori(batch: GlobalBatch, format: str, capacity: int, recv_cap: int
         )
         unfilled = torch.full((capacity - total_recv,), -1, dtype=torch.long, device=device)
         row_tokens.append(torch.cat([tokens, unfilled]))
-        capped = 0 < recv_cap < capacity
-        readable.append(min(total_recv, recv_cap) if capped else total_recv)
+        readable.append(min(total_recv, recv_cap_rows(recv_cap, capacity)))
     return Dispatched(
         format,
         tuple(outputs),
