@@ -128,12 +128,18 @@ MORI_SENDERS: Mapping[str, WireSender] = {
 _WIRE_GROUPS = {"bf16": 0, "fp8": FP8_GROUP, "fp4": MX_GROUP, "mxfp8": MX_GROUP, "fp8_token": 0}
 
 
+def wire_of(format: str) -> str:
+    """The wire of dispatch format `format`, named as `MORI_SENDERS` names it: a MORI format's,
+    fp8 (per 1x128) for DeepEP's low-latency fp8, bf16 for the others."""
+    if format == DEEPEP_LL_FP8:
+        return "fp8"
+    return MORI_WIRES.get(format, "bf16")
+
+
 def wire_group(format: str) -> int:
     """Columns one scale covers on the wire of dispatch format `format`, which H must be a
     multiple of (0: no such constraint)."""
-    if format == DEEPEP_LL_FP8:
-        return FP8_GROUP
-    return _WIRE_GROUPS[MORI_WIRES[format]] if format in MORI_WIRES else 0
+    return _WIRE_GROUPS[wire_of(format)]
 
 
 def mori_wire(hidden: torch.Tensor, wire: str) -> tuple[torch.Tensor, torch.Tensor | None]:

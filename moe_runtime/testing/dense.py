@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from moe_runtime.formats import wire_of
 from moe_runtime.testing.emulate import GlobalBatch
 from moe_runtime.testing.weights import dequantized_weights
 from moe_runtime.types import ExpertWeights
@@ -186,18 +187,23 @@ class Tolerance:
 _SPEC = Tolerance(1e-2, 1e-2, 0.05, 1e-3, 1e-3)
 _FP8_ACTIVATIONS = Tolerance(5e-2, 5e-2, 0.05, 5e-3, 1e-2)
 _FP4_ACTIVATIONS = Tolerance(2e-1, 2e-1, 0.10, 1e-1, 3e-1)
+# What each method rounds its activations to before the expert GEMMs (bf16: not quantized).
+ACTIVATION_ROUNDING = {
+    "unquant": "bf16",
+    "mxfp4": "bf16",
+    "quark_w4a8_mxfp4": "bf16",
+    "fp8_block": "fp8",
+    "fp8_channel": "fp8",
+    "fp8_tensor": "fp8",
+    "mxfp8": "fp8",
+    "ct_w8a8_fp8": "fp8",
+    "quark_w8a8_fp8": "fp8",
+    "quark_int4fp8": "fp8",
+    "quark_w4a4_mxfp4": "fp4",
+}
+_BY_ROUNDING = {"bf16": _SPEC, "fp8": _FP8_ACTIVATIONS, "fp4": _FP4_ACTIVATIONS}
 TOLERANCES: dict[str, Tolerance] = {
-    "unquant": _SPEC,
-    "mxfp4": _SPEC,
-    "quark_w4a8_mxfp4": _SPEC,
-    "fp8_block": _FP8_ACTIVATIONS,
-    "fp8_channel": _FP8_ACTIVATIONS,
-    "fp8_tensor": _FP8_ACTIVATIONS,
-    "mxfp8": _FP8_ACTIVATIONS,
-    "ct_w8a8_fp8": _FP8_ACTIVATIONS,
-    "quark_w8a8_fp8": _FP8_ACTIVATIONS,
-    "quark_int4fp8": _FP8_ACTIVATIONS,
-    "quark_w4a4_mxfp4": _FP4_ACTIVATIONS,
+    method: _BY_ROUNDING[rounding] for method, rounding in ACTIVATION_ROUNDING.items()
 }
 
 
@@ -316,19 +322,16 @@ PATH_TOLERANCES = {
     "fp8": _path_tolerance(5e-3, 1e-2),
     "fp4": _path_tolerance(8e-2, 1.5e-1),
 }
-FP8_ACTIVATION_METHODS = (
-    "fp8_block", "fp8_channel", "fp8_tensor", "ct_w8a8_fp8", "quark_int4fp8", "quark_w8a8_fp8",
-    "mxfp8",
-)
+# Coarsest last; every quantized wire but fp4 rounds to an fp8 grid.
+_COARSENESS = ("bf16", "fp8", "fp4")
 
 
 def activation_rounding(quant: str, dispatch: str) -> str:
-    """The coarsest activation rounding between the dispatcher and the expert GEMMs."""
-    if quant == "quark_w4a4_mxfp4" or dispatch.endswith("_fp4"):
-        return "fp4"
-    if quant in FP8_ACTIVATION_METHODS or dispatch.endswith(("_fp8", "_mxfp8", "_fp8_token")):
-        return "fp8"
-    return "bf16"
+    """The coarsest activation rounding between the dispatcher and the expert GEMMs: the
+    method's own, or the dispatch wire's."""
+    wire = wire_of(dispatch)
+    on_wire = wire if wire in _COARSENESS else "fp8"
+    return max(ACTIVATION_ROUNDING[quant], on_wire, key=_COARSENESS.index)
 
 
 def dense_mismatch(
