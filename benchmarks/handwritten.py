@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 import torch
 
 from moe_runtime import loadtime
-from moe_runtime.formats import MORI_LL_FORMATS, MORI_V2_FORMATS
+from moe_runtime.formats import MORI_LL_FORMATS, MORI_V2_FORMATS, wire_of
 from moe_runtime.kernels import upscale
 from moe_runtime.testing import emulate
 from moe_runtime.testing.recording import KernelCall
@@ -56,20 +56,13 @@ class Bound(NamedTuple):
     static: Mapping[str, Any]
 
 
-# The quantized wires, each with the upscaler a runner binds where its kernel cannot take it.
+# The upscaler a runner binds for each quantized wire (formats.wire_of) where its kernel cannot
+# take the wire.
 _WIRE_UPSCALERS: Mapping[str, upscale.UpscalerName] = {
-    emulate.DEEPEP_LL_FP8: "dequantize_fp8_1x128",
-    emulate.MORI_NORMAL_FP8: "dequantize_fp8_1x128",
-    emulate.MORI_LL_FP8: "dequantize_fp8_1x128",
-    emulate.MORI_V2_FP8: "dequantize_fp8_1x128",
-    emulate.MORI_NORMAL_FP4: "dequantize_mxfp4",
-    emulate.MORI_LL_FP4: "dequantize_mxfp4",
-    emulate.MORI_V2_FP4: "dequantize_mxfp4",
-    emulate.MORI_NORMAL_MXFP8: "dequantize_mxfp8",
-    emulate.MORI_LL_MXFP8: "dequantize_mxfp8",
-    emulate.MORI_V2_MXFP8: "dequantize_mxfp8",
-    emulate.MORI_NORMAL_FP8_TOKEN: "dequantize_fp8_per_row",
-    emulate.MORI_LL_FP8_TOKEN: "dequantize_fp8_per_row",
+    "fp8": "dequantize_fp8_1x128",
+    "fp4": "dequantize_mxfp4",
+    "mxfp8": "dequantize_mxfp8",
+    "fp8_token": "dequantize_fp8_per_row",
 }
 
 
@@ -91,7 +84,7 @@ def build(
             "the hand-written runners are written for weights without hidden padding, got "
             f"hidden_pad={weights.hidden_pad}"
         )
-    quantized_wire = dispatch_format in _WIRE_UPSCALERS
+    quantized_wire = wire_of(dispatch_format) in _WIRE_UPSCALERS
     upscale = quantized_wire and reference_call.tensor("hidden_states").dtype in (
         torch.bfloat16,
         torch.float16,
@@ -129,7 +122,7 @@ def build(
 
 def _upscaler(dispatch_format: str, device: torch.device) -> upscale.Upscaler:
     """The bound upscaler of a MORI quantized wire, the one the generated runner binds."""
-    return loadtime.bind_upscaler(_WIRE_UPSCALERS[dispatch_format], device)
+    return loadtime.bind_upscaler(_WIRE_UPSCALERS[wire_of(dispatch_format)], device)
 
 
 def standard(bound: Bound) -> HandWritten:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from moe_runtime.formats import MORI_LL_FORMATS, MORI_V2_FORMATS
-from moe_runtime.quant import E8M0, FP4X2, FP8, FP8_FNUZ
+from moe_runtime.quant import E8M0, FP4X2, FP8, FP8_FNUZ, fp8_max
 from moe_runtime.types import (
     DispatchOutput,
     MoriEPLLDispatchOutput,
@@ -23,7 +23,7 @@ from moe_runtime.types import (
 
 # Magnitudes far above any real activation, still finite after dequantization.
 _BF16 = 1024.0
-_FP8 = 448.0  # float8_e4m3fn's largest finite value
+_FP8 = fp8_max(FP8)
 _FP8_SCALE = 1024.0
 _FP4_BYTES = (0x77, 0xFF, 0x7F, 0xF7)  # nibble pairs of +-6.0, E2M1's largest magnitude
 _E8M0 = 127 + 16  # scale 2**16

@@ -51,7 +51,7 @@ QUANT_METHODS = (
 )
 # Static input scales of ct_w8a8_fp8: fp8 e4m3fn covers |x| <= 8 at these, enough for unit-scale
 # activations and the stage-1 outputs they give with these weights (larger values saturate).
-_STATIC_INPUT_SCALE = 8.0 / 448.0
+_STATIC_INPUT_SCALE = 8.0 / quant.fp8_max(quant.FP8)
 _BIAS_STD = 0.1
 # ExpertWeights' tensor fields, and those with a leading expert dimension (all but the static
 # input scales, one per layer).
