@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from moe_runtime.formats import MORI_LL_FORMATS, MORI_V2_FORMATS
-from moe_runtime.quant import E8M0, FP4X2, FP8, FP8_FNUZ, fp8_max
+from moe_runtime.quant import E8M0, FP4X2, FP8, FP8_FNUZ, FP8_GROUP, fp8_max
 from moe_runtime.types import (
     DispatchOutput,
     MoriEPLLDispatchOutput,
@@ -79,10 +79,13 @@ def _fp4(shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
     return table[choice].to(device).view(FP4X2)
 
 
-def ll_scales(num_slabs: int, groups: int, capacity: int, device: torch.device) -> torch.Tensor:
+def ll_scales(
+    num_slabs: int, hidden_size: int, capacity: int, device: torch.device
+) -> torch.Tensor:
     """Low-latency fp8 scales `[L, C, H/128]`, column-major in the last two dims as DeepEP
     allocates them (`[L, H/128, C]` transposed), every entry the stale scale."""
-    return torch.full((num_slabs, groups, capacity), _FP8_SCALE, device=device).transpose(1, 2)
+    shape = (num_slabs, hidden_size // FP8_GROUP, capacity)
+    return torch.full(shape, _FP8_SCALE, device=device).transpose(1, 2)
 
 
 def mori_buffers(

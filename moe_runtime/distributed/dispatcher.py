@@ -436,7 +436,7 @@ def _ll_slabs(
         slab = poison.fp8(shape, device)
         slab.view(torch.uint8)[experts, slots] = received[0]
         # DeepEP stores the scales column-major in the last two dims.
-        scale = stale.ll_scales(local_count, hidden_size // 128, capacity, device)
+        scale = stale.ll_scales(local_count, hidden_size, capacity, device)
         scale[experts, slots] = received[1]
         return slab, scale
     slab = poison.bf16(shape, call.hidden.dtype, device)

@@ -340,7 +340,7 @@ def _dispatch_deepep_ll(batch: GlobalBatch, format: str, capacity: int) -> Dispa
         if fp8_wire:
             hidden = stale.fp8(shape, device)
             stale.as_bytes(hidden)[experts, slot] = stale.as_bytes(wire)[tokens]
-            scale = stale.ll_scales(local_count, hidden_size // 128, capacity, device)
+            scale = stale.ll_scales(local_count, hidden_size, capacity, device)
             scale[experts, slot] = wire_scale[tokens]
         else:
             hidden = stale.bf16(shape, batch.hidden_states.dtype, device)
