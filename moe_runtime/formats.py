@@ -142,6 +142,35 @@ def wire_group(format: str) -> int:
     return _WIRE_GROUPS[wire_of(format)]
 
 
+def routing_problems(
+    hidden: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, num_experts: int, ep_size: int
+) -> list[str]:
+    """What is wrong with activations `[T, H]` and their routing (int32 ids, float32 weights,
+    `[T, K]`) for a dispatch over `ep_size` ranks, as every dispatcher here words it; empty when
+    nothing is. The row count and id range are checked only once the shapes are right."""
+    problems = []
+    if hidden.dim() != 2:
+        problems.append(f"hidden_states must be [T, H], got {tuple(hidden.shape)}")
+    if ids.dim() != 2 or ids.dtype != torch.int32:
+        problems.append(f"topk_ids must be int32 [T, K], got {ids.dtype} {tuple(ids.shape)}")
+    if weights.dtype != torch.float32 or weights.shape != ids.shape:
+        problems.append(
+            f"topk_weights must be float32 shaped like topk_ids {tuple(ids.shape)}, got "
+            f"{weights.dtype} {tuple(weights.shape)}"
+        )
+    if ep_size < 1 or num_experts < 1 or num_experts % ep_size:
+        problems.append(
+            f"num_experts ({num_experts}) must be a positive multiple of ep_size ({ep_size})"
+        )
+    if problems:
+        return problems
+    if hidden.shape[0] != ids.shape[0]:
+        problems.append(f"hidden_states has {hidden.shape[0]} rows, topk_ids has {ids.shape[0]}")
+    if ids.numel() and int(ids.max()) >= num_experts:
+        problems.append(f"topk_ids must be < num_experts ({num_experts})")
+    return problems
+
+
 def mori_wire(hidden: torch.Tensor, wire: str) -> tuple[torch.Tensor, torch.Tensor | None]:
     """What a sender puts on the MORI wire `wire` (a key of `MORI_SENDERS`)."""
     return MORI_SENDERS[wire](hidden)

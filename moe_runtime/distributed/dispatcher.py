@@ -35,6 +35,7 @@ from moe_runtime.formats import (
     deepep_ll_expected_m,
     deepep_ll_fp8_wire,
     mori_wire,
+    routing_problems,
     wire_group,
 )
 from moe_runtime.types import (
@@ -167,26 +168,11 @@ def _local_problems(
     problems = []
     if format not in FORMATS:
         problems.append(f"unknown dispatch format {format!r}; valid: {', '.join(FORMATS)}")
-    if hidden.dim() != 2 or hidden.dtype not in _HIDDEN_DTYPES:
-        problems.append(
-            f"hidden_states must be bf16, fp16 or fp32 [T, H], got {hidden.dtype} "
-            f"{tuple(hidden.shape)}"
-        )
-    if ids.dim() != 2 or ids.dtype != torch.int32:
-        problems.append(f"topk_ids must be int32 [T, K], got {ids.dtype} {tuple(ids.shape)}")
-    if weights.dtype != torch.float32 or weights.shape != ids.shape:
-        problems.append(
-            f"topk_weights must be float32 shaped like topk_ids {tuple(ids.shape)}, got "
-            f"{weights.dtype} {tuple(weights.shape)}"
-        )
-    if num_experts < 1 or num_experts % world:
-        problems.append(f"num_experts ({num_experts}) must be a positive multiple of {world} ranks")
+    if hidden.dtype not in _HIDDEN_DTYPES:
+        problems.append(f"hidden_states must be bf16, fp16 or fp32, got {hidden.dtype}")
+    problems += routing_problems(hidden, ids, weights, num_experts, world)
     if problems:
         return problems
-    if hidden.shape[0] != ids.shape[0]:
-        problems.append(f"hidden_states has {hidden.shape[0]} rows, topk_ids {ids.shape[0]}")
-    if ids.numel() and int(ids.max()) >= num_experts:
-        problems.append(f"topk_ids must be < num_experts ({num_experts})")
     group = wire_group(format)
     if group and hidden.shape[1] % group:
         problems.append(f"{format} quantizes per {group} columns; H = {hidden.shape[1]} is not")

@@ -30,6 +30,7 @@ from moe_runtime.formats import (
     deepep_ll_expected_m,
     deepep_ll_fp8_wire,
     mori_wire,
+    routing_problems,
 )
 from moe_runtime.formats import DEEPEP_LL as DEEPEP_LL
 from moe_runtime.formats import DEEPEP_LL_FP8 as DEEPEP_LL_FP8
@@ -73,33 +74,9 @@ class GlobalBatch:
     ep_size: int
 
     def __post_init__(self) -> None:
-        problems = []
-        if self.hidden_states.dim() != 2:
-            problems.append(f"hidden_states must be [T, H], got {tuple(self.hidden_states.shape)}")
-        if self.topk_ids.dim() != 2 or self.topk_ids.dtype != torch.int32:
-            problems.append(
-                f"topk_ids must be int32 [T, K], got {self.topk_ids.dtype} "
-                f"{tuple(self.topk_ids.shape)}"
-            )
-        if self.topk_weights.dtype != torch.float32 or (
-            self.topk_weights.shape != self.topk_ids.shape
-        ):
-            problems.append(
-                f"topk_weights must be float32 shaped like topk_ids {tuple(self.topk_ids.shape)}, "
-                f"got {self.topk_weights.dtype} {tuple(self.topk_weights.shape)}"
-            )
-        if self.ep_size < 1 or self.num_experts < 1 or self.num_experts % self.ep_size != 0:
-            problems.append(
-                f"num_experts ({self.num_experts}) must be a positive multiple of ep_size "
-                f"({self.ep_size})"
-            )
-        if not problems and self.hidden_states.shape[0] != self.topk_ids.shape[0]:
-            problems.append(
-                f"hidden_states has {self.hidden_states.shape[0]} rows, topk_ids has "
-                f"{self.topk_ids.shape[0]}"
-            )
-        if not problems and self.topk_ids.numel() and int(self.topk_ids.max()) >= self.num_experts:
-            problems.append(f"topk_ids must be < num_experts ({self.num_experts})")
+        problems = routing_problems(
+            self.hidden_states, self.topk_ids, self.topk_weights, self.num_experts, self.ep_size
+        )
         if problems:
             raise ValueError("invalid GlobalBatch: " + "; ".join(problems))
 
