@@ -1,9 +1,11 @@
 """The dispatch formats by name, and the facts of each that every dispatcher here keys on.
 
-A runtime fact, not test support: the emulated dispatchers (`moe_runtime.testing.emulate`) and
-the ones across real processes (`moe_runtime.distributed`) must agree on the names, the MORI wire
-of each format (and what a sender puts on it) and which combine input each takes back, so both
-read them from here.
+A runtime fact, not test support: the emulated dispatchers (`moe_runtime.testing.emulate`), the
+ones across real processes (`moe_runtime.distributed`) and the adapters of the real libraries
+must agree on the names, the wire of each format (what a sender puts on it, how many columns a
+scale covers), which combine input each takes back, SGLang's `expected_m` and what input they
+refuse, so all of them read these from here. tests/runtime/test_formats_match_matrix.py holds
+them to schema/amd.yaml.
 """
 
 from __future__ import annotations
@@ -15,13 +17,11 @@ import torch
 from moe_runtime.quant import (
     FP8,
     FP8_GROUP,
+    MXFP4_GROUP,
     quantize_fp8_1x128,
     quantize_fp8_per_row,
     quantize_mxfp4,
     quantize_mxfp8,
-)
-from moe_runtime.quant import (
-    MXFP4_GROUP as MX_GROUP,
 )
 from moe_runtime.types import (
     DeepEPLLCombineInput,
@@ -124,8 +124,14 @@ MORI_SENDERS: Mapping[str, WireSender] = {
 }
 
 
-# Columns one scale of each MORI wire covers (0: one scale per row, or none).
-_WIRE_GROUPS = {"bf16": 0, "fp8": FP8_GROUP, "fp4": MX_GROUP, "mxfp8": MX_GROUP, "fp8_token": 0}
+# Columns one scale of each wire covers (0: one scale per row, or none).
+_WIRE_GROUPS = {
+    "bf16": 0,
+    "fp8": FP8_GROUP,
+    "fp4": MXFP4_GROUP,
+    "mxfp8": MXFP4_GROUP,
+    "fp8_token": 0,
+}
 
 
 def wire_of(format: str) -> str:
