@@ -37,7 +37,7 @@ _A16W4_LANES = 16
 _INT4_MIN, _INT4_MAX = -8, 7
 # fp8 weights with per_1x32 e8m0 scales (mxfp8): `fused_moe_` first picks fp8 activations for
 # them at v0.1.16.post1 (fused_moe.py:408-410); v0.1.16 treats every per_1x32 call as fp4.
-_MXFP8_WEIGHTS_SINCE: Release = (0, 1, 16, 1)
+MXFP8_WEIGHTS_SINCE: Release = (0, 1, 16, 1)
 
 _Transform = Callable[..., torch.Tensor]
 
@@ -277,16 +277,16 @@ def _prepare_mxfp8(
     `shuffle_weight_a16w4(w13, 16, True)`, `shuffle_scale_a16w4(w13_scale, experts, True)`,
     `shuffle_weight_a16w4(w2, 16, False)` and, unlike the mxfp4 method, `e8m0_shuffle(w2_scale)`;
     the runner passes `gate_mode=INTERLEAVE` (fp8.py:3448-3451). AITER has fp8 per_1x32 kernels
-    from v0.1.16.post1 (`_MXFP8_WEIGHTS_SINCE`) and on gfx950 only (SGLang converts mxfp8 to
+    from v0.1.16.post1 (`MXFP8_WEIGHTS_SINCE`) and on gfx950 only (SGLang converts mxfp8 to
     block fp8 on gfx942: fp8.py:2319-2325), so an older AITER, one without `gate_mode` or one
     computing in e4m3fnuz is refused here rather than handed a layout it does not read. A version
     that names no release (a source build) is taken at its word: its signature still decides.
     """
     release = release_of(version)
-    too_old = release is not None and release < _MXFP8_WEIGHTS_SINCE
+    too_old = release is not None and release < MXFP8_WEIGHTS_SINCE
     if too_old or not has_gate_mode or ops.fp8_dtype != torch.float8_e4m3fn:
         raise ValueError(
-            f"mxfp8 weights (fp8 with per_1x32 e8m0 scales) need AITER {tag(_MXFP8_WEIGHTS_SINCE)}"
+            f"mxfp8 weights (fp8 with per_1x32 e8m0 scales) need AITER {tag(MXFP8_WEIGHTS_SINCE)}"
             f" or later on gfx950 (installed: {version}; fused_moe with gate_mode: "
             f"{has_gate_mode}; AITER's fp8: {ops.fp8_dtype})"
         )

@@ -1,6 +1,7 @@
 """The test support (`moe_runtime.testing`) states facts of the matrix's quant methods again, for
 code that runs without the generator: which methods force Swiglu, which draw biases or static
-input scales, each method's activation rounding. Each must agree with schema/amd.yaml."""
+input scales, each method's activation rounding; and the runtime's release gates. Each must
+agree with schema/amd.yaml."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ from pathlib import Path
 import pytest
 
 from generator.loader import load_matrix
-from generator.model import ActivationRule, QuantMethod
+from generator.model import SGLANG_RELEASES, ActivationRule, QuantMethod
+from moe_runtime.integrations import sglang as sglang_integration
+from moe_runtime.kernels import aiter_binding
+from moe_runtime.kernels.releases import tag
 from moe_runtime.testing import dense
 from moe_runtime.testing.weights import QUANT_METHODS, make_expert_weights
 
@@ -56,3 +60,15 @@ def test_activation_rounding_takes_the_coarser_of_method_and_wire() -> None:
     assert dense.activation_rounding("fp8_block", "mori_ll_fp4") == "fp4"
     assert dense.activation_rounding("quark_w4a4_mxfp4", "deepep_ll_fp8") == "fp4"
     assert dense.activation_rounding("mxfp8", "standard") == "fp8"
+
+
+def test_the_runtime_release_gates_are_the_matrix_support_facts(
+    methods: dict[str, QuantMethod],
+) -> None:
+    """The matrix's support facts (generated/FEATURES.md) and the gates the runtime applies at
+    load name the same releases: the SGLang releases the integration serves, and the AITER
+    release from which the binding lets mxfp8 weights through."""
+    assert sglang_integration.SUPPORTED_RELEASES == SGLANG_RELEASES
+    assert methods["mxfp8"].min_aiter == tag(aiter_binding.MXFP8_WEIGHTS_SINCE)
+    # Control: the other methods' minimum is older, so the comparison above tells them apart.
+    assert methods["fp8_block"].min_aiter != methods["mxfp8"].min_aiter
