@@ -28,7 +28,6 @@ import torch
 
 import generated
 from moe_runtime import kernels
-from moe_runtime import types as t
 from moe_runtime.testing import emulate
 from moe_runtime.testing.dense import dense_layer, dense_mismatch, layer_activation
 from moe_runtime.testing.weights import make_expert_weights, slice_experts
@@ -75,16 +74,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     local = args.experts // args.ep
     combine_inputs, rows, seconds = [], [], []
     for rank, dispatch_output in enumerate(dispatched.outputs):
-        config = t.MoeLayerConfig(
-            num_experts=args.experts,
-            num_local_experts=local,
-            ep_rank=rank,
-            ep_size=args.ep,
-            top_k=args.top_k,
-            hidden_size=args.hidden,
-            intermediate_size=args.intermediate,
-            activation=activation,
-        )
+        config = batch.layer_config(rank, args.intermediate, activation)
         runner = runner_type(config, slice_experts(weights, rank * local, (rank + 1) * local))
         combine_inputs.append(runner(dispatch_output))
         rows.append(int(dispatch_output.hidden_states.shape[0]))

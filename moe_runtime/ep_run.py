@@ -45,7 +45,7 @@ from moe_runtime.testing.weights import (
     make_expert_weights,
     weight_group,
 )
-from moe_runtime.types import ExpertWeights, MoeLayerConfig
+from moe_runtime.types import ExpertWeights
 
 A2A_BACKENDS = ("none", "deepep", "mooncake", "nixl", "mori")
 # (hidden, intermediate per partition, routed experts, top-k) of public model configs.
@@ -227,16 +227,7 @@ def run_rank(layer: Layer, rank: int, world: int, iters: int, warmup: int) -> bo
     rows = batch.tokens_slice(rank)
     weights = _local_weights(layer, rank, world, device)
     activation = layer_activation(layer.quant)
-    config = MoeLayerConfig(
-        num_experts=layer.experts,
-        num_local_experts=local,
-        ep_rank=rank,
-        ep_size=world,
-        top_k=layer.top_k,
-        hidden_size=layer.hidden,
-        intermediate_size=layer.intermediate,
-        activation=activation,
-    )
+    config = batch.layer_config(rank, layer.intermediate, activation)
     runner = generated.select(layer.a2a, layer.quant, layer.dispatch)(config, weights)
     combined, received, phases = _timed_layers(layer, runner, batch, rows, device, iters, warmup)
     # The dense layer: each rank's experts' share of every token, summed over ranks.

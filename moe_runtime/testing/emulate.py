@@ -58,6 +58,7 @@ from moe_runtime.types import (
     DeepEPLLDispatchOutput,
     DeepEPNormalDispatchOutput,
     DispatchOutput,
+    MoeLayerConfig,
     StandardDispatchOutput,
     TopKOutput,
 )
@@ -103,6 +104,20 @@ class GlobalBatch:
         base, extra = divmod(self.num_tokens, self.ep_size)
         start = rank * base + min(rank, extra)
         return slice(start, start + base + (1 if rank < extra else 0))
+
+    def layer_config(self, rank: int, intermediate_size: int, activation: str) -> MoeLayerConfig:
+        """The layer config of rank `rank`'s runner for this batch: its share of the experts,
+        the batch's H and K, and the given I and activation."""
+        return MoeLayerConfig(
+            num_experts=self.num_experts,
+            num_local_experts=self.num_local_experts,
+            ep_rank=rank,
+            ep_size=self.ep_size,
+            top_k=self.top_k,
+            hidden_size=self.hidden_size,
+            intermediate_size=intermediate_size,
+            activation=activation,
+        )
 
 
 def make_batch(
