@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 import torch
 
 import generated
+from moe_runtime.formats import MORI_WIRES
 from moe_runtime.testing import emulate
 from moe_runtime.testing.recording import KernelCall, RecordingKernel, value_difference
 from moe_runtime.testing.weights import make_expert_weights
@@ -259,7 +260,7 @@ class Workload:
         most_sent = -(-tokens // shape.ep_size)
         outputs = emulate.dispatch(batch, dispatch_format, max_tokens_per_rank=most_sent).outputs
         rank = 0
-        if dispatch_format == emulate.DEEPEP_NORMAL or dispatch_format.startswith("mori"):
+        if dispatch_format == emulate.DEEPEP_NORMAL or dispatch_format in MORI_WIRES:
             if draw == 0:
                 rank = max(range(len(outputs)), key=lambda r: _valid_rows(outputs[r]))
             else:

@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 import torch
 
 from moe_runtime import loadtime
-from moe_runtime.formats import MORI_LL_FORMATS, MORI_V2_FORMATS, wire_of
+from moe_runtime.formats import MORI_LL_FORMATS, MORI_V2_FORMATS, MORI_WIRES, wire_of
 from moe_runtime.kernels import upscale
 from moe_runtime.testing import emulate
 from moe_runtime.testing.recording import KernelCall
@@ -89,7 +89,7 @@ def build(
         torch.bfloat16,
         torch.float16,
     )
-    per_call = {"num_local_tokens", "dtype"} if dispatch_format.startswith("mori") else set()
+    per_call = {"num_local_tokens", "dtype"} if dispatch_format in MORI_WIRES else set()
     if dispatch_format in MORI_V2_FORMATS:
         per_call.add("output")
     if quantized_wire and not upscale:

@@ -323,15 +323,17 @@ PATH_TOLERANCES = {
     "fp8": _path_tolerance(5e-3, 1e-2),
     "fp4": _path_tolerance(8e-2, 1.5e-1),
 }
-# Coarsest last; every quantized wire but fp4 rounds to an fp8 grid.
+# Coarsest last.
 _COARSENESS = ("bf16", "fp8", "fp4")
+# What each wire (formats.wire_of) rounds the activations to: every quantized wire but fp4 lands
+# on an fp8 grid.
+_WIRE_ROUNDING = {"bf16": "bf16", "fp8": "fp8", "fp4": "fp4", "mxfp8": "fp8", "fp8_token": "fp8"}
 
 
 def activation_rounding(quant: str, dispatch: str) -> str:
     """The coarsest activation rounding between the dispatcher and the expert GEMMs: the
     method's own, or the dispatch wire's."""
-    wire = wire_of(dispatch)
-    on_wire = wire if wire in _COARSENESS else "fp8"
+    on_wire = _WIRE_ROUNDING[wire_of(dispatch)]
     return max(ACTIVATION_ROUNDING[quant], on_wire, key=_COARSENESS.index)
 
 
