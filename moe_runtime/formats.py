@@ -177,11 +177,6 @@ def routing_problems(
     return problems
 
 
-def mori_wire(hidden: torch.Tensor, wire: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """What a sender puts on the MORI wire `wire` (a key of `MORI_SENDERS`)."""
-    return MORI_SENDERS[wire](hidden)
-
-
 def deepep_ll_expected_m(sent: int, ep_size: int, top_k: int, num_experts: int) -> int:
     """`expected_m` of a low-latency dispatch output, as SGLang's DeepEP dispatcher computes it
     from the tokens this rank sent: `(T_r * group_size * K + E) // E`."""

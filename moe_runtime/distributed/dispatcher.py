@@ -30,11 +30,11 @@ from moe_runtime.formats import (
     DEEPEP_LL_FP8,
     DEEPEP_NORMAL,
     FORMATS,
+    MORI_SENDERS,
     MORI_WIRES,
     STANDARD,
     deepep_ll_expected_m,
     deepep_ll_fp8_wire,
-    mori_wire,
     routing_problems,
     wire_group,
 )
@@ -434,7 +434,7 @@ def _mori(call: _Call) -> tuple[DispatchOutput, DispatchHandle]:
     hidden, ids, weights, rank, world = call.hidden, call.ids, call.weights, call.rank, call.world
     capacity = call.max_tokens_per_rank * world
     wire_kind = MORI_WIRES[call.format]
-    wire_hidden, wire_scale = mori_wire(hidden, wire_kind)
+    wire_hidden, wire_scale = MORI_SENDERS[wire_kind](hidden)
     # Quantized wires travel as bytes: CPU indexing and gloo lack fp8/fp4/e8m0 kernels.
     parts = [stale.as_bytes(part) for part in (wire_hidden, wire_scale) if part is not None]
     received = _exchange_rows(call, [*parts, ids, weights])

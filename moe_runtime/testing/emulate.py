@@ -26,10 +26,10 @@ from moe_runtime.checks import recv_cap_rows
 from moe_runtime.formats import (
     COMBINE_INPUT_TYPES,
     DEEPEP_LL_FORMATS,
+    MORI_SENDERS,
     MORI_WIRES,
     deepep_ll_expected_m,
     deepep_ll_fp8_wire,
-    mori_wire,
     routing_problems,
 )
 from moe_runtime.formats import DEEPEP_LL as DEEPEP_LL
@@ -356,7 +356,7 @@ def _dispatch_deepep_ll(batch: GlobalBatch, format: str, capacity: int) -> Dispa
 
 def _dispatch_mori(batch: GlobalBatch, format: str, capacity: int, recv_cap: int) -> Dispatched:
     wire = MORI_WIRES[format]
-    wire_hidden, wire_scale = mori_wire(batch.hidden_states, wire)
+    wire_hidden, wire_scale = MORI_SENDERS[wire](batch.hidden_states)
     device = batch.hidden_states.device
     reaches = _destination_ranks(batch)
     generator = stale.generator()
