@@ -246,10 +246,10 @@ def test_raw_outputs_that_break_the_layout_are_refused() -> None:
         deepep.normal_dispatch_output(((x, weights), ids, weights, [0], None, None))
     with pytest.raises(AdapterError, match="int64 recv_topk_idx"):
         deepep.normal_dispatch_output((x, ids.int(), weights, [0], None, None))
+    low_latency = deepep.DeepEPLowLatency(
+        None, num_experts=2, ep_size=2, max_tokens_per_rank=2, use_fp8=False
+    )
     with pytest.raises(AdapterError, match="int32 counts"):
-        low_latency = deepep.DeepEPLowLatency(
-            None, num_experts=2, ep_size=2, max_tokens_per_rank=2, use_fp8=False
-        )
         low_latency.dispatch_output(
             (x.view(1, 2, 128), torch.tensor([1]), None, None, None), ids, weights
         )
