@@ -158,14 +158,21 @@ class Dispatched:
 
     format: str
     outputs: tuple[DispatchOutput, ...]  # one per rank
-    num_tokens: int
-    hidden_size: int
+    batch: GlobalBatch = field(repr=False)
     # Normal and MORI: the global token of each received row per rank (-1 for MORI's stale rows).
     _row_tokens: tuple[torch.Tensor, ...] = field(default=(), repr=False)
     # MORI: rows combine reads per rank (total_recv, capped by recv_cap).
     _readable_rows: tuple[int, ...] = field(default=(), repr=False)
     # Low latency: [T, K] slot of each (token, k) in its expert's slab, -1 if not dispatched.
     _slots: torch.Tensor | None = field(default=None, repr=False)
+
+    @property
+    def num_tokens(self) -> int:
+        return self.batch.num_tokens
+
+    @property
+    def hidden_size(self) -> int:
+        return self.batch.hidden_size
 
 
 def dispatch(
@@ -254,7 +261,7 @@ def _dispatch_standard(batch: GlobalBatch) -> Dispatched:
         )
         for _ in range(batch.ep_size)
     )
-    return Dispatched(STANDARD, outputs, batch.num_tokens, batch.hidden_size)
+    return Dispatched(STANDARD, outputs, batch)
 
 
 def _dispatch_deepep_normal(batch: GlobalBatch) -> Dispatched:
@@ -280,13 +287,7 @@ def _dispatch_deepep_normal(batch: GlobalBatch) -> Dispatched:
             )
         )
         row_tokens.append(tokens)
-    return Dispatched(
-        DEEPEP_NORMAL,
-        tuple(outputs),
-        batch.num_tokens,
-        batch.hidden_size,
-        _row_tokens=tuple(row_tokens),
-    )
+    return Dispatched(DEEPEP_NORMAL, tuple(outputs), batch, _row_tokens=tuple(row_tokens))
 
 
 def _slab_slots(batch: GlobalBatch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -351,7 +352,7 @@ def _dispatch_deepep_ll(batch: GlobalBatch, format: str, capacity: int) -> Dispa
                 ),
             )
         )
-    return Dispatched(format, tuple(outputs), batch.num_tokens, hidden_size, _slots=slots)
+    return Dispatched(format, tuple(outputs), batch, _slots=slots)
 
 
 def _dispatch_mori(batch: GlobalBatch, format: str, capacity: int, recv_cap: int) -> Dispatched:
@@ -392,12 +393,7 @@ def _dispatch_mori(batch: GlobalBatch, format: str, capacity: int, recv_cap: int
         row_tokens.append(torch.cat([tokens, unfilled]))
         readable.append(min(total_recv, recv_cap_rows(recv_cap, capacity)))
     return Dispatched(
-        format,
-        tuple(outputs),
-        batch.num_tokens,
-        batch.hidden_size,
-        _row_tokens=tuple(row_tokens),
-        _readable_rows=tuple(readable),
+        format, tuple(outputs), batch, _row_tokens=tuple(row_tokens), _readable_rows=tuple(readable)
     )
 
 
