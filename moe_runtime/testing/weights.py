@@ -68,6 +68,7 @@ def _quantize_fp8_per_expert(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
 def _dequantize_fp8_per_expert(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return q.float() * scale.float().reshape(-1, 1, 1)
 
+
 # How each quantized method stores a weight matrix, and how the kernel reads it back.
 _QUANTIZERS: dict[str, Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]] = {
     "fp8_block": quant.quantize_fp8_128x128,
@@ -219,29 +220,22 @@ def make_expert_weights(
     _check_sizes(quant_method, sizes)
     generator = torch.Generator().manual_seed(seed)
     w13, w2 = _padded_dense(sizes, generator)
-    b13: torch.Tensor | None = None
-    b2: torch.Tensor | None = None
-    a13_scale: torch.Tensor | None = None
-    a2_scale: torch.Tensor | None = None
     w13_weight, w13_scale = _stored(quant_method, w13)
     w2_weight, w2_scale = _stored(quant_method, w2)
-    if quant_method in ("mxfp4", "quark_w4a8_mxfp4"):
-        b13, b2 = _padded_biases(sizes, generator)
-    if quant_method in ("ct_w8a8_fp8", "quark_w8a8_fp8", "quark_w4a8_mxfp4"):
-        a13_scale = torch.tensor([_STATIC_INPUT_SCALE])
-        a2_scale = torch.tensor([_STATIC_INPUT_SCALE])
     drawn = ExpertWeights(
-        w13_weight=w13_weight,
-        w2_weight=w2_weight,
-        w13_scale=w13_scale,
-        w2_scale=w2_scale,
-        a13_scale=a13_scale,
-        a2_scale=a2_scale,
-        b13=b13,
-        b2=b2,
+        w13_weight,
+        w2_weight,
+        w13_scale,
+        w2_scale,
         hidden_pad=hidden_pad,
         intermediate_pad=intermediate_pad,
     )
+    if quant_method in ("mxfp4", "quark_w4a8_mxfp4"):
+        b13, b2 = _padded_biases(sizes, generator)
+        drawn = dataclasses.replace(drawn, b13=b13, b2=b2)
+    if quant_method in ("ct_w8a8_fp8", "quark_w8a8_fp8", "quark_w4a8_mxfp4"):
+        static = torch.tensor([_STATIC_INPUT_SCALE])
+        drawn = dataclasses.replace(drawn, a13_scale=static, a2_scale=static.clone())
     separated = _mapped(drawn, _TENSORS, lambda t: t.to(device))
     if gate_mode == GateMode.INTERLEAVE:
         return gate_up.interleaved(separated)
