@@ -57,6 +57,16 @@ def open_buffer(group: Any, **kwargs: Any) -> Any:
     return require("deep_ep").Buffer(group, **kwargs)
 
 
+# What get_dispatch_layout returns before its event, in its order: dispatch's keywords of the same
+# names take them.
+_LAYOUT_KEYWORDS = (
+    "num_tokens_per_rank",
+    "num_tokens_per_rdma_rank",
+    "num_tokens_per_expert",
+    "is_token_in_rank",
+)
+
+
 def normal_dispatch_output(raw: tuple[Any, ...]) -> tuple[DeepEPNormalDispatchOutput, Any]:
     """`Buffer.dispatch`'s 6-tuple as the project's output, and DeepEP's combine handle.
 
@@ -111,19 +121,14 @@ class DeepEPNormal:
         self, hidden_states: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor
     ) -> tuple[DeepEPNormalDispatchOutput, Any]:
         topk_idx = topk_ids.long()  # DeepEP's topk_idx is int64
-        per_rank, per_rdma_rank, per_expert, in_rank, _event = self.buffer.get_dispatch_layout(
-            topk_idx, self.num_experts
-        )
+        *layout, _event = self.buffer.get_dispatch_layout(topk_idx, self.num_experts)
         raw = self.buffer.dispatch(
             hidden_states,
-            num_tokens_per_rank=per_rank,
-            num_tokens_per_rdma_rank=per_rdma_rank,
-            is_token_in_rank=in_rank,
-            num_tokens_per_expert=per_expert,
             topk_idx=topk_idx,
             topk_weights=topk_weights,
             expert_alignment=self.expert_alignment,
             num_worst_tokens=self.num_worst_tokens,
+            **dict(zip(_LAYOUT_KEYWORDS, layout, strict=True)),
         )
         return normal_dispatch_output(raw)
 
