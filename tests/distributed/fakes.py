@@ -102,14 +102,17 @@ class FakeDeepEPBuffer(_OneRank):
         rank_of = torch.where(topk_idx >= 0, topk_idx // local, world)
         in_rank = torch.zeros(topk_idx.shape[0], world + 1, dtype=torch.bool)
         in_rank.scatter_(1, rank_of, True)
-        per_expert = torch.bincount(topk_idx[topk_idx >= 0], minlength=num_experts)
-        return (
-            in_rank[:, :world].sum(0).int(),
-            None,
-            per_expert.int(),
-            in_rank[:, :world],
-            FakeEvent(),
-        )
+        per_expert = torch.bincount(topk_idx[topk_idx >= 0], minlength=num_experts).int()
+        per_rank, in_world = in_rank[:, :world].sum(0).int(), in_rank[:, :world]
+        # Kept so that dispatch can refuse a layout that is not this one, or one passed under
+        # another keyword's name (DeepEP's kernels would read the wrong tensor's memory).
+        self._layout = {
+            "num_tokens_per_rank": per_rank,
+            "num_tokens_per_rdma_rank": None,
+            "num_tokens_per_expert": per_expert,
+            "is_token_in_rank": in_world,
+        }
+        return per_rank, None, per_expert, in_world, FakeEvent()
 
     def dispatch(
         self,
@@ -130,8 +133,15 @@ class FakeDeepEPBuffer(_OneRank):
     ) -> tuple[Any, ...]:
         assert isinstance(x, torch.Tensor) and topk_idx is not None
         _check_sent(self.world, self.rank, x, topk_idx)
-        if is_token_in_rank is None or num_tokens_per_rank is None:
-            raise AssertionError("dispatch needs the layout of get_dispatch_layout")
+        given = {
+            "num_tokens_per_rank": num_tokens_per_rank,
+            "num_tokens_per_rdma_rank": num_tokens_per_rdma_rank,
+            "num_tokens_per_expert": num_tokens_per_expert,
+            "is_token_in_rank": is_token_in_rank,
+        }
+        layout = getattr(self, "_layout", {})
+        if set(given) != set(layout) or any(given[k] is not layout[k] for k in given):
+            raise AssertionError("dispatch needs the layout of get_dispatch_layout, by its names")
         self.world.calls.append(("dispatch", self.rank, {"num_worst_tokens": num_worst_tokens}))
         out = self.world.dispatched.outputs[self.rank]
         assert isinstance(out, t.DeepEPNormalDispatchOutput)
