@@ -380,7 +380,7 @@ class _Loader:
         props = _Fields(self, node, key, what, BACKEND_KEYS, OPTIONAL_KEYS[A2ABackend])
         description, formats = props.text("description"), props.formats(defined)
         support = props.properties(A2ABackend, only=OPTIONAL_KEYS[A2ABackend])
-        return A2ABackend(key.value, description, formats, _at(key), **support)
+        return A2ABackend(key.value, description, formats, location=_at(key), **support)
 
     def dispatch_format(self, what: str, key: ScalarNode, node: MappingNode) -> DispatchFormat:
         props = _Fields(self, node, key, what, FORMAT_KEYS, OPTIONAL_KEYS[DispatchFormat])

@@ -4,16 +4,15 @@ Names of backends, formats and quant methods are data (the matrix defines them);
 planner decides on is an enum, so `match` + `assert_never` covers each one.
 
 The dataclasses are the one statement of the matrix's schema: every field is a key of its YAML
-mapping unless marked `_not_a_key`, in the file's order; `_key` adds what the loader and
-generator/json_schema.py need beyond the type (a description, a closed set of strings, the section
-a name refers to).
+mapping unless marked `_not_a_key`, required keys before optional ones (`matrix_keys`); `_key` adds
+what the loader and generator/json_schema.py need beyond the type (a description, a closed set of
+strings, the section a name refers to).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
@@ -70,30 +69,17 @@ def _key(
 _NOT_A_KEY = {"not_a_key": True}
 
 
-def _optional(default: object, doc: str, choices: tuple[str, ...] = ()) -> Callable[[], Any]:
-    """A maker of an optional key's field: each class needs a field object of its own."""
-    return lambda: field(default=default, metadata=_key(doc, choices=choices, optional=True))
-
-
-# The support facts every backend, format and quant method may state (generated/FEATURES.md).
-SUPPORT_FIELDS = {
-    "sglang": _optional(
-        (),
-        "SGLang releases whose AITER MoE path serves this entry (may be empty).",
-        SGLANG_RELEASES,
-    ),
-    "min_aiter": _optional(
-        "", "Oldest AITER release a generated runner for this entry works with.", AITER_RELEASES
-    ),
-    "support_source": _optional(
-        "", "Where the sglang and min_aiter facts come from (file:line per release)."
-    ),
-}
+def _optional(default: Any, doc: str, choices: tuple[str, ...] = ()) -> Any:
+    """An optional key's field: left out, `default` stands."""
+    return field(default=default, metadata=_key(doc, choices=choices, optional=True))
 
 
 def matrix_keys(cls: type[DataclassInstance]) -> tuple[dataclasses.Field[Any], ...]:
-    """The fields of a model class that are keys of its YAML mapping, in file order."""
-    return tuple(f for f in dataclasses.fields(cls) if f.init and not f.metadata.get("not_a_key"))
+    """The fields of a model class that are keys of its YAML mapping: the required ones, then the
+    optional ones (an `Entry`'s support facts, which its base class declares first), each in the
+    order declared."""
+    keys = [f for f in dataclasses.fields(cls) if f.init and not f.metadata.get("not_a_key")]
+    return tuple(sorted(keys, key=lambda f: bool(f.metadata.get("optional"))))
 
 
 def key_names(cls: type[DataclassInstance]) -> tuple[str, ...]:
@@ -187,26 +173,40 @@ class ActivationRule(Enum):
 
 
 @dataclass(frozen=True, slots=True)
-class A2ABackend:
+class Entry:
+    """What every backend, dispatch format and quant method has besides its properties: its name
+    (the key of its mapping), its description, where it stands in the file, and its support facts,
+    optional keys read only by generated/FEATURES.md (no runner reads them)."""
+
     name: str = field(metadata=_NOT_A_KEY)
     description: str
+    _: KW_ONLY
+    location: Location = field(metadata=_NOT_A_KEY)
+    sglang: tuple[str, ...] = _optional(
+        (),
+        "SGLang releases whose AITER MoE path serves this entry (may be empty).",
+        SGLANG_RELEASES,
+    )
+    min_aiter: str = _optional(
+        "", "Oldest AITER release a generated runner for this entry works with.", AITER_RELEASES
+    )
+    support_source: str = _optional(
+        "", "Where the sglang and min_aiter facts come from (file:line per release)."
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class A2ABackend(Entry):
     # Dispatch formats this backend produces, in matrix order.
     formats: tuple[str, ...] = field(
         metadata=_key(
             "Names of the dispatch formats this backend produces.", refers_to="dispatch_formats"
         )
     )
-    location: Location = field(metadata=_NOT_A_KEY)
-    # Support facts, for generated/FEATURES.md only (no runner reads them): optional keys.
-    sglang: tuple[str, ...] = SUPPORT_FIELDS["sglang"]()
-    min_aiter: str = SUPPORT_FIELDS["min_aiter"]()
-    support_source: str = SUPPORT_FIELDS["support_source"]()
 
 
 @dataclass(frozen=True, slots=True)
-class DispatchFormat:
-    name: str = field(metadata=_NOT_A_KEY)
-    description: str
+class DispatchFormat(Entry):
     dispatch_output: str = field(
         metadata=_key("Class name in moe_runtime.types.", choices=DISPATCH_OUTPUTS)
     )
@@ -226,17 +226,10 @@ class DispatchFormat:
     truncate_to_recv_cap: bool = field(
         metadata=_key("Drop rows past dispatch_output.recv_cap (MORI).")
     )
-    location: Location = field(metadata=_NOT_A_KEY)
-    # Support facts, for generated/FEATURES.md only (no runner reads them): optional keys.
-    sglang: tuple[str, ...] = SUPPORT_FIELDS["sglang"]()
-    min_aiter: str = SUPPORT_FIELDS["min_aiter"]()
-    support_source: str = SUPPORT_FIELDS["support_source"]()
 
 
 @dataclass(frozen=True, slots=True)
-class QuantMethod:
-    name: str = field(metadata=_NOT_A_KEY)
-    description: str
+class QuantMethod(Entry):
     kernel_quant: KernelQuant = field(
         metadata=_key('AITER QuantType member name (quote "No": YAML 1.1 reads it as false).')
     )
@@ -251,11 +244,6 @@ class QuantMethod:
     static_input_scales: bool  # a13_scale / a2_scale come with the checkpoint
     pads_hidden: bool  # H and I are padded; activations are padded to the weights' H
     router_weight_in_stage1: bool  # apply_router_weight_on_input becomes doweight_stage1
-    location: Location = field(metadata=_NOT_A_KEY)
-    # Support facts, for generated/FEATURES.md only (no runner reads them): optional keys.
-    sglang: tuple[str, ...] = SUPPORT_FIELDS["sglang"]()
-    min_aiter: str = SUPPORT_FIELDS["min_aiter"]()
-    support_source: str = SUPPORT_FIELDS["support_source"]()
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,20 +36,21 @@ HERE = Location(1, 1)
 
 
 def backend(name: str, *formats: str) -> A2ABackend:
-    return A2ABackend(name, name, formats, HERE)
+    return A2ABackend(name, name, formats, location=HERE)
 
 
 def dispatch_format(name: str) -> DispatchFormat:
     return DispatchFormat(
         name, name, "StandardDispatchOutput", "StandardCombineInput", Layout.FLAT,
-        IdSpace.GLOBAL, Sink.NONE, RowCount.SHAPE, Wire.BF16, Weighting.KERNEL, False, HERE,
+        IdSpace.GLOBAL, Sink.NONE, RowCount.SHAPE, Wire.BF16, Weighting.KERNEL, False,
+        location=HERE,
     )  # fmt: skip
 
 
 def quant(name: str) -> QuantMethod:
     return QuantMethod(
         name, name, KernelQuant.NO, ActivationRule.LAYER, WeightKind.BF16, "bfloat16",
-        False, False, False, False, False, HERE,
+        False, False, False, False, False, location=HERE,
     )  # fmt: skip
 
 
