@@ -77,6 +77,14 @@ def _check_sent(world: FakeWorld, rank: int, x: torch.Tensor, topk_idx: torch.Te
         raise AssertionError(f"rank {rank}: x is not this rank's bf16 tokens")
 
 
+def _check_weights(world: FakeWorld, rank: int, topk_weights: torch.Tensor | None) -> None:
+    """The libraries carry or reduce with the weights they are given: only this rank's own
+    router weights give the layer's result (the world's outputs were made from those)."""
+    mine = world.batch.topk_weights[world.sent(rank)]
+    if topk_weights is None or not torch.equal(topk_weights, mine):
+        raise AssertionError(f"rank {rank}: topk_weights are not this rank's router weights")
+
+
 class _OneRank:
     """One rank's object of a dispatcher library, over the shared world."""
 
@@ -133,6 +141,7 @@ class FakeDeepEPBuffer(_OneRank):
     ) -> tuple[Any, ...]:
         assert isinstance(x, torch.Tensor) and topk_idx is not None
         _check_sent(self.world, self.rank, x, topk_idx)
+        _check_weights(self.world, self.rank, topk_weights)
         given = {
             "num_tokens_per_rank": num_tokens_per_rank,
             "num_tokens_per_rdma_rank": num_tokens_per_rdma_rank,
@@ -262,6 +271,7 @@ def _ll_combine(
         topk_idx, world.batch.topk_ids[world.sent(rank)].long()
     ):
         raise AssertionError("combine needs this rank's int64 routing")
+    _check_weights(world, rank, topk_weights)
     return world.combined(rank, x), FakeEvent(), None
 
 
@@ -336,6 +346,9 @@ class FakeMoriOp(_OneRank):
             indices, self.world.batch.topk_ids[rows]
         ):
             raise AssertionError("dispatch needs this rank's int32 routing")
+        _check_weights(self.world, self.rank, weights)
+        if input.shape[0] != rows.stop - rows.start:
+            raise AssertionError("dispatch needs one wire row per token this rank sends")
         out = self.world.dispatched.outputs[self.rank]
         assert isinstance(out, t.MoriEPNormalDispatchOutput | t.MoriEPLLDispatchOutput)
         if input.dtype != out.hidden_states.dtype or (scales is None) != (
@@ -366,6 +379,7 @@ class FakeMoriOp(_OneRank):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         if not torch.equal(indices, self.world.batch.topk_ids[self.world.sent(self.rank)]):
             raise AssertionError("combine takes this rank's own routing, as handed to dispatch")
+        _check_weights(self.world, self.rank, weights)
         rows = self.world.combined(self.rank, input)
         # MORI's output buffer holds max_num_inp_token_per_rank rows; those past T are stale.
         out = torch.full((self.max_num_inp_token_per_rank, rows.shape[1]), _POISON).bfloat16()
