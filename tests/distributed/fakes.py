@@ -349,6 +349,10 @@ class FakeMoriOp(_OneRank):
         _check_weights(self.world, self.rank, weights)
         if input.shape[0] != rows.stop - rows.start:
             raise AssertionError("dispatch needs one wire row per token this rank sends")
+        if input.dtype == torch.bfloat16 and not torch.equal(
+            input, self.world.batch.hidden_states[rows]
+        ):
+            raise AssertionError("a bf16 wire carries this rank's tokens as they are")
         out = self.world.dispatched.outputs[self.rank]
         assert isinstance(out, t.MoriEPNormalDispatchOutput | t.MoriEPLLDispatchOutput)
         if input.dtype != out.hidden_states.dtype or (scales is None) != (
