@@ -117,18 +117,13 @@ KERNEL_KEYWORDS = (
 )
 
 
-@dataclass(frozen=True)
-class HotPathLocals:
-    """Locals a call fragment defines and the plan's kernel arguments read."""
+@dataclass(frozen=True, slots=True)
+class Names:
+    """Names a fragment defines (a local of the hot path, an attribute set at load) that the
+    plan's expressions or other fragments read."""
 
     kernel_topk_ids: str = "kernel_topk_ids"
     kernel_topk_weights: str = "kernel_topk_weights"
-
-
-@dataclass(frozen=True)
-class LoadAttributes:
-    """Attributes a load fragment sets on the runner and the plan's kernel arguments read."""
-
     expert_mask: str = "self._expert_mask"
     activation: str = "self._activation"
     quant_type: str = "self._quant_type"
@@ -139,11 +134,6 @@ class LoadAttributes:
     intermediate_pad: str = "self._intermediate_pad"
     b13: str = "self._b13"
     b2: str = "self._b2"
-
-
-@dataclass(frozen=True)
-class Names(HotPathLocals, LoadAttributes):
-    """Every name a fragment defines that the plan's expressions or other fragments read."""
 
 
 NAMES = Names()
