@@ -114,13 +114,8 @@ class FakeDeepEPBuffer(_OneRank):
         per_rank, in_world = in_rank[:, :world].sum(0).int(), in_rank[:, :world]
         # Kept so that dispatch can refuse a layout that is not this one, or one passed under
         # another keyword's name (DeepEP's kernels would read the wrong tensor's memory).
-        self._layout = {
-            "num_tokens_per_rank": per_rank,
-            "num_tokens_per_rdma_rank": None,
-            "num_tokens_per_expert": per_expert,
-            "is_token_in_rank": in_world,
-        }
-        return per_rank, None, per_expert, in_world, FakeEvent()
+        self._layout = (per_rank, None, per_expert, in_world)
+        return (*self._layout, FakeEvent())
 
     def dispatch(
         self,
@@ -142,14 +137,15 @@ class FakeDeepEPBuffer(_OneRank):
         assert isinstance(x, torch.Tensor) and topk_idx is not None
         _check_sent(self.world, self.rank, x, topk_idx)
         _check_weights(self.world, self.rank, topk_weights)
-        given = {
-            "num_tokens_per_rank": num_tokens_per_rank,
-            "num_tokens_per_rdma_rank": num_tokens_per_rdma_rank,
-            "num_tokens_per_expert": num_tokens_per_expert,
-            "is_token_in_rank": is_token_in_rank,
-        }
-        layout = getattr(self, "_layout", {})
-        if set(given) != set(layout) or any(given[k] is not layout[k] for k in given):
+        # In get_dispatch_layout's order, which the layout keywords follow.
+        given = (
+            num_tokens_per_rank,
+            num_tokens_per_rdma_rank,
+            num_tokens_per_expert,
+            is_token_in_rank,
+        )
+        layout = getattr(self, "_layout", ())
+        if len(layout) != len(given) or any(g is not k for g, k in zip(given, layout, strict=True)):
             raise AssertionError("dispatch needs the layout of get_dispatch_layout, by its names")
         self.world.calls.append(("dispatch", self.rank, {"num_worst_tokens": num_worst_tokens}))
         out = self.world.dispatched.outputs[self.rank]
